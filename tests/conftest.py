@@ -1,0 +1,33 @@
+"""Shared test fixtures: where the real corpora are, and a persistent TUNEFORGE_HOME for converted models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "corpora"
+
+# The embedded model is converted once per checkout and reused across test runs.
+os.environ.setdefault("TUNEFORGE_HOME", str(REPO / ".pytest_cache" / "tuneforge-home"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The real public corpora beside the checkout (../shared/corpora); tests need them."""
+    if not SHARED.is_dir():
+        pytest.fail(f"real corpora not found at {SHARED}: the tests run on a clone with ../shared beside it")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The embedded SmolLM2 converted to a transformers folder (once per checkout)."""
+    from tuneforge.common.models import embedded_path
+
+    return embedded_path("smollm2")

@@ -1,0 +1,55 @@
+"""The `tuneforge` command line: one verb per capability, each a thin call into the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tuneforge.common.errors import TuneforgeError
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Turn raw corpora into fine-tuning data, train, evaluate, and prove what the fine-tune did.")
+err = Console(stderr=True)
+
+
+@app.command()
+def build(
+    recipe: Path = typer.Argument(..., help="datasets/<domain>/recipe.yaml", exists=True, dir_okay=False),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (dataset/, exports/, manifest.json, ...)"),
+    strict: bool = typer.Option(False, help="exit non-zero if any input record is rejected"),
+    seed: int | None = typer.Option(None, help="override the recipe's seed"),
+    llm_base_url: str | None = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint for augmentation"),
+    llm_model: str | None = typer.Option(None, "--llm-model", help="model name at that endpoint"),
+) -> None:
+    """Build a fine-tuning dataset from the corpora a recipe names (a Prefect flow)."""
+    from tuneforge.flows.build import build_flow
+
+    summary = build_flow(recipe_path=str(recipe), out=str(out), strict=strict, seed=seed,
+                         llm_base_url=llm_base_url, llm_model=llm_model)
+    c = summary["counts"]
+    typer.echo(f"input {c['input']}  kept {c['kept']}  rejected {c['rejected']}  deduplicated {c['deduplicated']}  "
+               f"splits {c['splits']}  -> {out}")
+    if strict and c["rejected"]:
+        err.print(f"[red]--strict: {c['rejected']} input records rejected; see {out}/rejects.jsonl[/red]")
+        raise typer.Exit(1)
+
+
+# Sub-commands owned by later stages register here.
+
+
+def main() -> None:
+    try:
+        app()
+    except TuneforgeError as e:
+        err.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

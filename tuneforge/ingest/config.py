@@ -1,0 +1,43 @@
+"""How a recipe names a source corpus (validated, so a typo names the field)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Tags(BaseModel):
+    """ShareGPT-style role tags, as in LLaMA-Factory's dataset_info.json `tags`."""
+
+    model_config = ConfigDict(extra="forbid")
+    role_tag: str = "from"
+    content_tag: str = "value"
+    user_tag: str = "human"
+    assistant_tag: str = "gpt"
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+
+
+class SourceConfig(BaseModel):
+    """One corpus: where it is, what layout it has, and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    path: str | list[str] = Field(description="file, directory or glob, relative to the recipe")
+    format: str = Field("auto", description="source format; `auto` detects it from the first records")
+    encoding: str = Field("auto", description="`auto` (UTF-8, UTF-8 BOM, GB18030) or a Python codec name")
+    file_type: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "text", "arrow"] = "auto"
+    text_unit: Literal["file", "line", "paragraph"] = "line"
+    csv_header: bool = True
+    csv_columns: list[str] | None = Field(None, description="column names for a headerless CSV")
+    columns: dict[str, str] = Field(default_factory=dict,
+                                    description="canonical field -> field in this corpus (LLaMA-Factory style)")
+    tags: Tags = Field(default_factory=Tags)
+    options: dict[str, Any] = Field(default_factory=dict, description="format-specific options")
+    fill_placeholders: bool = Field(False, description="fill <NAME> / {{name}} from the recipe's variables")
+    limit: int | None = Field(None, ge=1, description="read only the first N records of this source")
+    max_record_bytes: int = Field(8 << 20, ge=1, description="records larger than this are rejected")
+    license: str = "unknown"
+    origin: str = Field("", description="where the data came from (repository, commit, path)")
