@@ -36,16 +36,14 @@ def decode(data: bytes, encoding: str, file: str) -> tuple[str, str]:
 def decode_lines(data: bytes, encoding: str, file: str) -> tuple[list[str | None], str]:
     """Split into lines, decoding each on its own when the whole file is not one encoding.
 
-    A line that cannot be decoded comes back as None so the reader can reject just that line.
+    A line that cannot be decoded comes back as None so the reader can reject just that line; when most
+    lines fail, the encoding is wrong and that is an error for the whole file.
     """
     try:
         text, used = decode(data, encoding, file)
         return text.splitlines(), used
-    except SourceError:
-        if encoding != "auto":
-            enc = encoding
-        else:
-            enc = "utf-8"
+    except SourceError as whole_file_error:
+        enc = encoding if encoding != "auto" else "utf-8"
         lines: list[str | None] = []
         body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
         for raw in body.split(b"\n"):
@@ -56,4 +54,7 @@ def decode_lines(data: bytes, encoding: str, file: str) -> tuple[list[str | None
                 lines.append(None)
         if lines and lines[-1] == "":
             lines.pop()
+        if sum(line is None for line in lines) * 2 > len(lines):
+            # Mostly undecodable: the encoding is wrong, not a few lines damaged.
+            raise whole_file_error from None
         return lines, f"{enc} (mixed: undecodable lines rejected)"

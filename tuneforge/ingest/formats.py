@@ -255,7 +255,7 @@ def preference(obj: dict, ctx: Context) -> list[Record]:
         user = _text(_field(obj, "prompt", ctx), "prompt")
     else:
         user = _instruction_prompt(obj, ctx)
-    prompt = _system(obj, ctx) + [{"role": "user", "content": user}]
+    prompt = [*_system(obj, ctx), {"role": "user", "content": user}]
     return [_preference(prompt, [{"role": "assistant", "content": _text(c, "chosen")}],
                         [{"role": "assistant", "content": _text(r, "rejected")}], ctx)]
 
@@ -336,7 +336,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("messages", messages, lambda o: "messages" in _keys(o) and isinstance(o["messages"], list)),
     Format("chatglm", chatglm, lambda o: {"prompt", "response"} <= _keys(o)),
     Format("completion", completion, lambda o: {"prompt", "completion"} <= _keys(o)),
-    Format("document", document, lambda o: "text" in _keys(o) and isinstance(o["text"], str)
+    Format("document", document, lambda o: ("text" in _keys(o) and isinstance(o["text"], str))
            or ("content" in _keys(o) and isinstance(o["content"], str) and _keys(o) - {"content"} <= DOC_EXTRA)),
 ]}
 
