@@ -1,0 +1,60 @@
+"""The split: 8:1:1, seeded, grouped (nothing leaks), stratified by source, small sources handled."""
+
+from __future__ import annotations
+
+from tuneforge.ingest import SourceConfig, ingest
+from tuneforge.publish.config import SplitConfig
+from tuneforge.publish.split import split_records
+
+
+def _records(shared):
+    srcs = [SourceConfig(name="rm", path="chatglm-efficient-tuning/oaast_rm_zh.json"),
+            SourceConfig(name="sft", path="chatglm-efficient-tuning/oaast_sft_zh.json"),
+            SourceConfig(name="tiny", path="lawgpt/example_infer_data.jsonl")]
+    return ingest(srcs, shared).records
+
+
+def test_ratios_groups_and_strata(shared):
+    recs = _records(shared)
+    res = split_records(recs, SplitConfig(), seed=7)
+    sizes = {k: len(v) for k, v in res.splits.items()}
+    assert sum(sizes.values()) == len(recs)
+    for source in ("rm", "sft"):
+        n = sum(1 for r in recs if r["meta"]["source"] == source)
+        got = {k: sum(1 for r in v if r["meta"]["source"] == source) for k, v in res.splits.items()}
+        assert abs(got["train"] / n - 0.8) < 0.02 and abs(got["test"] / n - 0.1) < 0.02, got
+    # Ranked pairs from one prompt never straddle splits.
+    where = {}
+    for split, rs in res.splits.items():
+        for r in rs:
+            assert where.setdefault(r["meta"]["group"], split) == split
+    # A source under `small_source` records goes to train whole, and the notes say so.
+    assert all(r["meta"]["source"] != "tiny" for r in res.splits["test"] + res.splits["validation"])
+    assert any("tiny" in n and "all in train" in n for n in res.notes)
+
+
+def test_deterministic_and_seeded(shared):
+    recs = _records(shared)
+    a = split_records(recs, SplitConfig(), seed=1)
+    b = split_records(list(recs), SplitConfig(), seed=1)
+    c = split_records(recs, SplitConfig(), seed=2)
+    ids = lambda s: {k: [r["id"] for r in v] for k, v in s.splits.items()}  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+
+
+def test_clusters_join_groups(shared):
+    recs = _records(shared)[:200]
+    # Pretend the clean stage found each consecutive pair of records near-duplicate.
+    clusters = {r["id"]: f"c{i // 2}" for i, r in enumerate(recs)}
+    res = split_records(recs, SplitConfig(), seed=3, clusters=clusters)
+    where = {r["id"]: s for s, rs in res.splits.items() for r in rs}
+    for i in range(0, len(recs) - 1, 2):
+        assert where[recs[i]["id"]] == where[recs[i + 1]["id"]]
+
+
+def test_custom_ratios_and_spread_policy(shared):
+    recs = _records(shared)
+    res = split_records(recs, SplitConfig(ratios={"train": 0.9, "validation": 0.0, "test": 0.1},
+                                          small_source_policy="spread"), seed=0)
+    assert not res.splits["validation"]
+    assert abs(len(res.splits["test"]) / len(recs) - 0.1) < 0.02

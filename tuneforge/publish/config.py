@@ -1,0 +1,33 @@
+"""The recipe blocks that shape the published dataset."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class SplitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    seed: int | None = Field(None, description="defaults to the recipe's seed")
+    stratify: bool = Field(True, description="keep each source's share in every split")
+    small_source: int = Field(10, ge=1, description="a source with fewer records than this is 'small'")
+    small_source_policy: Literal["train", "spread"] = Field(
+        "train", description="train: a small source goes to train whole; spread: split like the others")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"train", "validation", "test"}:
+            raise ValueError("ratios needs exactly train, validation and test")
+        if any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"ratios must be non-negative and sum to 1 (got {sum(v.values())})")
+        return v
+
+
+class CardConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokenizer: str | None = Field("embedded:smollm2", description="tokenizer for token-length histograms")
+    examples: int = Field(1, ge=0, le=5, description="examples shown per format")
+    max_stat_records: int = Field(20000, ge=100, description="length statistics use a fixed sample this big")
