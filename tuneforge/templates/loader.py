@@ -6,11 +6,15 @@ internals, and a missing variable is an error that names it instead of an empty 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+import jinja2.ext
+import jinja2.nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
 from tuneforge.common.errors import TuneforgeError
 
@@ -35,8 +39,6 @@ def make_env(search: list[Path] | None = None) -> SandboxedEnvironment:
 
 
 def _tojson_zh(value: Any, indent: int | None = None) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
@@ -88,3 +90,102 @@ def render_string(source: str, /, **variables: Any) -> str:
 
 def render_prompt(name_or_path: str | Path, /, **variables: Any) -> str:
     return render(load_prompt(name_or_path), **variables)
+
+
+# ---------------------------------------------------------------- chat templates
+# Chat templates render with the same whitespace rules as transformers' `apply_chat_template`
+# (trim_blocks, lstrip_blocks) so an exported template renders the same text there. Assistant replies are
+# wrapped in `{% generation %}` (the tag transformers uses for assistant masks); here the tag brackets its
+# output with two Unicode noncharacters, which `split_spans` turns into character offsets.
+
+SPAN_OPEN = "\ufdd0"
+SPAN_CLOSE = "\ufdd1"
+
+
+class _TemplateRaise(Exception):
+    """`raise_exception(...)` inside a chat template."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _TemplateRaise(message)
+
+
+class GenerationSpans(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: marks the text a model is trained to produce."""
+
+    tags = frozenset({"generation"})
+
+    def parse(self, parser: Any) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+    def _mark(self, caller: Any) -> str:
+        return SPAN_OPEN + caller() + SPAN_CLOSE
+
+
+def make_chat_env() -> SandboxedEnvironment:
+    """Immutable like transformers' chat-template sandbox: a template cannot modify the messages it reads."""
+    env = ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+        extensions=[GenerationSpans, jinja2.ext.loopcontrols],
+    )
+    env.globals["raise_exception"] = _raise_exception
+    env.filters["tojson"] = _tojson_hf
+    return env
+
+
+def _tojson_hf(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """transformers' chat-template `tojson` (no HTML escaping), so exported templates agree."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def split_spans(marked: str, name: str) -> tuple[str, list[tuple[int, int]]]:
+    """Remove the generation markers; return the plain text and the (start, end) offsets they enclosed."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos, start = 0, None
+    for piece in _split_keep(marked):
+        if piece == SPAN_OPEN:
+            if start is not None:
+                raise TemplateError(f"template {name}: nested {{% generation %}} blocks")
+            start = pos
+        elif piece == SPAN_CLOSE:
+            if start is None:
+                raise TemplateError(f"template {name}: unbalanced {{% generation %}} block")
+            spans.append((start, pos))
+            start = None
+        else:
+            out.append(piece)
+            pos += len(piece)
+    return "".join(out), spans
+
+
+def _split_keep(text: str) -> list[str]:
+    return [p for p in re.split(f"([{SPAN_OPEN}{SPAN_CLOSE}])", text) if p]
+
+
+def compile_chat(source: str, name: str) -> jinja2.Template:
+    try:
+        return make_chat_env().from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"chat template {name}: line {e.lineno}: {e.message}") from None
+
+
+def render_chat(template: jinja2.Template, name: str, /, **variables: Any) -> tuple[str, list[tuple[int, int]]]:
+    """Render a chat template in the sandbox; return the text and the spans of its generation blocks."""
+    try:
+        marked = template.render(**variables)
+    except _TemplateRaise as e:
+        raise TemplateError(f"template {name}: {e}") from None
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"template {name}: {e.message} (pass it as a variable)") from None
+    except jinja2.exceptions.SecurityError as e:
+        raise TemplateError(f"template {name}: blocked by the sandbox: {e}") from None
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"template {name}: {e}") from None
+    return split_spans(marked, name)
