@@ -1,0 +1,79 @@
+"""A recipe is data: YAML read with `yaml.safe_load` and validated, so a typo is an error naming the field.
+
+The recipe composes each stage's own config model; stages validate their blocks, this module only
+gathers them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tuneforge.augment import AugmentConfig
+from tuneforge.clean import CleanConfig
+from tuneforge.common.errors import RecipeError
+from tuneforge.ingest.config import SourceConfig
+from tuneforge.publish.config import CardConfig, SplitConfig
+from tuneforge.publish.formats import check_format
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    seed: int = 42
+    variables: dict[str, str] = Field(default_factory=dict, description="values for <NAME>/{{name}} placeholders")
+    template: str = Field("chatml", description="the chat template the dataset is built for (used by train/eval)")
+    sources: list[SourceConfig] = Field(min_length=1)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    augment: AugmentConfig | None = None
+    formats: list[str] = Field(default_factory=lambda: ["openai"])
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    card: CardConfig = Field(default_factory=CardConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        for f in v:
+            check_format(f)
+        return v
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a recipe must be a YAML mapping")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{_where(err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise RecipeError(f"{origin}: invalid recipe\n  " + "\n  ".join(lines)) from None
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
+    """The validated recipe and the folder its relative paths are resolved against."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RecipeError(f"{p}: cannot read recipe: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{p}: not valid YAML: {e}") from None
+    return parse_recipe(data, str(p)), p.parent
