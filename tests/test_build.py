@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 from tuneforge.common.errors import RecipeError
 from tuneforge.recipe import load_recipe
 
@@ -22,11 +21,13 @@ HOTEL = REPO / "datasets" / "hotel"
 
 @pytest.fixture(scope="module")
 def prefect_api():
-    """One temporary Prefect API for the module (each flow would otherwise start its own)."""
+    """One temporary Prefect API server for the module (each flow would otherwise start its own); yields
+    its URL so subprocesses can use it as PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield PREFECT_API_URL.value()
 
 
 def _no_augment_recipe(tmp_path: Path, src: Path, **changes) -> Path:
@@ -177,15 +178,15 @@ def test_recipe_typo_names_the_field(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_build_and_strict(tmp_path, shared):
-    """The command a user types, in a subprocess with an ephemeral Prefect API."""
+def test_cli_build_and_strict(prefect_api, tmp_path, shared):
+    """The command a user types, in a subprocess, against a Prefect server given by PREFECT_API_URL."""
     rows = json.loads((shared / "llamafactory/alpaca_zh_demo.json").read_text(encoding="utf-8"))[:40]
     lines = [json.dumps(r, ensure_ascii=False) for r in rows] + ['{"instruction": "坏记录"']
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({
         "name": "cli", "sources": [{"name": "a", "path": "data.jsonl", "format": "alpaca"}],
         "card": {"tokenizer": None}}, allow_unicode=True), encoding="utf-8")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
     cmd = [sys.executable, "-m", "tuneforge.cli", "build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o")]
     ok = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr[-3000:]

@@ -2,6 +2,8 @@
 
 Runs on an ephemeral Prefect API by default, or on the server `PREFECT_API_URL` points at. Stage tasks
 pass records in memory and are not cached here (the pipeline flow caches whole builds by their inputs).
+Record lists are passed `quote`d: Prefect would otherwise walk every nested message of every record
+looking for futures, which cost more than the build itself.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tuneforge.augment import AugmentConfig, AugmentResult, run_augment
@@ -69,23 +72,23 @@ def build_flow(recipe_path: str, out: str, strict: bool = False, seed: int | Non
     ing = ingest_task(recipe, base)
     log.info("ingest: %d input records, %d records, %d rejected", sum(s["input"] for s in ing.sources.values()),
              len(ing.records), len(ing.rejects))
-    cleaned = clean_task(ing.records, recipe.clean, base)
+    cleaned = clean_task(quote(ing.records), recipe.clean, base)
     records, rejects = cleaned.kept, ing.rejects + cleaned.rejects
     stage_counts: dict[str, Any] = {"ingest": {"rejected": len(ing.rejects)}, "clean": cleaned.counts}
     failures: list[dict] = []
     extra: dict[str, Any] = {"warnings": ing.warnings}
     if recipe.augment is not None and recipe.augment.steps:
-        aug = augment_task(records, recipe.augment, base, seed, llm_base_url, llm_model)
+        aug = augment_task(quote(records), recipe.augment, base, seed, llm_base_url, llm_model)
         records, rejects, failures = aug.records, rejects + aug.rejects, aug.failures
         stage_counts["augment"] = aug.counts
         extra["augment_usage"] = aug.usage
-    split = split_task(records, recipe.split, recipe.split.seed if recipe.split.seed is not None else seed,
+    split = split_task(quote(records), recipe.split, recipe.split.seed if recipe.split.seed is not None else seed,
                        cleaned.clusters)
-    checks, dropped = checks_task(split, recipe.clean, base)
+    checks, dropped = checks_task(quote(split), recipe.clean, base)
     extra.update(checks)
-    manifest = publish_task(Path(out), BuildInputs(
+    manifest = publish_task(Path(out), quote(BuildInputs(
         recipe=recipe, recipe_path=Path(recipe_path), seed=seed, ingested=ing.records, records=records,
         rejects=rejects + dropped, source_stats=ing.sources, inputs=ing.inputs, split=split,
-        stage_counts=stage_counts, extra=extra, failures=failures), recipe.card.tokenizer)
+        stage_counts=stage_counts, extra=extra, failures=failures)), recipe.card.tokenizer)
     log.info("built %s: %s", out, manifest["counts"]["splits"])
     return manifest
