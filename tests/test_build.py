@@ -196,3 +196,18 @@ def test_cli_build_and_strict(prefect_api, tmp_path, shared):
     bad = subprocess.run([sys.executable, "-m", "tuneforge.cli", "build", str(tmp_path / "missing.yaml"),
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "missing.yaml" in bad.stderr
+
+
+@pytest.mark.slow
+def test_dask_runner_gives_identical_outputs(prefect_api, tmp_path):
+    """Shards on a 2-worker Dask LocalCluster build exactly what the local runner builds."""
+    from tuneforge.flows.build import with_runner
+
+    recipe = _no_augment_recipe(tmp_path, REPO / "datasets" / "zh_instruct" / "recipe.yaml",
+                                card={"tokenizer": None})
+    local, dask = tmp_path / "local", tmp_path / "dask"
+    with_runner("local")(recipe_path=str(recipe), out=str(local))
+    with_runner("dask", n_workers=2)(recipe_path=str(recipe), out=str(dask))
+    files = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(dask) for p in dask.rglob("*") if p.is_file())
+    assert not [f for f in files if not filecmp.cmp(local / f, dask / f, shallow=False)]

@@ -11,15 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tuneforge.augment import AugmentConfig, AugmentResult, run_augment
 from tuneforge.clean import CleanConfig, CleanResult, run_clean
+from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.models import load_tokenizer
-from tuneforge.ingest import IngestResult, ingest
+from tuneforge.ingest import IngestResult, Shard, ingest_shard, merge, plan_shards
 from tuneforge.publish import BuildInputs, publish
 from tuneforge.publish.checks import run_checks
 from tuneforge.publish.config import SplitConfig
@@ -27,12 +28,23 @@ from tuneforge.publish.split import SplitResult, split_records
 from tuneforge.recipe import Recipe, load_recipe
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(recipe: Recipe, base: Path) -> IngestResult:
+@task(name="ingest-shard", cache_policy=NO_CACHE)
+def ingest_shard_task(shard: Shard, base: Path, variables: dict[str, str]) -> IngestResult:
+    return ingest_shard(shard, base, variables)
+
+
+def _ingest(recipe: Recipe, base: Path) -> IngestResult:
+    """Shards run on the flow's task runner (threads locally, processes on a Dask cluster)."""
+    shards = plan_shards(recipe.sources, base)
+    futures = ingest_shard_task.map(shards, unmapped(base), unmapped(recipe.variables))
     with Progress(TextColumn("[bold]ingest[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=True) as bar:
-        t = bar.add_task(recipe.name, total=None)
-        return ingest(recipe.sources, base, recipe.variables, progress=lambda: bar.advance(t))
+        t = bar.add_task(f"{recipe.name}: shards", total=len(shards))
+        parts = []
+        for f in futures:
+            parts.append(f.result())
+            bar.advance(t)
+    return merge(parts)
 
 
 @task(name="clean", cache_policy=NO_CACHE)
@@ -69,7 +81,7 @@ def build_flow(recipe_path: str, out: str, strict: bool = False, seed: int | Non
     log = get_run_logger()
     recipe, base = load_recipe(recipe_path)
     seed = recipe.seed if seed is None else seed
-    ing = ingest_task(recipe, base)
+    ing = _ingest(recipe, base)
     log.info("ingest: %d input records, %d records, %d rejected", sum(s["input"] for s in ing.sources.values()),
              len(ing.records), len(ing.rejects))
     cleaned = clean_task(quote(ing.records), recipe.clean, base)
@@ -92,3 +104,19 @@ def build_flow(recipe_path: str, out: str, strict: bool = False, seed: int | Non
         stage_counts=stage_counts, extra=extra, failures=failures)), recipe.card.tokenizer)
     log.info("built %s: %s", out, manifest["counts"]["splits"])
     return manifest
+
+
+def with_runner(runner: str = "local", dask_address: str | None = None, n_workers: int = 2) -> Any:
+    """The build flow on a task runner: `local` (threads) or `dask` (a LocalCluster, or the scheduler at
+    `dask_address`, e.g. tcp://10.0.0.5:8786)."""
+    if runner == "local":
+        return build_flow
+    if runner != "dask":
+        raise TuneforgeError(f"unknown runner {runner!r}: local or dask")
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return build_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    return build_flow.with_options(task_runner=DaskTaskRunner(
+        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None}))

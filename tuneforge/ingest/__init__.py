@@ -15,7 +15,7 @@ from tuneforge.ingest.config import SourceConfig
 from tuneforge.ingest.formats import FORMATS, Context, Invalid, detect, fill_placeholders
 from tuneforge.ingest.readers import ARROW_MARKERS, SUFFIX_TYPES, Bad, FileInfo, Item, read
 
-__all__ = ["IngestResult", "SourceConfig", "ingest", "resolve_files"]
+__all__ = ["IngestResult", "Shard", "SourceConfig", "ingest", "ingest_shard", "merge", "plan_shards", "resolve_files"]
 
 DETECT_SAMPLE = 20
 
@@ -72,21 +72,44 @@ def _convert(fmt: str, item: Item, cfg: SourceConfig, rel: str, variables: dict[
     return recs
 
 
-def ingest_source(cfg: SourceConfig, base: Path, variables: dict[str, str], result: IngestResult,
-                  progress: Any = None) -> None:
-    files = resolve_files(cfg, base)
-    stats = {"input": 0, "rejected": 0, "records": 0, "files": [], "format": cfg.format, "license": cfg.license,
-             "origin": cfg.origin, "encodings": {}}
-    fmt = None if cfg.format == "auto" else cfg.format
-    if fmt is not None and fmt not in FORMATS:
-        raise SourceError(f"source {cfg.name!r}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    for path in files:
+@dataclass(frozen=True)
+class Shard:
+    """A unit of ingest work: one file of a source (all of a source's files when it has a `limit`)."""
+
+    source: SourceConfig
+    files: tuple[str, ...]
+
+
+def plan_shards(sources: list[SourceConfig], base: Path) -> list[Shard]:
+    """Shards in recipe and file order; merging their results in this order gives the same build whether
+    they ran one after another or in parallel on a Dask cluster."""
+    shards = []
+    for cfg in sources:
+        if cfg.format != "auto" and cfg.format not in FORMATS:
+            raise SourceError(f"source {cfg.name!r}: unknown format {cfg.format!r}; known: {', '.join(FORMATS)}")
+        files = [str(f) for f in resolve_files(cfg, base)]
+        if cfg.limit is not None:
+            shards.append(Shard(cfg, tuple(files)))
+        else:
+            shards += [Shard(cfg, (f,)) for f in files]
+    return shards
+
+
+def ingest_shard(shard: Shard, base: Path, variables: dict[str, str], progress: Any = None) -> IngestResult:
+    """Read a shard's files; with `format: auto` each file's format is detected from its first records."""
+    cfg = shard.source
+    result = IngestResult()
+    stats: dict[str, Any] = {"input": 0, "rejected": 0, "records": 0, "files": [], "formats": [],
+                             "license": cfg.license, "origin": cfg.origin, "encodings": {}}
+    for name in shard.files:
+        path = Path(name)
         rel = _rel(path, base)
         if path.is_file():
             result.inputs[rel] = sha256_file(path)
         stats["files"].append(rel)
         info = FileInfo()
         pending: list[Item | Bad] = []
+        fmt = None if cfg.format == "auto" else cfg.format
 
         def emit(item: Item | Bad, fmt: str | None, rel: str = rel) -> None:
             stats["input"] += 1
@@ -126,10 +149,33 @@ def ingest_source(cfg: SourceConfig, base: Path, variables: dict[str, str], resu
             for p in pending:
                 emit(p, fmt)
         stats["encodings"][rel] = info.encoding
+        if fmt and fmt not in stats["formats"]:
+            stats["formats"].append(fmt)
         if info.empty:
             result.warnings.append(f"source {cfg.name!r}: {rel} is empty")
-    stats["format"] = fmt or cfg.format
     result.sources[cfg.name] = stats
+    return result
+
+
+def merge(parts: list[IngestResult]) -> IngestResult:
+    """Concatenate shard results in order; per-source figures are summed."""
+    out = IngestResult()
+    for part in parts:
+        out.records += part.records
+        out.rejects += part.rejects
+        out.inputs.update(part.inputs)
+        out.warnings += part.warnings
+        for name, st in part.sources.items():
+            acc = out.sources.setdefault(name, {**st, "files": [], "formats": [], "encodings": {},
+                                                "input": 0, "rejected": 0, "records": 0})
+            for k in ("input", "rejected", "records"):
+                acc[k] += st[k]
+            acc["files"] += st["files"]
+            acc["encodings"].update(st["encodings"])
+            acc["formats"] += [f for f in st["formats"] if f not in acc["formats"]]
+    for st in out.sources.values():
+        st["format"] = ", ".join(st.pop("formats")) or "none"
+    return out
 
 
 def _detect_or_fail(items: list[Any], cfg: SourceConfig, path: Path) -> str:
@@ -150,7 +196,4 @@ def _detect_or_fail(items: list[Any], cfg: SourceConfig, path: Path) -> str:
 def ingest(sources: list[SourceConfig], base_dir: Path, variables: dict[str, str] | None = None,
            progress: Any = None) -> IngestResult:
     """Read every source in recipe order; the result is deterministic for the same files and recipe."""
-    result = IngestResult()
-    for cfg in sources:
-        ingest_source(cfg, base_dir, variables or {}, result, progress)
-    return result
+    return merge([ingest_shard(sh, base_dir, variables or {}, progress) for sh in plan_shards(sources, base_dir)])
