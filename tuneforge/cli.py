@@ -26,12 +26,14 @@ def build(
     seed: int | None = typer.Option(None, help="override the recipe's seed"),
     llm_base_url: str | None = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint for augmentation"),
     llm_model: str | None = typer.Option(None, "--llm-model", help="model name at that endpoint"),
+    runner: str = typer.Option("local", help="local (threads) or dask (shards in parallel on a Dask cluster)"),
+    dask_address: str | None = typer.Option(None, help="an existing Dask scheduler, e.g. tcp://host:8786"),
 ) -> None:
     """Build a fine-tuning dataset from the corpora a recipe names (a Prefect flow)."""
-    from tuneforge.flows.build import build_flow
+    from tuneforge.flows.build import with_runner
 
-    summary = build_flow(recipe_path=str(recipe), out=str(out), strict=strict, seed=seed,
-                         llm_base_url=llm_base_url, llm_model=llm_model)
+    summary = with_runner(runner, dask_address)(recipe_path=str(recipe), out=str(out), strict=strict, seed=seed,
+                                                llm_base_url=llm_base_url, llm_model=llm_model)
     c = summary["counts"]
     typer.echo(f"input {c['input']}  kept {c['kept']}  rejected {c['rejected']}  deduplicated {c['deduplicated']}  "
                f"splits {c['splits']}  -> {out}")
@@ -41,6 +43,11 @@ def build(
 
 
 # Sub-commands owned by later stages register here.
+__import__("tuneforge.eval.cli").eval.cli.register(app)
+from tuneforge.templates.cli import app as templates_app  # noqa: E402
+
+app.add_typer(templates_app, name="templates")
+app.command("train")(__import__("tuneforge.trainers.cli").trainers.cli.train_command)
 
 
 def main() -> None:

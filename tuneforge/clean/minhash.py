@@ -1,0 +1,161 @@
+"""MinHash signatures of character n-grams (so Chinese works without a word segmenter), in parallel.
+
+Signatures are datasketch MinHash values (fixed seed, affine32 scheme) of a fixed 32-bit hash of each n-gram,
+so the same text gives the same signature in any process on any machine. Workers come from a fork server, not a
+fork of the caller, because the build may run inside a threaded Prefect task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+_STRIP = re.compile(r"[\W_]+")
+SCHEME = "affine32"
+CHUNK = 2000
+
+
+def key_text(texts: list[str]) -> str:
+    """The text dedup compares: case-folded, without whitespace or punctuation."""
+    joined = "\n".join(texts)
+    return _STRIP.sub("", joined.casefold()) or joined
+
+
+def shingles(text: str, n: int) -> set[str]:
+    if len(text) <= n:
+        return {text}
+    return {text[i:i + n] for i in range(len(text) - n + 1)}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+_BASE = np.uint64(1099511628211)  # FNV-64 prime: the polynomial base of the n-gram hash
+_MASK32 = np.uint64(0xFFFFFFFF)
+_BATCH_WINDOWS = 1 << 13  # keeps the windows x permutations matrix in cache (a 2 MiB block)
+
+
+def shingle_hash(s: str) -> int:
+    """The 32-bit hash of one n-gram, as `_window_hashes` computes it for every n-gram of a text at once."""
+    h = 0
+    for ch in s:
+        h = (h * int(_BASE) + ord(ch)) & 0xFFFFFFFFFFFFFFFF
+    return (h ^ (h >> 32)) & 0xFFFFFFFF
+
+
+def _window_hashes(cps: np.ndarray, n: int) -> np.ndarray:
+    """`shingle_hash` of every n-character window of a code-point array (uint64 arithmetic wraps mod 2^64)."""
+    h = np.zeros(len(cps) - n + 1, dtype=np.uint64)
+    for k in range(n):
+        h = h * _BASE + cps[k:len(cps) - n + 1 + k]
+    return ((h ^ (h >> np.uint64(32))) & _MASK32).astype(np.uint32)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, the pre-mix datasketch's affine32 scheme applies to each input hash."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def base_minhash(num_perm: int, seed: int) -> MinHash:
+    return MinHash(num_perm=num_perm, seed=seed, hashfunc=shingle_hash, scheme=SCHEME)
+
+
+def _chunk_signatures(args: tuple[list[str], int, int, int]) -> np.ndarray:
+    """datasketch MinHash values (affine32) for each text, with the permutations applied to many texts at once.
+
+    Equal, value for value, to `MinHash(num_perm, seed, hashfunc=shingle_hash).update_batch(shingles(t, n))`
+    (a test checks it); batching only removes the per-text Python overhead. The n-gram hashes of the whole chunk
+    are computed over one concatenated code-point array, keeping only windows inside one text.
+    """
+    texts, n, num_perm, seed = args
+    a, b = base_minhash(num_perm, seed).permutations
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    short = lengths <= n
+    counts = np.where(short, 1, lengths - n + 1)
+    win_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    total = int(counts.sum())
+    cps = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+    if len(cps) >= n:
+        pos = np.arange(total, dtype=np.int64) + np.repeat(starts - win_starts, counts)
+        pos = np.minimum(pos, len(cps) - n)  # only short texts' placeholders can point past the end
+        hv = _window_hashes(cps, n)[pos]
+    else:
+        hv = np.zeros(total, dtype=np.uint32)
+    for k in np.flatnonzero(short):
+        hv[win_starts[k]] = shingle_hash(texts[k])
+    hv = _fmix32(hv)
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    ends = win_starts + counts
+    i = 0
+    while i < len(texts):
+        j = max(i + 1, int(np.searchsorted(ends, win_starts[i] + _BATCH_WINDOWS, side="right")))
+        block = hv[win_starts[i]:ends[j - 1], None] * a[None, :]
+        block += b[None, :]
+        out[i:j] = np.minimum.reduceat(block, win_starts[i:j] - win_starts[i], axis=0)
+        i = j
+    return out
+
+
+@contextlib.contextmanager
+def worker_pool(num_proc: int, items: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for the clean stage, or None when one process will do (small input, num_proc 1)."""
+    if num_proc <= 1 or items <= CHUNK:
+        yield None
+        return
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(["tuneforge.clean.stage"])
+    with ProcessPoolExecutor(max_workers=num_proc, mp_context=ctx) as pool:
+        yield pool
+
+
+def signatures(texts: list[str], n: int, num_perm: int, seed: int,
+               pool: ProcessPoolExecutor | None = None) -> np.ndarray:
+    """One row of `num_perm` uint32 MinHash values per text; chunks go to `pool` when there is one."""
+    if not texts:
+        return np.empty((0, num_perm), dtype=np.uint32)
+    step = CHUNK
+    chunks = [(texts[i:i + step], n, num_perm, seed) for i in range(0, len(texts), step)]
+    if pool is None or len(chunks) == 1:
+        return np.concatenate([_chunk_signatures(c) for c in chunks])
+    return np.concatenate(list(pool.map(_chunk_signatures, chunks)))
+
+
+class Sketch:
+    """The part of a MinHash that MinHashLSH reads; building a full MinHash per lookup costs more than the lookup."""
+
+    __slots__ = ("hashvalues",)
+    scheme = SCHEME
+
+    def __init__(self, hashvalues: np.ndarray) -> None:
+        self.hashvalues = hashvalues
+
+    def __len__(self) -> int:
+        return len(self.hashvalues)
+
+
+class Index:
+    """An LSH index over signatures that finds candidates below the threshold, to be checked exactly."""
+
+    def __init__(self, threshold: float, margin: float, num_perm: int) -> None:
+        self.candidate_threshold = max(0.05, threshold - margin)
+        self.lsh = MinHashLSH(threshold=self.candidate_threshold, num_perm=num_perm)
+
+    def insert(self, key: int, sig: np.ndarray) -> None:
+        self.lsh.insert(key, Sketch(sig), check_duplication=False)
+
+    def query(self, sig: np.ndarray) -> list[int]:
+        return sorted(self.lsh.query(Sketch(sig)))

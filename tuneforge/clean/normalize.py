@@ -1,0 +1,156 @@
+"""Text normalisation: each step is a switch in the recipe, and the defaults never change meaning.
+
+Chinese text uses full-width punctuation (，。！？：；（）) as its normal form, so NFKC and the full-width
+step keep those marks where a CJK character stands beside them and only fold them inside Latin text.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from html.parser import HTMLParser
+
+from tuneforge.clean.config import NormalizeConfig
+
+# Full-width ASCII block U+FF01..U+FF5E maps to U+0021..U+007E.
+_FW_OFFSET = 0xFEE0
+_FW_ALNUM = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
+_FW_ALNUM_TABLE = {c: c - _FW_OFFSET for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
+                   for c in range(r[0], r[1] + 1)}
+_FW_PUNCT = re.compile(r"[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]")
+_CJK_CLASS = (r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+              r"\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff5f-\uff65\U00020000-\U0003134f")
+_CJK = re.compile(f"[{_CJK_CLASS}]")
+# A full-width mark with no CJK character right beside it; only these need the slower look further out.
+_FW_PUNCT_LONELY = re.compile(f"(?<![{_CJK_CLASS}])[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]"
+                              f"(?![{_CJK_CLASS}])")
+# Invisible characters that only ever get in the way (ZWSP, word joiner, BOM, soft hyphen, bidi marks).
+_INVISIBLE = re.compile(r"[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+# ZWJ/ZWNJ are meaningful inside emoji sequences and some scripts; drop them only between ASCII/CJK.
+_JOINER = re.compile(r"(?<=[\x00-\x7f\u3000-\u9fff])[\u200c\u200d](?=[\x00-\x7f\u3000-\u9fff])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+_SP = r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+_INNER_SPACES = re.compile(rf"(?<=\S){_SP}{{2,}}|(?<=\S)[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000](?!{_SP})")
+_TRAILING = re.compile(rf"{_SP}+$", re.M)
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n){2,}")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?/?>|<!--|&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
+_BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol",
+               "blockquote", "pre", "section", "article", "hr"}
+_SKIP_TAGS = {"script", "style", "head", "noscript"}
+
+
+def _nfkc(text: str) -> str:
+    """NFKC everywhere except full-width punctuation, which `_fullwidth` decides on by context."""
+    parts = _FW_PUNCT.split(text)
+    marks = _FW_PUNCT.findall(text)
+    out = [unicodedata.normalize("NFKC", parts[0])]
+    for mark, part in zip(marks, parts[1:], strict=True):
+        out.append(mark)
+        out.append(unicodedata.normalize("NFKC", part))
+    return "".join(out)
+
+
+def _fullwidth(text: str) -> str:
+    if _FW_ALNUM.search(text):
+        text = text.translate(_FW_ALNUM_TABLE)
+    if not _FW_PUNCT_LONELY.search(text):
+        return text  # every full-width mark touches a CJK character: the common case, decided in C
+    chars = list(text)
+    for m in _FW_PUNCT.finditer(text):
+        i = m.start()
+        if not (_cjk_near(text, i, -1) or _cjk_near(text, i, 1)):
+            chars[i] = chr(ord(chars[i]) - _FW_OFFSET)
+    return "".join(chars)
+
+
+def _cjk_near(text: str, i: int, step: int) -> bool:
+    """Is the nearest character beside position i (skipping spaces and full-width marks) CJK?"""
+    j = i + step
+    while 0 <= j < len(text) and (text[j].isspace() or _FW_PUNCT.match(text[j])):
+        j += step
+    return 0 <= j < len(text) and bool(_CJK.match(text[j]))
+
+
+def _controls(text: str) -> str:
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _JOINER.sub("", _INVISIBLE.sub("", text))
+
+
+def _fold(text: str) -> str:
+    """Prose: one space inside lines, no trailing spaces; leading indentation is left as it is."""
+    text = _INNER_SPACES.sub(" ", text)
+    return _TRAILING.sub("", text)
+
+
+def _whitespace(text: str) -> str:
+    """Fold spaces and blank lines in prose; fenced code blocks keep their spacing (only line ends trimmed)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "```" not in text and "~~~" not in text:
+        text = _fold(text)
+    else:
+        out: list[str] = []
+        prose: list[str] = []
+        in_code = False
+        for line in text.split("\n"):
+            if _FENCE.match(line) or in_code:
+                if prose:
+                    out.append(_fold("\n".join(prose)))
+                    prose = []
+                out.append(line.rstrip())
+                if _FENCE.match(line):
+                    in_code = not in_code
+            else:
+                prose.append(line)
+        if prose:
+            out.append(_fold("\n".join(prose)))
+        text = "\n".join(out)
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in _SKIP_TAGS:
+            self.skip += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS:
+            self.skip = max(0, self.skip - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.parts.append(data)
+
+
+def strip_html(text: str) -> str:
+    """Unescape entities and drop tags, but only when the text has some: `a < b` stays as it is."""
+    if not _TAG.search(text):
+        return text
+    parser = _TextExtractor()
+    parser.feed(text)
+    parser.close()
+    return "".join(parser.parts)
+
+
+def normalize_text(text: str, cfg: NormalizeConfig) -> str:
+    if cfg.html:
+        text = strip_html(text)
+    if cfg.control_chars:
+        text = _controls(text)
+    text = _nfkc(text) if cfg.nfkc else unicodedata.normalize("NFC", text)
+    if cfg.fullwidth_ascii:
+        text = _fullwidth(text)
+    if cfg.whitespace:
+        text = _whitespace(text)
+    return text
