@@ -66,7 +66,7 @@ def tuneforge_build(corpus: Path, out: Path, near: bool) -> int:
 
     r, base = load_recipe(recipe)
     ing = ingest(r.sources, base)
-    cl = run_clean(ing.records, r.clean, recipe_dir=base)
+    cl = run_clean(ing.records, r.clean, recipe_dir=base, num_proc=os.cpu_count() or 1)
     sp = split_records(cl.kept, r.split, r.seed, cl.clusters)
     m = publish(out, BuildInputs(recipe=r, recipe_path=recipe, seed=r.seed, ingested=ing.records, records=cl.kept,
                                  rejects=ing.rejects + cl.rejects, source_stats=ing.sources, inputs=ing.inputs,

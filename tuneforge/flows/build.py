@@ -8,6 +8,7 @@ looking for futures, which cost more than the build itself.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def _ingest(recipe: Recipe, base: Path) -> IngestResult:
 
 @task(name="clean", cache_policy=NO_CACHE)
 def clean_task(records: list[dict], cfg: CleanConfig, base: Path) -> CleanResult:
-    return run_clean(records, cfg, recipe_dir=base)
+    return run_clean(records, cfg, recipe_dir=base, num_proc=os.cpu_count() or 1)
 
 
 @task(name="augment", cache_policy=NO_CACHE)

@@ -42,23 +42,35 @@ def primary_kind(kinds: set[str]) -> str | None:
     return next((k for k in SPLIT_KINDS if k in kinds), None)
 
 
+def _fingerprint(table: Any) -> str:
+    """A content hash of the Arrow table (its IPC bytes), instead of datasets' random fingerprint, so
+    state.json is identical across re-runs and changes whenever the content does."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+
+
 def write_datasets(out: Path, splits: dict[str, list[Record]]) -> dict[str, str]:
     """One DatasetDict per record kind present; `dataset/` holds conversations when there are any."""
-    from datasets import Dataset, DatasetDict
+    import pyarrow as pa
+
+    from datasets import Dataset, DatasetDict, DatasetInfo
 
     kinds = {r["kind"] for recs in splits.values() for r in recs}
     written = {}
     for kind in SPLIT_KINDS:
         if kind not in kinds:
             continue
+        features = _features(kind)
         parts = {}
         for split in SPLITS:
-            rows = [_row(r, kind) for r in splits[split] if r["kind"] == kind]
-            ds = Dataset.from_list(rows, features=_features(kind))
-            # A content fingerprint instead of a random one keeps state.json identical across re-runs.
-            ds._fingerprint = hashlib.sha256(f"{kind}/{split}/".encode() + "\n".join(
-                dumps(r) for r in rows).encode()).hexdigest()[:16]
-            parts[split] = ds
+            # Arrow builds the table in C++; Dataset.from_list would encode row by row in Python.
+            table = pa.Table.from_pylist([_row(r, kind) for r in splits[split] if r["kind"] == kind],
+                                         schema=features.arrow_schema)
+            parts[split] = Dataset(table, info=DatasetInfo(features=features), fingerprint=_fingerprint(table))
         folder = DATASET_DIRS[kind]
         DatasetDict(parts).save_to_disk(str(out / folder))
         written[kind] = folder
