@@ -217,6 +217,19 @@ def completion(obj: dict, ctx: Context) -> list[Record]:
 
 
 def document(obj: dict, ctx: Context) -> list[Record]:
+    """Raw text (`text`/`content`), or a document rendered from a table row by `options.template` (Jinja2,
+    sandboxed), so knowledge-base tables can become continued pre-training text by recipe alone."""
+    template = ctx.cfg.options.get("template")
+    if template is not None:
+        from tuneforge.templates.loader import TemplateError, render_string
+
+        if not isinstance(obj, dict):
+            raise Invalid("options.template needs records that are objects")
+        try:
+            text = render_string(template, **obj)
+        except TemplateError as e:
+            raise Invalid(f"options.template: {e}") from None
+        return [new_record("text", ctx.meta, text=_text(text.strip(), "rendered text"))]
     name = "text" if ("text" in ctx.cfg.columns or "text" in obj) else "content"
     return [new_record("text", ctx.meta, text=_text(_field(obj, name, ctx), name))]
 
