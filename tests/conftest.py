@@ -13,6 +13,7 @@ SHARED = REPO.parent / "shared" / "corpora"
 # The embedded model is converted once per checkout and reused across test runs.
 os.environ.setdefault("TUNEFORGE_HOME", str(REPO / ".pytest_cache" / "tuneforge-home"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

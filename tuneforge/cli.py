@@ -12,6 +12,8 @@ from rich.console import Console
 from tuneforge.common.errors import TuneforgeError
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The ephemeral Prefect API starts in a subprocess; on a busy 2-core machine its default 20 s can run out.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Turn raw corpora into fine-tuning data, train, evaluate, and prove what the fine-tune did.")
@@ -42,12 +44,21 @@ def build(
         raise typer.Exit(1)
 
 
-# Sub-commands owned by later stages register here.
-__import__("tuneforge.eval.cli").eval.cli.register(app)
-from tuneforge.templates.cli import app as templates_app  # noqa: E402
+# Sub-commands owned by later stages register here; their modules import heavy libraries only inside
+# the commands, so `tuneforge --help` stays fast.
+def _register() -> None:
+    from tuneforge.eval.cli import register as register_eval
+    from tuneforge.flows.cli import register as register_flows
+    from tuneforge.templates.cli import app as templates_app
+    from tuneforge.trainers.cli import train_command
 
-app.add_typer(templates_app, name="templates")
-app.command("train")(__import__("tuneforge.trainers.cli").trainers.cli.train_command)
+    app.add_typer(templates_app, name="templates")
+    app.command("train")(train_command)
+    register_eval(app)
+    register_flows(app)
+
+
+_register()
 
 
 def main() -> None:

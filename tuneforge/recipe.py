@@ -77,3 +77,21 @@ def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
     except yaml.YAMLError as e:
         raise RecipeError(f"{p}: not valid YAML: {e}") from None
     return parse_recipe(data, str(p)), p.parent
+
+
+def fingerprint(path: str | Path) -> str:
+    """A hash of everything a build depends on: the recipe text, every input file, prompt templates the
+    recipe names, and the tuneforge version; equal fingerprints mean an identical build."""
+    from tuneforge import __version__
+    from tuneforge.common.io import sha256_file, sha256_text
+    from tuneforge.ingest import resolve_files
+
+    recipe, base = load_recipe(path)
+    parts = [__version__, Path(path).read_text(encoding="utf-8")]
+    for src in recipe.sources:
+        parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base) if f.is_file()]
+    from tuneforge.templates.loader import PROMPTS_DIR
+
+    for root in (base, PROMPTS_DIR):
+        parts += [f"{f.relative_to(root)}:{sha256_file(f)}" for f in sorted(root.rglob("*.jinja"))]
+    return sha256_text("\n".join(parts))

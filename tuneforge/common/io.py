@@ -93,3 +93,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_tree(path: str | Path) -> str:
+    """One hash over a folder's files (relative names and contents), for cache keys on model folders."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()

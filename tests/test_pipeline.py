@@ -1,0 +1,175 @@
+"""Orchestration: the train-then-eval pipeline (caching, gate), schedules, new domains, the law domain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneforge.eval.gate import gate_decision
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def _pipeline(tmp_path: Path, name: str = "tiny", **extra) -> Path:
+    """A small pipeline on the shipped Chinese instruction sample: a few LoRA steps, a few questions."""
+    data = yaml.safe_load((REPO / "datasets/zh_instruct/recipe.yaml").read_text(encoding="utf-8"))
+    for s in data["sources"]:
+        s["path"] = str((REPO / "datasets/zh_instruct" / s["path"]).resolve())
+        s["limit"] = 40
+    data["card"] = {"tokenizer": None}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    train = yaml.safe_load((REPO / "configs/demo-sft.yaml").read_text(encoding="utf-8"))
+    train["args"].update(max_steps=2, save_steps=100, logging_steps=1)
+    train["max_length"] = 128
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(train), encoding="utf-8")
+    forget = yaml.safe_load((REPO / "configs/demo-forgetting-quick.yaml").read_text(encoding="utf-8"))
+    forget["suites"] = [{"benchmark": "ceval", "subjects": ["law"], "shots": 2, "limit": 4}]
+    forget["perplexity"] = {"limit": 2, "max_length": 64}
+    (tmp_path / "forget.yaml").write_text(yaml.safe_dump(forget), encoding="utf-8")
+    pipe = {"name": name, "build": {"recipe": "recipe.yaml"},
+            "train": [{"name": "sft", "config": "sft.yaml"}],
+            "evaluate": {"heldout": {"limit": 2, "max_new_tokens": 8, "batch_size": 2}},
+            "forgetting": {"config": "forget.yaml", "gate": "fail"}, **extra}
+    p = tmp_path / "pipeline.yaml"
+    p.write_text(yaml.safe_dump(pipe, allow_unicode=True), encoding="utf-8")
+    return p
+
+
+def _mtime(p: Path) -> float:
+    return p.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_cache_and_gate(prefect_api, tmp_path):
+    from tuneforge.common.errors import TuneforgeError
+    from tuneforge.flows.pipeline import pipeline_flow
+
+    pipe, out = _pipeline(tmp_path), tmp_path / "run"
+    res = pipeline_flow(pipeline=str(pipe), out=str(out))
+    assert (out / "report.html").is_file() and (out / "results.json").is_file()
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert saved["gate"]["verdict"] in ("forgetting", "no significant change", "improved")
+    assert saved["forgetting"]["suites"]["ceval"]["n"] == 4
+    assert res["train"][0]["steps"] == 2 and (out / "train/sft/final/adapter_config.json").is_file()
+    assert (out / "eval/base/results.json").is_file() and (out / "eval/tuned/results.json").is_file()
+    marks = {p: _mtime(out / p) for p in ("data/manifest.json", "train/sft/final/adapter_model.safetensors",
+                                          "eval/tuned/results.json", "forgetting/results.json")}
+
+    # Nothing changed: every step is a cache hit, nothing is rewritten.
+    t = time.perf_counter()
+    pipeline_flow(pipeline=str(pipe), out=str(out))
+    assert {p: _mtime(out / p) for p in marks} == marks
+    rerun_s = time.perf_counter() - t
+
+    # Only the evaluation settings change: only the evaluation runs again.
+    pipeline_flow(pipeline=str(pipe), out=str(out), overrides={"evaluate": {"heldout": {"limit": 1}}})
+    assert _mtime(out / "train/sft/final/adapter_model.safetensors") == marks["train/sft/final/adapter_model.safetensors"]
+    assert _mtime(out / "data/manifest.json") == marks["data/manifest.json"]
+    assert _mtime(out / "eval/tuned/results.json") != marks["eval/tuned/results.json"]
+
+    # The gate: a tolerance no fine-tune can meet makes the verdict `forgetting` and fails the run.
+    strict = {"forgetting": {"tolerance": -100.0, "alpha": 1.01}}
+    with pytest.raises(TuneforgeError, match="forgetting gate failed"):
+        pipeline_flow(pipeline=str(pipe), out=str(out), overrides=strict)
+    failed = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert failed["gate"]["passed"] is False and failed["gate"]["verdict"] == "forgetting"
+    warned = pipeline_flow(pipeline=str(pipe), out=str(out),
+                           overrides={**strict, "forgetting": {**strict["forgetting"], "gate": "warn"}})
+    assert warned["gate"]["passed"] is True and warned["gate"]["verdict"] == "forgetting"
+    print(f"cached re-run: {rerun_s:.1f} s")
+
+
+def test_gate_decision():
+    block = {"verdict": "forgetting", "suites": {
+        "ceval": {"verdict": "forgetting", "delta": -5.2, "ci_low": -7.9, "ci_high": -2.6, "p_value": 0.0004},
+        "cmmlu": {"verdict": "no significant change", "delta": -0.4, "ci_low": -2.0, "ci_high": 1.1,
+                  "p_value": 0.7}}}
+    fail = gate_decision(block, "fail")
+    assert fail["passed"] is False and len(fail["reasons"]) == 1 and fail["reasons"][0].startswith("ceval: accuracy -5.20")
+    assert gate_decision(block, "warn")["passed"] is True
+    ok = gate_decision({"verdict": "no significant change", "suites": {}}, "fail")
+    assert ok["passed"] is True
+    assert gate_decision({"verdict": "no significant change", "suites": {},
+                          "perplexity": {"verdict": "forgetting", "change_pct": 25.0}}, "fail")["passed"] is False
+
+
+@pytest.mark.slow
+def test_schedule_serves_a_deployment_that_runs(prefect_api, tmp_path):
+    """`tuneforge schedule` serves the pipeline; a run of its deployment completes on the Prefect server."""
+    from prefect.deployments import run_deployment
+
+    pipe = tmp_path / "p.yaml"
+    _pipeline(tmp_path)
+    pipe.write_text(yaml.safe_dump({"name": "nightly", "build": {"recipe": "recipe.yaml"}}), encoding="utf-8")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "schedule", str(pipe), "--cron", "0 3 * * *",
+                             "--out", str(tmp_path / "nightly")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        listed = ""
+        while time.time() < deadline and "nightly" not in listed:
+            time.sleep(3)
+            listed = subprocess.run([sys.executable, "-m", "tuneforge.cli", "schedule", "--list"], env=env,
+                                    capture_output=True, text=True).stdout
+        assert "nightly" in listed and "0 3 * * *" in listed, listed
+        run = run_deployment("tuneforge-pipeline/nightly", timeout=600)
+        assert run.state.is_completed(), run.state
+        assert (tmp_path / "nightly" / "data" / "manifest.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_new_domain_from_template(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+    from tuneforge.recipe import load_recipe
+
+    r = CliRunner().invoke(app, ["new-domain", "customer_service", "--root", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    d = tmp_path / "datasets" / "customer_service"
+    recipe, _ = load_recipe(d / "recipe.yaml")
+    assert recipe.name == "customer_service" and recipe.sources[0].name == "customer_service_sft"
+    assert (tmp_path / "pipelines" / "customer_service.yaml").is_file() and not (d / "pipeline.yaml").exists()
+    assert "__DOMAIN__" not in "".join(p.read_text(encoding="utf-8") for p in d.rglob("*") if p.is_file())
+    again = CliRunner().invoke(app, ["new-domain", "customer_service", "--root", str(tmp_path)])
+    assert again.exit_code != 0
+
+
+@pytest.mark.slow
+def test_law_domain_is_only_recipe_and_data(prefect_api, tmp_path):
+    """The second domain adds no code: its folder is recipe, data and notes, and it builds pre-training
+    text plus instruction pairs made by `question_from_passage` (here through a loopback endpoint)."""
+    from fake_openai_server import FakeOpenAIServer  # tests/ is on sys.path under pytest
+
+    from tuneforge.flows.build import build_flow
+
+    law = REPO / "datasets" / "law"
+    assert {p.suffix for p in law.rglob("*") if p.is_file()} <= {".yaml", ".json", ".jsonl", ".md", ".jinja"}
+    with FakeOpenAIServer() as srv:
+        m = build_flow(recipe_path=str(law / "recipe.yaml"), out=str(tmp_path / "law"),
+                       llm_base_url=srv.base_url, llm_model="fake")
+    assert set(m["datasets"]) == {"messages", "text"}
+    assert m["counts"]["input"] == m["counts"]["kept"] + m["counts"]["rejected"] + m["counts"]["deduplicated"]
+    assert m["counts"]["reasons"].get("refusal", 0) + m["counts"]["reasons"].get("placeholder", 0) == 5
+    assert m["counts"]["records"]["generated"] == 4
+    ops = [json.loads(line) for line in (tmp_path / "law/exports/openai/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert ops

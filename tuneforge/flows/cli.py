@@ -1,0 +1,133 @@
+"""CLI verbs for orchestration: run, schedule, server, demo, new-domain. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from tuneforge.common.errors import TuneforgeError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_command(
+    pipeline: Path = typer.Argument(..., exists=True, dir_okay=False, help="pipelines/<name>.yaml"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder (data/, train/, eval/, forgetting/, report.html)"),
+) -> None:
+    """Run a pipeline (build → train → evaluate → forgetting gate → report) as a Prefect flow."""
+    from tuneforge.flows.pipeline import pipeline_flow
+
+    res = pipeline_flow(pipeline=str(pipeline.resolve()), out=str(out))
+    gate = res.get("gate") or {}
+    typer.echo(f"report: {out / 'report.html'}  results: {out / 'results.json'}  "
+               f"forgetting verdict: {gate.get('verdict')}")
+
+
+def schedule_command(
+    pipeline: Path | None = typer.Argument(None, help="pipelines/<name>.yaml"),
+    cron: str | None = typer.Option(None, help='cron schedule, e.g. "0 3 * * *"'),
+    interval: int | None = typer.Option(None, help="seconds between runs"),
+    out: Path | None = typer.Option(None, "--out", help="run folder (default runs/<pipeline name>)"),
+    name: str | None = typer.Option(None, help="deployment name (default: the pipeline's name)"),
+    list_: bool = typer.Option(False, "--list", help="list the deployments the Prefect API knows"),
+) -> None:
+    """Serve a pipeline as a scheduled Prefect deployment (blocks; runs appear in the Prefect UI)."""
+    if list_:
+        for d in asyncio.run(_deployments()):
+            typer.echo(d)
+        return
+    if pipeline is None or (cron is None) == (interval is None):
+        raise TuneforgeError("schedule needs a pipeline file and exactly one of --cron or --interval")
+    from tuneforge.flows.pipeline import pipeline_flow
+    from tuneforge.flows.pipeline_config import load_pipeline
+
+    cfg, _ = load_pipeline(pipeline)
+    target = str((out or Path("runs") / cfg.name).resolve())
+    pipeline_flow.serve(name=name or cfg.name, cron=cron, interval=interval,
+                        parameters={"pipeline": str(pipeline.resolve()), "out": target})
+
+
+async def _deployments() -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deps = await client.read_deployments()
+        lines = []
+        for d in deps:
+            scheds = ", ".join(str(getattr(s.schedule, "cron", None) or getattr(s.schedule, "interval", ""))
+                               for s in (d.schedules or []))
+            lines.append(f"{d.name}\t{d.id}\t{scheds or 'no schedule'}\t{d.parameters}")
+        return lines or ["no deployments"]
+
+
+def server_command(port: int = typer.Option(4200, help="port on 127.0.0.1")) -> None:
+    """Start a local Prefect server (UI and API) on 127.0.0.1; point PREFECT_API_URL at it."""
+    typer.echo(f"export PREFECT_API_URL=http://127.0.0.1:{port}/api   # in the shells that run tuneforge")
+    os.execvp(sys.executable, [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)])
+
+
+DEMO_QUICK = {
+    "train": [{"name": "sft", "config": "../configs/demo-sft.yaml", "set": {"args": {"max_steps": 4}}}],
+    "evaluate": {"heldout": {"limit": 3, "max_new_tokens": 24}},
+    "forgetting": {"config": "../configs/demo-forgetting-quick.yaml"},
+}
+
+
+def demo_command(
+    quick: bool = typer.Option(False, help="a reduced run (CI): fewer steps, questions and generations"),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder"),
+) -> None:
+    """The main job on the embedded defaults: no network, GPU or API key. Builds the hotel dataset (a few
+    records augmented by SmolLM2 through `transformers serve`), trains a LoRA SFT on the CPU, evaluates base
+    and tuned, runs the forgetting check and writes OUT/report.html and OUT/results.json."""
+    from tuneforge.flows.pipeline import pipeline_flow
+
+    pipeline = REPO / "pipelines" / "demo.yaml"
+    if not pipeline.is_file():
+        raise TuneforgeError(f"{pipeline} not found: run the demo from a clone of the tuneforge repository")
+    t = time.perf_counter()
+    try:
+        res = pipeline_flow(pipeline=str(pipeline), out=str(out), overrides=DEMO_QUICK if quick else None)
+    finally:
+        typer.echo(f"demo {'(quick) ' if quick else ''}took {time.perf_counter() - t:.0f} s")
+    gate = res.get("gate") or {}
+    typer.echo(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\n"
+               f"forgetting verdict: {gate.get('verdict')} ({'; '.join(gate.get('reasons', []))})")
+
+
+def new_domain_command(
+    name: str = typer.Argument(..., help="the new domain's name (a folder under datasets/)"),
+    root: Path = typer.Option(Path("."), help="the project folder holding datasets/ and pipelines/"),
+) -> None:
+    """Start a new domain from the commented template: recipe, prompt, eval config and pipeline."""
+    import re
+
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise TuneforgeError("a domain name is lower-case letters, digits and underscores, starting with a letter")
+    template = REPO / "datasets" / "_template"
+    target = root / "datasets" / name
+    if target.exists():
+        raise TuneforgeError(f"{target} already exists")
+    shutil.copytree(template, target)
+    for f in target.rglob("*"):
+        if f.is_file() and f.suffix in (".yaml", ".md", ".jinja"):
+            f.write_text(f.read_text(encoding="utf-8").replace("__DOMAIN__", name), encoding="utf-8")
+    pipe = root / "pipelines" / f"{name}.yaml"
+    pipe.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(target / "pipeline.yaml"), pipe)
+    typer.echo(f"created {target}/ and {pipe}; put your data under {target}/data and edit recipe.yaml")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("schedule")(schedule_command)
+    app.command("server")(server_command)
+    app.command("demo")(demo_command)
+    app.command("new-domain")(new_domain_command)

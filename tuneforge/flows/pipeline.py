@@ -1,0 +1,167 @@
+"""The train-then-eval pipeline as a Prefect flow: build → train (stages) → evaluate → forgetting → report.
+
+Each step is a task cached on its inputs (`INPUTS + TASK_SOURCE`, with content hashes of the recipe and
+its input files, the configs, and the model folders as inputs), so a re-run with nothing changed returns
+in seconds and a changed eval config re-runs only the evaluation. A step whose output folder has gone
+missing is recomputed (`refresh_cache`). The forgetting verdict is the gate.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.io import sha256_tree, write_json
+from tuneforge.flows.artifacts import publish_build, publish_eval, publish_train
+from tuneforge.flows.pipeline_config import deep_merge, load_pipeline
+from tuneforge.recipe import fingerprint
+
+CACHED: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+
+
+@task(name="build", **CACHED)
+def build_task(recipe: str, out: str, fingerprint: str, runner: str, dask_address: str | None,
+               llm_base_url: str | None, llm_model: str | None) -> dict[str, Any]:
+    from tuneforge.flows.build import with_runner
+
+    m = with_runner(runner, dask_address)(recipe_path=recipe, out=out, llm_base_url=llm_base_url,
+                                          llm_model=llm_model)
+    return {"out": out, "manifest_sha256": m["sha256"], "template": m["template"], "counts": m["counts"]}
+
+
+@task(name="train", **CACHED)
+def train_task(config: dict[str, Any], out: str, inputs_sha: str, merge: bool) -> dict[str, Any]:
+    from tuneforge.trainers import train
+
+    shutil.rmtree(out, ignore_errors=True)  # a cache miss starts the stage afresh
+    return train(config, out, merge=merge)
+
+
+@task(name="evaluate", **CACHED)
+def eval_task(config: dict[str, Any], out: str, model: str, adapter: str | None, model_sha: str) -> dict[str, Any]:
+    from tuneforge.eval import run_eval
+
+    res = run_eval(config, out=out, model=model, adapter=adapter)
+    return {"out": out, "suites": res.get("suites", {}), "heldout": (res.get("heldout") or {}).get("metrics")}
+
+
+@task(name="forgetting", **CACHED)
+def forgetting_task(config: dict[str, Any], out: str, base: str, tuned: str | None, adapter: str | None,
+                    model_sha: str) -> dict[str, Any]:
+    from tuneforge.eval import run_forgetting
+
+    res = run_forgetting(base, tuned, adapter=adapter, out=out, config=config)
+    return {"out": out, "forgetting": res["forgetting"]}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(runs: list[str], out: str, summary: dict[str, Any]) -> dict[str, Any]:
+    from tuneforge.eval import compare_runs
+
+    compare = compare_runs(runs, Path(out) / "compare") if len(runs) > 1 else None
+    for name in ("report.html", "report.md"):
+        if compare is not None:
+            shutil.copyfile(Path(out) / "compare" / name, Path(out) / name)
+    result = {**summary, "comparison": compare}
+    write_json(Path(out) / "results.json", result)
+    return result
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise TuneforgeError(f"{path}: expected a YAML mapping")
+    return data
+
+
+def _refresh(marker: Path) -> bool:
+    return not marker.exists()
+
+
+@flow(name="tuneforge-pipeline", log_prints=True)
+def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a pipeline file end to end into `out`; returns results.json's content. Fails on the gate."""
+    log = get_run_logger()
+    cfg, base = load_pipeline(pipeline)
+    if overrides:
+        from tuneforge.flows.pipeline_config import PipelineConfig
+
+        cfg = PipelineConfig.model_validate(deep_merge(cfg.model_dump(), overrides))
+    root = Path(out).resolve()
+    recipe = str((base / cfg.build.recipe).resolve())
+    data_dir = root / "data"
+    build = build_task.with_options(refresh_cache=_refresh(data_dir / "manifest.json"))(
+        recipe, str(data_dir), fingerprint(recipe), cfg.build.runner, cfg.build.dask_address,
+        cfg.build.llm_base_url, cfg.build.llm_model)
+    publish_build(data_dir)
+    log.info("build: %s", build["counts"]["splits"])
+
+    base_model, tuned, adapter, model_sha, trained = None, None, None, "", []
+    for i, step in enumerate(cfg.train):
+        tc = deep_merge(_yaml(base / step.config), step.set)
+        tc["dataset"] = str(data_dir)
+        if "replay" in tc and tc["replay"] and not Path(str(tc["replay"]["dataset"])).is_absolute():
+            tc["replay"]["dataset"] = str((base / step.config).parent / tc["replay"]["dataset"])
+        if step.from_previous and trained:
+            if not trained[-1]["merged"]:
+                raise TuneforgeError(f"train step {step.name!r}: from_previous needs a merged previous model")
+            tc["base_model"] = trained[-1]["merged"]
+        base_model = base_model or tc["base_model"]
+        run_dir = root / "train" / step.name
+        is_last = i == len(cfg.train) - 1
+        inputs_sha = build["manifest_sha256"] + model_sha
+        summary = train_task.with_options(refresh_cache=_refresh(run_dir / "final"))(
+            tc, str(run_dir), inputs_sha, merge=not is_last)
+        trained.append(summary)
+        model_sha = sha256_tree(summary["final"])
+        publish_train(step.name, run_dir)
+        if summary["adapter"]:
+            tuned, adapter = tc["base_model"], summary["final"]
+        else:
+            tuned, adapter = summary["final"], None
+    results: dict[str, Any] = {"pipeline": cfg.name, "build": build, "train": trained, "evaluations": {}}
+    runs: list[str] = []
+    if cfg.evaluate is not None and base_model is not None:
+        ec = _yaml(base / cfg.evaluate.config) if cfg.evaluate.config else {}
+        if cfg.evaluate.heldout is not None:
+            ec["heldout"] = {**cfg.evaluate.heldout, "dataset": str(data_dir)}
+        models = [("tuned", tuned, adapter, model_sha)]
+        if cfg.evaluate.base:
+            models.insert(0, ("base", base_model, None, ""))
+        for name, model, adp, sha in models:
+            eo = root / "eval" / name
+            res = eval_task.with_options(refresh_cache=_refresh(eo / "results.json"))(ec, str(eo), model, adp, sha)
+            results["evaluations"][name] = res
+            publish_eval(name, eo)
+            runs.append(str(eo))
+    gate = None
+    if cfg.forgetting is not None and base_model is not None:
+        fc = _yaml(base / cfg.forgetting.config) if cfg.forgetting.config else {}
+        if cfg.forgetting.suites:
+            fc["suites"] = [{"benchmark": s} for s in cfg.forgetting.suites]
+        for key in ("tolerance", "alpha"):
+            if getattr(cfg.forgetting, key) is not None:
+                fc.setdefault("forgetting", {})[key] = getattr(cfg.forgetting, key)
+        fo = root / "forgetting"
+        res = forgetting_task.with_options(refresh_cache=_refresh(fo / "results.json"))(
+            fc, str(fo), base_model, tuned if adapter is None else None, adapter, model_sha)
+        publish_eval("forgetting", fo)
+        from tuneforge.eval.gate import gate_decision
+
+        gate = gate_decision(res["forgetting"], cfg.forgetting.gate)
+        results["forgetting"] = res["forgetting"]
+        results["gate"] = gate
+        runs.append(str(fo))
+    final = report_task(runs, str(root), results)
+    if gate is not None and not gate["passed"]:
+        raise TuneforgeError("forgetting gate failed: " + "; ".join(gate["reasons"]) +
+                             f" (see {root / 'report.html'})")
+    if gate is not None and gate["verdict"] == "forgetting":
+        log.warning("forgetting detected (gate is 'warn'): %s", "; ".join(gate["reasons"]))
+    return final
