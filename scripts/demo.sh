@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-exec .venv/bin/tuneforge build datasets/hotel/recipe.yaml --out runs/hotel "$@"
+exec .venv/bin/tuneforge demo --out runs/demo "$@"

@@ -26,28 +26,15 @@ def prefect_api():
         yield PREFECT_API_URL.value()
 
 
-def _pipeline(tmp_path: Path, name: str = "tiny", **extra) -> Path:
-    """A small pipeline on the shipped Chinese instruction sample: a few LoRA steps, a few questions."""
+def _small_recipe(tmp_path: Path) -> Path:
+    """The shipped Chinese instruction sample, 40 records a source, no tokenizer statistics."""
     data = yaml.safe_load((REPO / "datasets/zh_instruct/recipe.yaml").read_text(encoding="utf-8"))
     for s in data["sources"]:
         s["path"] = str((REPO / "datasets/zh_instruct" / s["path"]).resolve())
         s["limit"] = 40
     data["card"] = {"tokenizer": None}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    train = yaml.safe_load((REPO / "configs/demo-sft.yaml").read_text(encoding="utf-8"))
-    train["args"].update(max_steps=2, save_steps=100, logging_steps=1)
-    train["max_length"] = 128
-    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(train), encoding="utf-8")
-    forget = yaml.safe_load((REPO / "configs/demo-forgetting-quick.yaml").read_text(encoding="utf-8"))
-    forget["suites"] = [{"benchmark": "ceval", "subjects": ["law"], "shots": 2, "limit": 4}]
-    forget["perplexity"] = {"limit": 2, "max_length": 64}
-    (tmp_path / "forget.yaml").write_text(yaml.safe_dump(forget), encoding="utf-8")
-    pipe = {"name": name, "build": {"recipe": "recipe.yaml"},
-            "train": [{"name": "sft", "config": "sft.yaml"}],
-            "evaluate": {"heldout": {"limit": 2, "max_new_tokens": 8, "batch_size": 2}},
-            "forgetting": {"config": "forget.yaml", "gate": "fail"}, **extra}
-    p = tmp_path / "pipeline.yaml"
-    p.write_text(yaml.safe_dump(pipe, allow_unicode=True), encoding="utf-8")
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return p
 
 
@@ -56,43 +43,51 @@ def _mtime(p: Path) -> float:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end_cache_and_gate(prefect_api, tmp_path):
+def test_demo_pipeline_quick_cache_and_gate(prefect_api, tmp_path):
+    """The shipped demo pipeline in its CI size (`tuneforge demo --quick`): augmentation through
+    `transformers serve`, LoRA SFT, held-out and forgetting evaluations, the report; then re-runs."""
     from tuneforge.common.errors import TuneforgeError
+    from tuneforge.flows.cli import DEMO_QUICK
     from tuneforge.flows.pipeline import pipeline_flow
 
-    pipe, out = _pipeline(tmp_path), tmp_path / "run"
-    res = pipeline_flow(pipeline=str(pipe), out=str(out))
-    assert (out / "report.html").is_file() and (out / "results.json").is_file()
+    pipe, out = str(REPO / "pipelines" / "demo.yaml"), tmp_path / "demo"
+    res = pipeline_flow(pipeline=pipe, out=str(out), overrides=DEMO_QUICK)
     saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (out / "report.html").is_file() and saved["gate"]["policy"] == "warn"
     assert saved["gate"]["verdict"] in ("forgetting", "no significant change", "improved")
-    assert saved["forgetting"]["suites"]["ceval"]["n"] == 4
+    assert saved["forgetting"]["suites"]["ceval"]["n"] == 6 and saved["forgetting"]["suites"]["cmmlu"]["n"] == 3
     assert res["train"][0]["steps"] == 2 and (out / "train/sft/final/adapter_config.json").is_file()
-    assert (out / "eval/base/results.json").is_file() and (out / "eval/tuned/results.json").is_file()
+    assert set(saved["evaluations"]) == {"base", "tuned"}
+    usage = json.loads((out / "data/manifest.json").read_text(encoding="utf-8"))["augment_usage"]
+    assert usage["requests"] > 0 and usage["endpoint"].startswith("embedded")
     marks = {p: _mtime(out / p) for p in ("data/manifest.json", "train/sft/final/adapter_model.safetensors",
                                           "eval/tuned/results.json", "forgetting/results.json")}
 
-    # Nothing changed: every step is a cache hit, nothing is rewritten.
+    # Nothing changed: `tuneforge demo --quick` on the same folder is all cache hits, nothing rewritten.
     t = time.perf_counter()
-    pipeline_flow(pipeline=str(pipe), out=str(out))
+    cli = subprocess.run([sys.executable, "-m", "tuneforge.cli", "demo", "--quick", "--out", str(out)],
+                         env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True,
+                         timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "forgetting verdict:" in cli.stdout and str(out / "report.html") in cli.stdout
     assert {p: _mtime(out / p) for p in marks} == marks
-    rerun_s = time.perf_counter() - t
+    print(f"cached re-run through the CLI: {time.perf_counter() - t:.1f} s")
 
     # Only the evaluation settings change: only the evaluation runs again.
-    pipeline_flow(pipeline=str(pipe), out=str(out), overrides={"evaluate": {"heldout": {"limit": 1}}})
-    assert _mtime(out / "train/sft/final/adapter_model.safetensors") == marks["train/sft/final/adapter_model.safetensors"]
-    assert _mtime(out / "data/manifest.json") == marks["data/manifest.json"]
+    changed = {**DEMO_QUICK, "evaluate": {"heldout": {"limit": 1, "max_new_tokens": 8}}}
+    pipeline_flow(pipeline=pipe, out=str(out), overrides=changed)
+    for p in ("data/manifest.json", "train/sft/final/adapter_model.safetensors", "forgetting/results.json"):
+        assert _mtime(out / p) == marks[p], p
     assert _mtime(out / "eval/tuned/results.json") != marks["eval/tuned/results.json"]
 
-    # The gate: a tolerance no fine-tune can meet makes the verdict `forgetting` and fails the run.
-    strict = {"forgetting": {"tolerance": -100.0, "alpha": 1.01}}
+    # The gate: a tolerance no fine-tune can meet makes the verdict `forgetting`; `fail` fails the run.
+    strict = {**changed, "forgetting": {**DEMO_QUICK["forgetting"], "tolerance": -100.0, "alpha": 1.01,
+                                        "gate": "fail"}}
     with pytest.raises(TuneforgeError, match="forgetting gate failed"):
-        pipeline_flow(pipeline=str(pipe), out=str(out), overrides=strict)
+        pipeline_flow(pipeline=pipe, out=str(out), overrides=strict)
     failed = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert failed["gate"]["passed"] is False and failed["gate"]["verdict"] == "forgetting"
-    warned = pipeline_flow(pipeline=str(pipe), out=str(out),
-                           overrides={**strict, "forgetting": {**strict["forgetting"], "gate": "warn"}})
-    assert warned["gate"]["passed"] is True and warned["gate"]["verdict"] == "forgetting"
-    print(f"cached re-run: {rerun_s:.1f} s")
+    assert failed["gate"]["reasons"]
 
 
 def test_gate_decision():
@@ -115,7 +110,7 @@ def test_schedule_serves_a_deployment_that_runs(prefect_api, tmp_path):
     from prefect.deployments import run_deployment
 
     pipe = tmp_path / "p.yaml"
-    _pipeline(tmp_path)
+    _small_recipe(tmp_path)
     pipe.write_text(yaml.safe_dump({"name": "nightly", "build": {"recipe": "recipe.yaml"}}), encoding="utf-8")
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     proc = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "schedule", str(pipe), "--cron", "0 3 * * *",

@@ -34,6 +34,14 @@ class Recipe(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     card: CardConfig = Field(default_factory=CardConfig)
 
+    def capped(self, augment_limit: int | None) -> Recipe:
+        """This recipe with every augmentation step limited to at most `augment_limit` records."""
+        if augment_limit is None or self.augment is None:
+            return self
+        steps = [st.model_copy(update={"limit": min(st.limit, augment_limit) if st.limit is not None
+                                       else augment_limit}) for st in self.augment.steps]
+        return self.model_copy(update={"augment": self.augment.model_copy(update={"steps": steps})})
+
     @field_validator("sources")
     @classmethod
     def _unique(cls, v: list[SourceConfig]) -> list[SourceConfig]:

@@ -77,10 +77,12 @@ def publish_task(out: Path, inputs: BuildInputs, tokenizer_ref: str | None) -> d
 
 @flow(name="tuneforge-build", log_prints=True)
 def build_flow(recipe_path: str, out: str, strict: bool = False, seed: int | None = None,
-               llm_base_url: str | None = None, llm_model: str | None = None) -> dict[str, Any]:
+               llm_base_url: str | None = None, llm_model: str | None = None,
+               augment_limit: int | None = None) -> dict[str, Any]:
     """Build the dataset a recipe describes into `out`; returns the manifest."""
     log = get_run_logger()
     recipe, base = load_recipe(recipe_path)
+    recipe = recipe.capped(augment_limit)
     seed = recipe.seed if seed is None else seed
     ing = _ingest(recipe, base)
     log.info("ingest: %d input records, %d records, %d rejected", sum(s["input"] for s in ing.sources.values()),

@@ -73,9 +73,12 @@ def server_command(port: int = typer.Option(4200, help="port on 127.0.0.1")) -> 
                                "--port", str(port)])
 
 
+# `tuneforge demo --quick` (CI): the same pipeline, cut down everywhere it spends time.
 DEMO_QUICK = {
-    "train": [{"name": "sft", "config": "../configs/demo-sft.yaml", "set": {"args": {"max_steps": 4}}}],
-    "evaluate": {"heldout": {"limit": 3, "max_new_tokens": 24}},
+    "build": {"augment_limit": 1},
+    "train": [{"name": "sft", "config": "../configs/demo-sft.yaml",
+               "set": {"max_length": 128, "args": {"max_steps": 2, "per_device_train_batch_size": 1}}}],
+    "evaluate": {"heldout": {"limit": 2, "max_new_tokens": 8}},
     "forgetting": {"config": "../configs/demo-forgetting-quick.yaml"},
 }
 

@@ -27,20 +27,25 @@ CACHED: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result"
 
 @task(name="build", **CACHED)
 def build_task(recipe: str, out: str, fingerprint: str, runner: str, dask_address: str | None,
-               llm_base_url: str | None, llm_model: str | None) -> dict[str, Any]:
+               llm_base_url: str | None, llm_model: str | None, augment_limit: int | None) -> dict[str, Any]:
     from tuneforge.flows.build import with_runner
 
     m = with_runner(runner, dask_address)(recipe_path=recipe, out=out, llm_base_url=llm_base_url,
-                                          llm_model=llm_model)
+                                          llm_model=llm_model, augment_limit=augment_limit)
     return {"out": out, "manifest_sha256": m["sha256"], "template": m["template"], "counts": m["counts"]}
 
 
 @task(name="train", **CACHED)
-def train_task(config: dict[str, Any], out: str, inputs_sha: str, merge: bool) -> dict[str, Any]:
-    from tuneforge.trainers import train
-
+def train_task(config: dict[str, Any], out: str, inputs_sha: str, merge: bool,
+               accelerate: str | None = None) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)  # a cache miss starts the stage afresh
-    return train(config, out, merge=merge)
+    if accelerate is None:
+        from tuneforge.trainers import train
+
+        return train(config, out, merge=merge)
+    from tuneforge.trainers.launch import launch
+
+    return launch(config, out, accelerate_config=accelerate, merge=merge)
 
 
 @task(name="evaluate", **CACHED)
@@ -98,7 +103,7 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
     data_dir = root / "data"
     build = build_task.with_options(refresh_cache=_refresh(data_dir / "manifest.json"))(
         recipe, str(data_dir), fingerprint(recipe), cfg.build.runner, cfg.build.dask_address,
-        cfg.build.llm_base_url, cfg.build.llm_model)
+        cfg.build.llm_base_url, cfg.build.llm_model, cfg.build.augment_limit)
     publish_build(data_dir)
     log.info("build: %s", build["counts"]["splits"])
 
@@ -116,8 +121,9 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
         run_dir = root / "train" / step.name
         is_last = i == len(cfg.train) - 1
         inputs_sha = build["manifest_sha256"] + model_sha
+        accel = str((base / step.accelerate).resolve()) if step.accelerate else None
         summary = train_task.with_options(refresh_cache=_refresh(run_dir / "final"))(
-            tc, str(run_dir), inputs_sha, merge=not is_last)
+            tc, str(run_dir), inputs_sha, merge=not is_last, accelerate=accel)
         trained.append(summary)
         model_sha = sha256_tree(summary["final"])
         publish_train(step.name, run_dir)

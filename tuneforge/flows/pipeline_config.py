@@ -22,6 +22,7 @@ class BuildStep(_Strict):
     dask_address: str | None = None
     llm_base_url: str | None = None
     llm_model: str | None = None
+    augment_limit: int | None = Field(None, ge=0, description="cap every augmentation step's `limit`")
 
 
 class TrainStep(_Strict):
@@ -29,6 +30,8 @@ class TrainStep(_Strict):
     config: str = Field(description="a `tuneforge train` config; its `dataset` is replaced by the build")
     set: dict[str, Any] = Field(default_factory=dict, description="keys merged into the config (deep)")
     from_previous: bool = Field(False, description="start from the previous stage's merged model")
+    accelerate: str | None = Field(None, description="an accelerate config file: train in a subprocess under "
+                                                     "`accelerate launch` (DDP, FSDP, DeepSpeed; 1 or N GPUs)")
 
 
 class EvaluateStep(_Strict):
