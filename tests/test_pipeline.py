@@ -59,7 +59,8 @@ def test_demo_pipeline_quick_cache_and_gate(prefect_api, tmp_path):
     assert res["train"][0]["steps"] == 2 and (out / "train/sft/final/adapter_config.json").is_file()
     assert set(saved["evaluations"]) == {"base", "tuned"}
     usage = json.loads((out / "data/manifest.json").read_text(encoding="utf-8"))["augment_usage"]
-    assert usage["requests"] > 0 and usage["endpoint"].startswith("embedded")
+    # Requests, or cache hits from an earlier session ($TUNEFORGE_HOME persists per checkout).
+    assert usage["requests"] + usage["cached"] > 0 and usage["endpoint"].startswith("embedded")
     marks = {p: _mtime(out / p) for p in ("data/manifest.json", "train/sft/final/adapter_model.safetensors",
                                           "eval/tuned/results.json", "forgetting/results.json")}
 

@@ -1,0 +1,121 @@
+"""The recipe's `augment:` block: the endpoint and sampling settings, then the steps in order.
+
+Every model forbids unknown keys, so a typo in a recipe names the field instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneforge.common.errors import RecipeError
+
+OPS = ("question_from_passage", "answer", "rewrite", "extend_turns", "kb_queries", "preference", "judge_filter")
+ResponseFormat = Literal["json_object", "json_schema", "none"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingOverride(_Strict):
+    """What a step may change for its own requests (the endpoint stays the run's)."""
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+
+
+class LLMConfig(_Strict):
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    # How a JSON reply is asked for: json_object (OpenAI, DeepSeek, DashScope, vLLM, Ollama),
+    # json_schema (OpenAI structured outputs, vLLM), or none (only the instruction in the prompt).
+    response_format: ResponseFormat = "json_object"
+    concurrency: int = Field(8, ge=1, le=1024)
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    repair_attempts: int = Field(2, ge=0, le=10)
+    price_per_1k_prompt: float = Field(0.0, ge=0)
+    price_per_1k_completion: float = Field(0.0, ge=0)
+
+
+class SelectConfig(_Strict):
+    kinds: list[str] | None = None
+    sources: list[str] | None = None
+    p: float = Field(1.0, ge=0, le=1)
+    # None: the records the augment stage received; else only records created by these steps
+    # ("input" names the received ones).
+    from_steps: list[str] | None = None
+
+
+class StepConfig(_Strict):
+    op: Literal[OPS]  # type: ignore[valid-type]
+    name: str | None = None
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    limit: int | None = Field(None, ge=0)
+    template: str | None = None
+    lang: Literal["zh", "en"] = "zh"
+    params: dict[str, Any] = Field(default_factory=dict)
+    llm: SamplingOverride | None = None
+
+
+class AugmentConfig(_Strict):
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    steps: list[StepConfig] = Field(default_factory=list)
+    # The response cache (SQLite); relative paths are against the recipe folder.
+    # Default: $TUNEFORGE_HOME/augment/cache.sqlite.
+    cache: str | None = None
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> AugmentConfig:
+        from tuneforge.augment.ops import params_model
+
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if step.name is None:
+                step.name = step.op if step.op not in seen else f"{step.op}_{i}"
+            if step.name in seen or step.name == "input":
+                raise ValueError(f"steps[{i}].name {step.name!r} is used twice (or reserved)")
+            for src in step.select.from_steps or []:
+                if src != "input" and src not in seen:
+                    raise ValueError(f"steps[{i}].select.from_steps: {src!r} is not an earlier step")
+            seen.add(step.name)
+            try:
+                params_model(step.op).model_validate(step.params)
+            except ValidationError as e:
+                first = e.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"steps[{i}] ({step.op}).params.{loc}: {first['msg']}") from None
+        return self
+
+
+def load_config(block: dict | None, where: str = "augment") -> AugmentConfig:
+    """Validate a recipe block, turning pydantic's error into one line that names the field."""
+    try:
+        return AugmentConfig.model_validate(block or {})
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise RecipeError(f"{where}.{loc}: {first['msg']}") from None
+
+
+def cache_path(cfg: AugmentConfig, recipe_dir: Path | None) -> Path:
+    from tuneforge.common.home import tuneforge_home
+
+    if cfg.cache:
+        p = Path(cfg.cache).expanduser()
+        return p if p.is_absolute() or recipe_dir is None else recipe_dir / p
+    return tuneforge_home() / "augment" / "cache.sqlite"

@@ -1,0 +1,103 @@
+"""Client-side pacing: requests- and tokens-per-minute buckets, a shared pause after a 429, and backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+
+
+class _Bucket:
+    """A token bucket refilled at `per_minute / 60` a second, holding at most one second's worth."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def wait_for(self, amount: float, now: float) -> float:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        amount = min(amount, self.capacity)
+        return 0.0 if self.level >= amount else (amount - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        self.level -= min(amount, self.capacity)
+
+
+class RateLimiter:
+    """Paces request starts; `pause(s)` holds every worker back (a 429's Retry-After applies to all)."""
+
+    def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
+        self._rpm = _Bucket(rpm) if rpm else None
+        self._tpm = _Bucket(tpm) if tpm else None
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    async def acquire(self, tokens: float = 0.0) -> None:
+        async with self._lock:  # one waiter at a time keeps the order fair
+            while True:
+                now = time.monotonic()
+                wait = self._paused_until - now
+                if self._rpm:
+                    wait = max(wait, self._rpm.wait_for(1.0, now))
+                if self._tpm:
+                    wait = max(wait, self._tpm.wait_for(tokens, now))
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            if self._rpm:
+                self._rpm.take(1.0)
+            if self._tpm:
+                self._tpm.take(tokens)
+
+    async def wait_pause(self) -> None:
+        """Sleep out a pause that began after `acquire` returned (a 429 seen by another worker)."""
+        while (left := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+
+    def settle(self, estimated: float, actual: float) -> None:
+        """Correct the token bucket once the real usage is known."""
+        if self._tpm:
+            self._tpm.level = min(self._tpm.capacity, self._tpm.level + estimated - actual)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with equal jitter: half the step fixed, half random."""
+    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    return step / 2 + (rng or random).uniform(0, step / 2)
+
+
+def parse_retry_after(headers: object) -> float | None:
+    """Seconds from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    ms = get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def estimate_tokens(messages: list[dict], max_tokens: int) -> float:
+    """A cheap upper-ish estimate for the TPM bucket: CJK is about a token a character, Latin about four."""
+    chars = sum(len(str(m.get("content", ""))) for m in messages)
+    return chars / 2 + max_tokens

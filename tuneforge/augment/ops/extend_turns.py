@@ -1,0 +1,51 @@
+"""`extend_turns`: a copy of a conversation with follow-up questions answered, and a closing exchange."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from tuneforge.augment.client import ItemState
+from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext
+from tuneforge.augment.structured import ask, schema_line
+from tuneforge.common.records import Record
+
+
+class Exchange(BaseModel):
+    user: str = Field(min_length=1)
+    assistant: str = Field(min_length=1)
+
+
+class Extension(BaseModel):
+    followups: list[Exchange]
+    closing: Exchange | None = None
+
+
+class ExtendParams(OpParams):
+    followups: int = Field(1, ge=0, le=5)
+    closing: bool = True
+
+
+class ExtendTurns(Operator):
+    name = "extend_turns"
+    Params = ExtendParams
+
+    async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:
+        p: ExtendParams = ctx.params
+        msgs = rec["messages"]
+        if not msgs or msgs[-1]["role"] != "assistant":
+            return Outcome(skipped="does_not_end_with_assistant")
+
+        def check(ext: Extension) -> None:
+            if len(ext.followups) < p.followups:
+                raise ValueError(f"give exactly {p.followups} follow-up exchanges, not {len(ext.followups)}")
+            if p.closing and ext.closing is None:
+                raise ValueError("the closing exchange is missing")
+
+        prompt = ctx.render(messages=msgs, followups=p.followups, closing=p.closing, schema=schema_line(Extension))
+        ext, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=Extension, check=check)
+        added = [x for x in ext.followups[:p.followups]] + ([ext.closing] if p.closing else [])
+        new = [dict(m) for m in msgs]
+        for x in added:
+            new += [{"role": "user", "content": x.user.strip()}, {"role": "assistant", "content": x.assistant.strip()}]
+        entry = ctx.op_entry([key], followups=p.followups, closing=p.closing)
+        return Outcome(created=[ctx.derive(rec, "messages", 0, entry, messages=new)])

@@ -1,0 +1,167 @@
+"""`run_augment`: the steps of a recipe's `augment:` block over the records, in order, as one async run."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.augment.cache import ResponseCache
+from tuneforge.augment.client import LLM, ItemState, RequestFailed, Tally
+from tuneforge.augment.config import AugmentConfig, StepConfig, cache_path
+from tuneforge.augment.endpoint import resolve_endpoint
+from tuneforge.augment.ops import OPERATORS
+from tuneforge.augment.ops.base import Operator, Outcome, Prompt, StepContext, load_template
+from tuneforge.augment.progress import StepProgress
+from tuneforge.augment.select import select
+from tuneforge.augment.structured import OutputInvalid
+from tuneforge.common.records import Record, reject_record
+
+log = logging.getLogger("tuneforge.augment")
+
+
+@dataclass
+class AugmentResult:
+    records: list[Record]
+    rejects: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_augment(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None = None, seed: int = 42,
+                llm_base_url: str | None = None, llm_model: str | None = None,
+                progress: bool = True) -> AugmentResult:
+    """Apply every step; with no steps, the records come back untouched and no endpoint is contacted."""
+    records = list(records)
+    if not cfg.steps:
+        return AugmentResult(records=records, usage=_usage(None, None))
+    coro = _run(records, cfg, recipe_dir, seed, llm_base_url, llm_model, progress)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside an event loop
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _usage(llm: LLM | None, cfg: AugmentConfig | None) -> dict[str, Any]:
+    if llm is None or cfg is None:
+        return {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                "estimated_cost_usd": 0.0, "endpoint": None, "model": None}
+    u = llm.usage
+    cost = (u.prompt_tokens * cfg.llm.price_per_1k_prompt + u.completion_tokens * cfg.llm.price_per_1k_completion) / 1000
+    return {"requests": u.requests, "completions": u.completions, "cached": u.cached,
+            "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "estimated_cost_usd": round(cost, 6), "endpoint": llm.spec.public_url, "model": llm.spec.label}
+
+
+async def _run(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None, seed: int,
+               llm_base_url: str | None, llm_model: str | None, progress: bool) -> AugmentResult:
+    t0 = time.monotonic()
+    spec = resolve_endpoint(cfg.llm, llm_base_url, llm_model)
+    cache = ResponseCache(cache_path(cfg, recipe_dir))
+    llm = LLM(cfg.llm, spec, cache)
+    result = AugmentResult(records=records)
+    input_ids = {r["id"] for r in records}
+    made_by: dict[str, str] = {}
+    try:
+        # Every template loads before the first request: a typo fails the run before it costs anything.
+        prompts = {s.name: load_template(s.template or f"{OPERATORS[s.op].default_template or s.op}.{s.lang}",
+                                         recipe_dir) for s in cfg.steps}
+        repair = {lang: load_template(f"repair.{lang}", None) for lang in ("zh", "en")}
+        await llm.resolve_model()
+        with StepProgress(progress) as bar:
+            for step in cfg.steps:
+                records = await _step(step, records, cfg, llm, prompts[step.name], seed, made_by, input_ids,
+                                      repair[step.lang], bar, result)
+    finally:
+        await llm.aclose()
+        cache.close()
+    result.records = records
+    result.usage = _usage(llm, cfg)
+    result.seconds = round(time.monotonic() - t0, 3)
+    return result
+
+
+async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm: LLM, prompt: Prompt,
+                seed: int, made_by: dict[str, str], input_ids: set[str], repair: Prompt, bar: StepProgress,
+                result: AugmentResult) -> list[Record]:
+    op: Operator = OPERATORS[step.op]
+    params = op.Params.model_validate(step.params)
+    tally = Tally()
+    ctx = StepContext(step=step, params=params, llm=llm, sampling=llm.sampling(step.llm), prompt=prompt,
+                      repair=repair, seed=seed, tally=tally)
+    op.prepare(ctx, records)
+    chosen = select(records, step, seed, made_by, op.default_kinds)
+    counts: Counter = Counter(selected=len(chosen), done=0, failed=0, skipped=0, created=0, dropped=0)
+    outcomes: dict[int, Outcome] = {}
+    bar.begin(step.name, len(chosen))
+
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in chosen:
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            item = ItemState()
+            try:
+                outcomes[i] = await op.run(ctx, records[i], item)
+                counts["done"] += 1
+            except (RequestFailed, OutputInvalid) as e:
+                counts["failed"] += 1
+                reason = llm.redact(str(e))
+                counts["failed_invalid" if isinstance(e, OutputInvalid) else "failed_request"] += 1
+                result.failures.append({"step": step.name, "record_id": records[i]["id"], "reason": reason,
+                                        "attempts": item.attempts})
+            bar.update(counts["done"], counts["failed"], tally.cached, tally.attempts)
+
+    # Two items per in-flight slot: an item waiting on its second request keeps the window full.
+    n_workers = max(1, min(len(chosen), 2 * cfg.llm.concurrency))
+    tasks = [asyncio.create_task(worker()) for _ in range(n_workers)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:  # EndpointFailed, a template error, Ctrl-C: stop the other workers too
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+    out: list[Record] = []
+    for i, rec in enumerate(records):
+        o = outcomes.get(i)
+        if o is None:
+            out.append(rec)
+            continue
+        if o.skipped:
+            counts["skipped"] += 1
+            counts[f"skipped_{o.skipped}"] += 1
+        if o.discarded:
+            counts["dropped"] += 1
+            counts[f"dropped_{o.discarded}"] += 1
+        if o.drop:
+            counts["dropped"] += 1
+            if rec["id"] in input_ids:
+                result.rejects.append(reject_record(rec, o.drop, stage="augment", step=step.name))
+            continue
+        out.append(o.replace if o.replace is not None else rec)
+        for new in o.created:
+            made_by[new["id"]] = step.name
+            out.append(new)
+        counts["created"] += len(o.created)
+    result.failures.sort(key=lambda f: (f["step"], f["record_id"]))
+    counts.update(requested=tally.requested, cached=tally.cached, attempts=tally.attempts, retries=tally.retries,
+                  invalid_replies=ctx.invalid)
+    result.counts[step.name] = dict(counts)
+    log.info("augment step %s: %s", step.name, dict(counts))
+    return out
