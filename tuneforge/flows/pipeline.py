@@ -66,16 +66,12 @@ def forgetting_task(config: dict[str, Any], out: str, base: str, tuned: str | No
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(runs: list[str], out: str, summary: dict[str, Any]) -> dict[str, Any]:
-    from tuneforge.eval import compare_runs
+def report_task(out: str, summary: dict[str, Any]) -> dict[str, Any]:
+    from tuneforge.eval.pipeline_report import write_pipeline_report
 
-    compare = compare_runs(runs, Path(out) / "compare") if len(runs) > 1 else None
-    for name in ("report.html", "report.md"):
-        if compare is not None:
-            shutil.copyfile(Path(out) / "compare" / name, Path(out) / name)
-    result = {**summary, "comparison": compare}
-    write_json(Path(out) / "results.json", result)
-    return result
+    write_json(Path(out) / "results.json", summary)
+    write_pipeline_report(out, summary)
+    return summary
 
 
 def _yaml(path: Path) -> dict[str, Any]:
@@ -132,7 +128,6 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
         else:
             tuned, adapter = summary["final"], None
     results: dict[str, Any] = {"pipeline": cfg.name, "build": build, "train": trained, "evaluations": {}}
-    runs: list[str] = []
     if cfg.evaluate is not None and base_model is not None:
         ec = _yaml(base / cfg.evaluate.config) if cfg.evaluate.config else {}
         if cfg.evaluate.heldout is not None:
@@ -145,7 +140,6 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
             res = eval_task.with_options(refresh_cache=_refresh(eo / "results.json"))(ec, str(eo), model, adp, sha)
             results["evaluations"][name] = res
             publish_eval(name, eo)
-            runs.append(str(eo))
     gate = None
     if cfg.forgetting is not None and base_model is not None:
         fc = _yaml(base / cfg.forgetting.config) if cfg.forgetting.config else {}
@@ -163,8 +157,7 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
         gate = gate_decision(res["forgetting"], cfg.forgetting.gate)
         results["forgetting"] = res["forgetting"]
         results["gate"] = gate
-        runs.append(str(fo))
-    final = report_task(runs, str(root), results)
+    final = report_task(str(root), results)
     if gate is not None and not gate["passed"]:
         raise TuneforgeError("forgetting gate failed: " + "; ".join(gate["reasons"]) +
                              f" (see {root / 'report.html'})")

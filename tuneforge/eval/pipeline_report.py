@@ -1,0 +1,64 @@
+"""The report of a train-then-eval pipeline: what was built and trained, base vs tuned on the held-out
+split, and the forgetting check with its verdict and the gate's decision, in one HTML/Markdown file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuneforge.common.io import read_jsonl
+from tuneforge.eval.report import Section, Table, bar_chart, build_sections, write_report_files
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    p = folder / "results.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
+    secs: list[Section] = []
+    gate = summary.get("gate")
+    build = summary.get("build") or {}
+    c = build.get("counts") or {}
+    head = Section("Pipeline", text=(f"Pipeline `{summary.get('pipeline')}`. Dataset: input {c.get('input')} = "
+                                     f"kept {c.get('kept')} + rejected {c.get('rejected')} + deduplicated "
+                                     f"{c.get('deduplicated')}; splits {c.get('splits')} (card: `data/README.md`)."))
+    head.tables.append(Table(["stage", "steps", "final loss", "adapter", "output"],
+                             [[t.get("stage"), t.get("steps"), t.get("final_loss"), t.get("adapter"), t.get("final")]
+                              for t in summary.get("train") or []], "training"))
+    if gate:
+        head.tables.append(Table(["gate", "verdict", "passed", "why"],
+                                 [[gate["policy"], gate["verdict"], gate["passed"], "; ".join(gate["reasons"])]],
+                                 "gate"))
+    secs.append(head)
+    evals = {name: _load(root / "eval" / name) for name in ("base", "tuned")}
+    held = {k: v["heldout"] for k, v in evals.items() if v.get("heldout")}
+    if held:
+        metrics = [m for m in next(iter(held.values()))["metrics"] if m not in ("tokenize",)]
+        s = Section("Held-out domain evaluation: base vs tuned",
+                    text=next(iter(held.values())).get("note", "") or "Generation on the dataset's test split.")
+        s.tables.append(Table(["model", *metrics], [[k, *[v["metrics"].get(m) for m in metrics]]
+                                                    for k, v in held.items()], "heldout-compare"))
+        scores = [m for m in ("bleu4", "rouge1", "rouge2", "rougeL") if m in metrics]
+        if scores and "tuned" in held and "base" in held:
+            labels = [f"{m} {k}" for m in scores for k in ("base", "tuned")]
+            values = [held[k]["metrics"][m] or 0.0 for m in scores for k in ("base", "tuned")]
+            s.images.append(("heldout", bar_chart("Held-out scores, base vs tuned", labels, values, "score")))
+        if "tuned" in held and "base" in held:
+            base_out = {e["id"]: e["output"] for e in held["base"].get("examples", [])}
+            s.tables.append(Table(["id", "prompt (end)", "reference", "base", "tuned"],
+                                  [[e["id"], e["prompt"][-200:], e["reference"], base_out.get(e["id"]), e["output"]]
+                                   for e in held["tuned"].get("examples", [])[:20]], "heldout-samples"))
+        secs.append(s)
+    fo = root / "forgetting"
+    forgetting = _load(fo)
+    if forgetting:
+        rows = read_jsonl(fo / "predictions.jsonl") if (fo / "predictions.jsonl").is_file() else []
+        secs += [s for s in build_sections(forgetting, rows, 10) if s.title != "Run"]
+    return secs
+
+
+def write_pipeline_report(root: str | Path, summary: dict[str, Any]) -> None:
+    root = Path(root)
+    write_report_files(root, f"tuneforge pipeline: {summary.get('pipeline')}", pipeline_sections(summary, root))
