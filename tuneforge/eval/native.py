@@ -1,0 +1,190 @@
+"""The native multiple-choice engine: one forward pass per question, reading four next-token logits.
+
+Speed comes from three things: the tokens every prompt of a subject shares (header and few-shot examples)
+are run once and reused through the KV cache; each question then runs only its own tokens; and questions are
+batched by length so padding stays small. Prompts are tokenized whole, exactly as lm-eval does, and the
+shared prefix is the longest common token prefix, so caching never changes what the model sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.mcq import LETTERS, MCQItem
+from tuneforge.eval.prompts import chat_messages, completion_prompt
+from tuneforge.eval.suites import Suite
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def letter_token_ids(tokenizer: Any, context: str, sep: str) -> list[int]:
+    """The token each answer letter becomes right after `context` (joint tokenization, as lm-eval does)."""
+    base = tokenizer(context, add_special_tokens=False).input_ids
+    ids = []
+    for letter in LETTERS:
+        full = tokenizer(context + sep + letter, add_special_tokens=False).input_ids
+        if full[: len(base)] != base or len(full) != len(base) + 1:
+            raise TuneforgeError(f"answer letter {letter!r} is not a single token after the prompt for this "
+                                 "tokenizer; use --engine lm-eval")
+        ids.append(full[-1])
+    return ids
+
+
+class NativeEngine:
+    def __init__(self, model: Any, tokenizer: Any, device: str, *, batch_size: int = 16,
+                 max_batch_tokens: int = 8192, add_special_tokens: bool = True,
+                 chat: Callable[[list[dict]], str] | None = None) -> None:
+        self.model, self.tok, self.device = model, tokenizer, device
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.add_special_tokens = add_special_tokens
+        self.chat = chat
+        self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0}
+
+    def prompt(self, suite: Suite, subject: str, shots: list[MCQItem], item: MCQItem) -> str:
+        name = suite.subject_name(subject)
+        if self.chat is not None:
+            return self.chat(chat_messages(name, shots, item, suite.style))
+        return completion_prompt(name, shots, item, suite.style)
+
+    def score_subject(self, suite: Suite, subject: str, k: int, limit: int | None = None) -> list[dict]:
+        import torch
+
+        items = suite.items(subject, limit)
+        if not items:
+            return []
+        shots = suite.shots(subject, k)
+        if k > 0 and len(shots) < k and suite.shots_split:
+            raise TuneforgeError(f"{suite.name}/{subject}: {k}-shot needs {k} dev examples, found {len(shots)}")
+        t0 = time.perf_counter()
+        texts = [self.prompt(suite, subject, shots, it) for it in items]
+        ids = self._encode(texts)
+        sep = "" if self.chat is not None else suite.style.answer_sep
+        letters = letter_token_ids(self.tok, texts[0][-32:], sep)
+        shared = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
+        dev = self.device
+        cache = None
+        with torch.inference_mode():
+            if shared > 0:
+                _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True)
+                self.stats["forward_tokens"] += shared
+            order = sorted(range(len(items)), key=lambda i: len(ids[i]))
+            logits_by_item: dict[int, list[float]] = {}
+            start = 0
+            while start < len(order):
+                width = len(ids[order[start]]) - shared
+                end = start
+                while end < len(order) and end - start < self.batch_size:
+                    width = len(ids[order[end]]) - shared
+                    if (end - start + 1) * (width + shared) > self.max_batch_tokens and end > start:
+                        break
+                    end += 1
+                batch = order[start:end]
+                logits_by_item.update(zip(batch, self._forward(batch, ids, shared, cache, letters), strict=True))
+                start = end
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["questions"] += len(items)
+        self.stats["cached_tokens"] += shared * (len(items) - 1)
+        rows = []
+        for i, it in enumerate(items):
+            lg = logits_by_item[i]
+            pred = LETTERS[max(range(4), key=lambda j: lg[j])]
+            rows.append({"suite": suite.name, "subject": subject, "category": suite.category(subject),
+                         "id": it.id, "uid": it.uid, "answer": it.answer, "pred": pred,
+                         "correct": None if it.answer is None else pred == it.answer,
+                         "logits": [round(x, 4) for x in lg]})
+        return rows
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Whole prompts, as lm-eval encodes them: the tokenizer's special tokens unless the text already
+        starts with BOS (a chat template that writes it)."""
+        bos = getattr(self.tok, "bos_token", None)
+        add = self.add_special_tokens and not (bos and texts[0].startswith(bos))
+        return self.tok(texts, add_special_tokens=add).input_ids
+
+    def _letter_logits(self, out_hidden: Any, letters: list[int]) -> Any:
+        """fp32 logits of the four letters from the last hidden state: bf16 full-vocab logits are rounded
+        to ~0.06 at typical magnitudes, enough to flip close calls."""
+        head = self.model.get_output_embeddings()
+        w = head.weight[letters].float()
+        logits = out_hidden[:, -1].float() @ w.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[letters].float()
+        return logits
+
+    def _run(self, **kw: Any) -> tuple[Any, Any]:
+        """(last hidden states, cache) through the decoder alone when the model exposes it, so no full-vocab
+        logits are computed; otherwise the whole model with `logits_to_keep=1`."""
+        dec = self._decoder()
+        if dec is not None:
+            out = dec(**kw)
+            return out.last_hidden_state, out.past_key_values
+        out = self.model(**kw, logits_to_keep=1)
+        return out, out.past_key_values
+
+    def _decoder(self) -> Any:
+        if not hasattr(self, "_dec"):
+            dec = None
+            try:
+                dec = self.model.get_decoder()
+                if dec is self.model or self.model.get_output_embeddings() is None:
+                    dec = None
+            except (AttributeError, NotImplementedError):
+                dec = None
+            self._dec = dec
+        return self._dec
+
+    def _forward(self, batch: list[int], ids: list[list[int]], shared: int, cache: Any,
+                 letters: list[int]) -> list[list[float]]:
+        import torch
+
+        suffixes = [ids[i][shared:] for i in batch]
+        width = max(len(s) for s in suffixes)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        inp = torch.full((len(batch), width), pad, dtype=torch.long)
+        kwargs: dict[str, Any] = {}
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(batch))
+            kwargs["past_key_values"] = past
+        dev = self.device
+        self.stats["forward_tokens"] += sum(len(s) for s in suffixes)
+        if self._decoder() is not None:
+            # Right padding and no attention mask: pads sit after every real token, so causal attention
+            # alone keeps them out, positions run on from the prefix, and attention needs no padding mask.
+            for r, s in enumerate(suffixes):
+                inp[r, : len(s)] = torch.tensor(s)
+            hidden, _ = self._run(input_ids=inp.to(dev), use_cache=cache is not None, **kwargs)
+            last = torch.tensor([len(s) - 1 for s in suffixes], device=hidden.device)
+            rows = hidden[torch.arange(len(batch), device=hidden.device), last]
+            return self._letter_logits(rows[:, None], letters).cpu().tolist()
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, s in enumerate(suffixes):  # left padding: the last position is every row's answer slot
+            inp[r, width - len(s):] = torch.tensor(s)
+            mask[r, width - len(s):] = 1
+        pos = (shared + mask.cumsum(-1) - 1).clamp(min=shared)
+        attn = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
+        out, _ = self._run(input_ids=inp.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev),
+                           use_cache=cache is not None, **kwargs)
+        return out.logits[:, -1, letters].float().cpu().tolist()
+
+    def score_suite(self, suite: Suite, k: int, limit: int | None = None,
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+        rows: list[dict] = []
+        for subject in suite.subjects:
+            rows.extend(self.score_subject(suite, subject, k, limit))
+            if progress:
+                progress(f"{suite.name}/{subject}: {len(rows)} questions")
+        return rows
