@@ -1,0 +1,3 @@
+from tuneforge.trainers.cli import main
+
+main()

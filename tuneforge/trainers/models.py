@@ -1,0 +1,118 @@
+"""Loading the base model, tokenizer (with the training template) and the LoRA/QLoRA setup for a run."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.models import resolve_model
+from tuneforge.trainers.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer_and_template(config: TrainConfig, name: str) -> tuple[Any, Any]:
+    """The base tokenizer carrying our template, so TRL's own chat formatting and the saved model agree."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.templates import get_template
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(config.base_model), trust_remote_code=config.trust_remote_code)
+    template = get_template(name, tokenizer=tok)
+    missing = template.missing_special_tokens(tok)
+    if missing:  # still trains correctly (masks come from character offsets); the markers cost several tokens
+        logger.warning("template %s: %s not single tokens in %s's vocabulary; they are learned as plain text",
+                       name, ", ".join(missing), config.base_model)
+    tok.chat_template = template.to_hf_chat_template()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok, template
+
+
+def device_dtype() -> tuple[Any, bool]:
+    """bf16 on a GPU that has it, float32 elsewhere; and whether bf16 is on."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16, True
+    return torch.float32, False
+
+
+def quantization_config(config: TrainConfig) -> Any:
+    if config.lora is None or not config.lora.qlora:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TuneforgeError("QLoRA (lora.qlora: true) needs a CUDA GPU; none is visible. Set qlora: false.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TuneforgeError("QLoRA (lora.qlora: true) needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    dtype, _ = device_dtype()
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def _device_map(quant: Any) -> Any:
+    if quant is None:
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def _attn(config: TrainConfig) -> dict[str, Any]:
+    return {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
+
+
+def load_policy(config: TrainConfig, ref: str | None = None) -> Any:
+    """The causal LM to train (4-bit when QLoRA), in the run's dtype."""
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(config)
+    dtype, _ = device_dtype()
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(ref or config.base_model), dtype=dtype, quantization_config=quant,
+        device_map=_device_map(quant), trust_remote_code=config.trust_remote_code,
+        **_attn(config))
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    return model
+
+
+def load_scorer(ref: str, config: TrainConfig, tokenizer: Any, train_head: bool = True) -> Any:
+    """A one-logit sequence classifier: a fresh head on the base (rm), or a trained `rm` run (adapter or full)."""
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    dtype, _ = device_dtype()
+    path = Path(resolve_model(ref))
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype, trust_remote_code=config.trust_remote_code).merge_and_unload()
+    else:
+        quant = quantization_config(config) if train_head else None
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype, quantization_config=quant, device_map=_device_map(quant),
+            trust_remote_code=config.trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def peft_config(config: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
+    if config.lora is None:
+        return None
+    from peft import LoraConfig
+
+    spec = config.lora
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type=task_type, bias="none")

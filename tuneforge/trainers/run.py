@@ -1,0 +1,138 @@
+"""`train()`: one config in, a run directory out (resolved config, manifest hash, metrics, final model)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.common.errors import RecipeError, TuneforgeError
+from tuneforge.common.io import sha256_file, write_json, write_text
+from tuneforge.common.models import resolve_model
+from tuneforge.trainers.config import TrainConfig, load_config
+from tuneforge.trainers.data import load_stage_data
+from tuneforge.trainers.metrics import LossProgress, MetricsLog, plot_loss, read_metrics
+from tuneforge.trainers.models import load_tokenizer_and_template
+from tuneforge.trainers.stages import BUILDERS
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpts = out / "checkpoints"
+    found = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    return Path(found) if found else None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("tuneforge", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[name] = md.version(name)
+    return out
+
+
+def _manifest_hash(config: TrainConfig, manifest: dict) -> str:
+    return manifest.get("sha256") or sha256_file(Path(config.dataset) / "manifest.json")
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _swap_progress_bar(trainer: Any) -> None:
+    from transformers.trainer_callback import ProgressCallback
+
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LossProgress())
+
+
+def merge_adapter(final: Path, target: Path, stage: str, tokenizer: Any) -> Path:
+    """A standalone model: the LoRA adapter folded into its base weights."""
+    if stage == "rm":
+        from peft import AutoPeftModelForSequenceClassification as auto
+    else:
+        from peft import AutoPeftModelForCausalLM as auto
+    model = auto.from_pretrained(str(final)).merge_and_unload()
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    return target
+
+
+def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool = False,
+          merge: bool = False) -> dict[str, Any]:
+    """Train one stage; returns {run_dir, final, merged, metrics, plot, steps, final_loss, ...}."""
+    if not isinstance(config, TrainConfig):
+        config = load_config(config)
+    out = Path(out)
+    ckpt = last_checkpoint(out)
+    if resume and ckpt is None:
+        raise TuneforgeError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    if not resume and ckpt is not None:
+        raise TuneforgeError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+    if resume and config.stage == "ppo":
+        raise TuneforgeError("--resume is not supported for ppo: TRL's PPOTrainer cannot restore its state")
+
+    data = load_stage_data(config)
+    template_name = config.template or data["manifest"].get("template")
+    if not template_name:
+        raise RecipeError("no `template` in the config and none declared in the dataset manifest")
+    tokenizer, template = load_tokenizer_and_template(config, template_name)
+
+    trainer = BUILDERS[config.stage](config, data, tokenizer, template, out)
+    main = _is_main()
+    resume_step = int(re.search(r"(\d+)$", ckpt.name).group(1)) if resume and ckpt else None
+    metrics_path = out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = config.model_dump(mode="json")
+        resolved["template"] = template_name
+        write_text(out / "config.yaml", yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False))
+        write_json(out / "run.json", {
+            "stage": config.stage, "base_model": config.base_model,
+            "base_model_path": resolve_model(config.base_model), "template": template_name,
+            "dataset": str(config.dataset), "dataset_kind": data["kind"],
+            "dataset_manifest_sha256": _manifest_hash(config, data["manifest"]),
+            "train_rows": len(data["train"]), "resumed_from": str(ckpt) if resume_step is not None else None,
+            "trl_args": {k: v for k, v in trainer.args.to_dict().items() if "token" not in k},
+            "versions": _versions(),
+        })
+    if main:
+        trainer.add_callback(MetricsLog(metrics_path, resume_step=resume_step))
+    _swap_progress_bar(trainer)
+
+    if config.stage == "ppo":
+        trainer.train()
+    else:
+        trainer.train(resume_from_checkpoint=str(ckpt) if resume_step is not None else None)
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    merged = None
+    if main:
+        tokenizer.save_pretrained(str(final))
+        if merge and config.lora is not None:
+            merged = merge_adapter(final, out / "merged", config.stage, tokenizer)
+    rows = read_metrics(metrics_path) if main else []
+    plot = plot_loss(rows, out / "loss.png") if main else None
+    key = "loss/policy_avg" if config.stage == "ppo" else "loss"
+    losses = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    summary = {
+        "run_dir": str(out), "stage": config.stage, "final": str(final),
+        "adapter": config.lora is not None, "merged": str(merged) if merged else None,
+        "metrics": str(metrics_path), "plot": str(plot) if plot else None,
+        "steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else None,
+        "template": template_name,
+    }
+    if main:
+        write_json(out / "summary.json", summary)
+    return summary
