@@ -1,6 +1,20 @@
-"""Training stages (pt, sft, rm, dpo, ppo, grpo) on a `tuneforge build` dataset, from one YAML config."""
+"""Training stages (pt, sft, rm, dpo, ppo, grpo) on a `tuneforge build` dataset, from one YAML config.
 
-from tuneforge.trainers.config import TrainConfig, load_config
-from tuneforge.trainers.run import train
+The public names load lazily, so importing the CLI does not import transformers, TRL and PEFT.
+"""
+
+from typing import Any
 
 __all__ = ["TrainConfig", "load_config", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TrainConfig", "load_config"):
+        from tuneforge.trainers import config
+
+        return getattr(config, name)
+    if name == "train":
+        from tuneforge.trainers.run import train
+
+        return train
+    raise AttributeError(name)
