@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -161,12 +162,21 @@ def test_law_domain_is_only_recipe_and_data(prefect_api, tmp_path):
 
     law = REPO / "datasets" / "law"
     assert {p.suffix for p in law.rglob("*") if p.is_file()} <= {".yaml", ".json", ".jsonl", ".md", ".jinja"}
-    with FakeOpenAIServer() as srv:
+
+    def answer(body: dict) -> str:
+        """A grounded question/answer pair: the answer is the passage's first clause."""
+        prompt = body["messages"][-1]["content"]
+        clause = prompt.split("。")[0][-30:]
+        return json.dumps({"pairs": [{"question": "这段材料说了什么？", "answer": clause}]}, ensure_ascii=False)
+
+    with FakeOpenAIServer(responder=answer) as srv:
         m = build_flow(recipe_path=str(law / "recipe.yaml"), out=str(tmp_path / "law"),
-                       llm_base_url=srv.base_url, llm_model="fake")
+                       llm_base_url=srv.base_url, llm_model=f"fake-{uuid.uuid4().hex}")  # a fresh cache key
     assert set(m["datasets"]) == {"messages", "text"}
     assert m["counts"]["input"] == m["counts"]["kept"] + m["counts"]["rejected"] + m["counts"]["deduplicated"]
     assert m["counts"]["reasons"].get("refusal", 0) + m["counts"]["reasons"].get("placeholder", 0) == 5
     assert m["counts"]["records"]["generated"] == 4
-    ops = [json.loads(line) for line in (tmp_path / "law/exports/openai/train.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert ops
+    rows = [json.loads(line) for split in ("train", "validation", "test")
+            for line in (tmp_path / f"law/exports/openai/{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    made = [r for r in rows if r["messages"][0]["content"] == "这段材料说了什么？"]
+    assert len(made) == 4 and all(r["messages"][-1]["content"] for r in made)
