@@ -44,7 +44,7 @@ def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
         if scores and "tuned" in held and "base" in held:
             labels = [f"{m} {k}" for m in scores for k in ("base", "tuned")]
             values = [held[k]["metrics"][m] or 0.0 for m in scores for k in ("base", "tuned")]
-            s.images.append(("heldout", bar_chart("Held-out scores, base vs tuned", labels, values, "score")))
+            s.images.append(("heldout", bar_chart("Held-out scores, base vs tuned", labels, values, "score", chance=None)))
         if "tuned" in held and "base" in held:
             base_out = {e["id"]: e["output"] for e in held["base"].get("examples", [])}
             s.tables.append(Table(["id", "prompt (end)", "reference", "base", "tuned"],

@@ -56,16 +56,19 @@ def _plt():
     return plt
 
 
-def bar_chart(title: str, labels: list[str], values: list[float], ylabel: str = "accuracy (%)") -> bytes:
+def bar_chart(title: str, labels: list[str], values: list[float], ylabel: str = "accuracy (%)",
+              chance: float | None = 25.0) -> bytes:
+    """Bars on a 0-100 scale; `chance` draws the 4-option guessing line (None for scores without one)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2), 3.2))
     ax.bar(labels, [v or 0 for v in values], color="#4C72B0")
-    ax.axhline(25, color="grey", lw=0.8, ls="--", label="chance (25%)")
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=0.8, ls="--", label=f"chance ({chance:g}%)")
+        ax.legend(fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.set_ylim(0, 100)
     ax.tick_params(axis="x", rotation=30)
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
