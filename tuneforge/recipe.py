@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tuneforge.augment import AugmentConfig
 from tuneforge.clean import CleanConfig
+from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 from tuneforge.ingest.config import SourceConfig
 from tuneforge.publish.config import CardConfig, SplitConfig
@@ -59,32 +59,19 @@ class Recipe(BaseModel):
         return v
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe must be a YAML mapping")
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        lines = [f"{_where(err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise RecipeError(f"{origin}: invalid recipe\n  " + "\n  ".join(lines)) from None
+        raise RecipeError(f"{origin}: invalid recipe\n  " + "\n  ".join(error_lines(e))) from None
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
     """The validated recipe and the folder its relative paths are resolved against."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise RecipeError(f"{p}: cannot read recipe: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: not valid YAML: {e}") from None
-    return parse_recipe(data, str(p)), p.parent
+    return parse_recipe(read_yaml_mapping(p, "recipe"), str(p)), p.parent
 
 
 def fingerprint(path: str | Path) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 
 
@@ -82,16 +82,9 @@ def load_config(src: str | Path | dict | EvalConfig | None, **overrides: Any) ->
     elif src is None:
         data = {}
     else:
-        p = Path(src)
-        if not p.is_file():
-            raise RecipeError(f"eval config not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise RecipeError(f"{p}: an eval config is a YAML mapping")
+        data = read_yaml_mapping(src, "eval config")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise RecipeError(f"eval config: {where}: {first['msg']}") from None
+        raise RecipeError("eval config: " + "; ".join(error_lines(e))) from None

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 
 
@@ -67,14 +67,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def load_pipeline(path: str | Path) -> tuple[PipelineConfig, Path]:
     p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"pipeline file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{p}: not valid YAML: {e}") from None
+    data = read_yaml_mapping(p, "pipeline")
     try:
         return PipelineConfig.model_validate(data), p.parent
     except ValidationError as e:
-        lines = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise RecipeError(f"{p}: invalid pipeline\n  " + "\n  ".join(lines)) from None
+        raise RecipeError(f"{p}: invalid pipeline\n  " + "\n  ".join(error_lines(e))) from None

@@ -11,9 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 
 Stage = Literal["pt", "sft", "rm", "dpo", "ppo", "grpo"]
@@ -165,20 +165,14 @@ def load_config(source: str | Path | dict) -> TrainConfig:
         raw = source
     else:
         path = Path(source)
-        if not path.is_file():
-            raise RecipeError(f"config not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from e
+        raw = read_yaml_mapping(path, "training config")
         base = path.resolve().parent
     if not isinstance(raw, dict):
         raise RecipeError("config must be a YAML mapping")
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in e.errors())
-        raise RecipeError(f"invalid training config: {problems}") from None
+        raise RecipeError(f"invalid training config: {'; '.join(error_lines(e))}") from None
     if base is not None:
         config = _resolve_paths(config, base)
     check_args(config)
