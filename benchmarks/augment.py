@@ -27,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from results_md import write_section  # benchmarks/ is on sys.path when a script runs
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
@@ -94,15 +96,6 @@ def bare_client(url: str, n: int, concurrency: int, typed: bool) -> float:
         return dt
 
     return asyncio.run(go())
-
-
-def write_section(path: Path, name: str, text: str) -> None:
-    """Replace this benchmark's `## name` section of RESULTS.md, leaving the others alone."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    parts = old.split("\n## ")
-    head, sections = parts[0], {p.split("\n", 1)[0].strip(): "## " + p for p in parts[1:]}
-    sections[name] = text.rstrip() + "\n"
-    path.write_text(head.rstrip() + "\n\n" + "\n".join(sections[k] for k in sorted(sections)), encoding="utf-8")
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_md import write_section  # benchmarks/ is on sys.path when a script runs
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -123,15 +125,6 @@ def main() -> None:
                "MinHash near-duplicate removal; baseline = json.loads + random.shuffle + write 3 JSONL files).\n\n"
                f"{table}\n")
     write_section(HERE / "RESULTS.md", "build", section)
-
-
-def write_section(path: Path, name: str, text: str) -> None:
-    """Replace this benchmark's `## name` section of RESULTS.md, leaving the others alone."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    parts = old.split("\n## ")
-    head, sections = parts[0], {p.split("\n", 1)[0].strip(): "## " + p for p in parts[1:]}
-    sections[name] = text.rstrip() + "\n"
-    path.write_text(head.rstrip() + "\n\n" + "\n".join(sections[k] for k in sorted(sections)), encoding="utf-8")
 
 
 if __name__ == "__main__":

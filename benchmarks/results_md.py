@@ -1,0 +1,14 @@
+"""benchmarks/RESULTS.md: each benchmark script owns one `## name` section and rewrites only that."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Replace this benchmark's `## name` section of RESULTS.md, leaving the others alone."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    parts = old.split("\n## ")
+    head, sections = parts[0], {p.split("\n", 1)[0].strip(): "## " + p for p in parts[1:]}
+    sections[name] = text.rstrip() + "\n"
+    path.write_text(head.rstrip() + "\n\n" + "\n".join(sections[k] for k in sorted(sections)), encoding="utf-8")
