@@ -35,7 +35,8 @@ def _no_augment_recipe(tmp_path: Path, src: Path, **changes) -> Path:
     data = yaml.safe_load(src.read_text(encoding="utf-8"))
     data.pop("augment", None)
     for s in data["sources"]:
-        s["path"] = str((src.parent / s["path"]).resolve())
+        paths = [str((src.parent / p).resolve()) for p in (s["path"] if isinstance(s["path"], list) else [s["path"]])]
+        s["path"] = paths if isinstance(s["path"], list) else paths[0]
     data.update(changes)
     p = tmp_path / f"{data['name']}.yaml"
     p.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
