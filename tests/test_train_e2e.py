@@ -206,3 +206,18 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(missing), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "manifest.json" in r.stderr
+
+
+@pytest.mark.slow
+def test_launch_under_accelerate(built, smollm2_path, tmp_path):
+    """The pipeline's multi-GPU path: `accelerate launch -m tuneforge.trainers` in a subprocess (here one CPU
+    process) leaves the same run folder and summary as an in-process run."""
+    from tuneforge.trainers.launch import launch
+
+    accel = tmp_path / "cpu.yaml"
+    accel.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_processes: 1\n"
+                     "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n", encoding="utf-8")
+    summary = launch(_cfg(built, "sft", max_steps=2), tmp_path / "run", accelerate_config=accel)
+    assert summary["steps"] == 2 and summary["stage"] == "sft"
+    assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()
+    assert (tmp_path / "run.config.yaml").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
