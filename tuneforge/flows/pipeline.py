@@ -12,14 +12,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import sha256_tree, write_json
 from tuneforge.flows.artifacts import publish_build, publish_eval, publish_train
-from tuneforge.flows.pipeline_config import deep_merge, load_pipeline
+from tuneforge.flows.pipeline_config import (
+    eval_config,
+    forgetting_config,
+    load_pipeline,
+    train_config,
+)
 from tuneforge.recipe import fingerprint
 
 CACHED: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
@@ -74,13 +78,6 @@ def report_task(out: str, summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise TuneforgeError(f"{path}: expected a YAML mapping")
-    return data
-
-
 def _refresh(marker: Path) -> bool:
     return not marker.exists()
 
@@ -89,11 +86,7 @@ def _refresh(marker: Path) -> bool:
 def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a pipeline file end to end into `out`; returns results.json's content. Fails on the gate."""
     log = get_run_logger()
-    cfg, base = load_pipeline(pipeline)
-    if overrides:
-        from tuneforge.flows.pipeline_config import PipelineConfig
-
-        cfg = PipelineConfig.model_validate(deep_merge(cfg.model_dump(), overrides))
+    cfg, base = load_pipeline(pipeline, overrides)
     root = Path(out).resolve()
     recipe = str((base / cfg.build.recipe).resolve())
     data_dir = root / "data"
@@ -105,14 +98,7 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
 
     base_model, tuned, adapter, model_sha, trained = None, None, None, "", []
     for i, step in enumerate(cfg.train):
-        tc = deep_merge(_yaml(base / step.config), step.set)
-        tc["dataset"] = str(data_dir)
-        if "replay" in tc and tc["replay"] and not Path(str(tc["replay"]["dataset"])).is_absolute():
-            tc["replay"]["dataset"] = str((base / step.config).parent / tc["replay"]["dataset"])
-        if step.from_previous and trained:
-            if not trained[-1]["merged"]:
-                raise TuneforgeError(f"train step {step.name!r}: from_previous needs a merged previous model")
-            tc["base_model"] = trained[-1]["merged"]
+        tc = train_config(step, base, data_dir, trained[-1] if trained else None)
         base_model = base_model or tc["base_model"]
         run_dir = root / "train" / step.name
         is_last = i == len(cfg.train) - 1
@@ -129,9 +115,7 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
             tuned, adapter = summary["final"], None
     results: dict[str, Any] = {"pipeline": cfg.name, "build": build, "train": trained, "evaluations": {}}
     if cfg.evaluate is not None and base_model is not None:
-        ec = _yaml(base / cfg.evaluate.config) if cfg.evaluate.config else {}
-        if cfg.evaluate.heldout is not None:
-            ec["heldout"] = {**cfg.evaluate.heldout, "dataset": str(data_dir)}
+        ec = eval_config(cfg, base, data_dir)
         models = [("tuned", tuned, adapter, model_sha)]
         if cfg.evaluate.base:
             models.insert(0, ("base", base_model, None, ""))
@@ -142,12 +126,7 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
             publish_eval(name, eo)
     gate = None
     if cfg.forgetting is not None and base_model is not None:
-        fc = _yaml(base / cfg.forgetting.config) if cfg.forgetting.config else {}
-        if cfg.forgetting.suites:
-            fc["suites"] = [{"benchmark": s} for s in cfg.forgetting.suites]
-        for key in ("tolerance", "alpha"):
-            if getattr(cfg.forgetting, key) is not None:
-                fc.setdefault("forgetting", {})[key] = getattr(cfg.forgetting, key)
+        fc = forgetting_config(cfg, base)
         fo = root / "forgetting"
         res = forgetting_task.with_options(refresh_cache=_refresh(fo / "results.json"))(
             fc, str(fo), base_model, tuned if adapter is None else None, adapter, model_sha)

@@ -65,10 +65,51 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_pipeline(path: str | Path) -> tuple[PipelineConfig, Path]:
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[PipelineConfig, Path]:
+    """The validated pipeline (with `overrides` deep-merged in, as `tuneforge demo --quick` does) and the
+    folder its relative paths resolve against."""
     p = Path(path)
-    data = read_yaml_mapping(p, "pipeline")
+    data = deep_merge(read_yaml_mapping(p, "pipeline"), overrides or {})
     try:
         return PipelineConfig.model_validate(data), p.parent
     except ValidationError as e:
         raise RecipeError(f"{p}: invalid pipeline\n  " + "\n  ".join(error_lines(e))) from None
+
+
+def train_config(step: TrainStep, base: Path, data_dir: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The trainer config a step runs: its file with `set` merged in, the pipeline's build as its dataset,
+    a relative replay path resolved beside the config file, and the previous stage's merged model as base
+    when `from_previous`."""
+    config_file = base / step.config
+    tc = deep_merge(read_yaml_mapping(config_file, "training config"), step.set)
+    tc["dataset"] = str(data_dir)
+    replay = tc.get("replay")
+    if replay and not Path(str(replay["dataset"])).is_absolute():
+        replay["dataset"] = str(config_file.parent / replay["dataset"])
+    if step.from_previous and previous is not None:
+        if not previous.get("merged"):
+            raise RecipeError(f"train step {step.name!r}: from_previous needs a merged previous model")
+        tc["base_model"] = previous["merged"]
+    return tc
+
+
+def eval_config(cfg: PipelineConfig, base: Path, data_dir: Path) -> dict[str, Any]:
+    """The eval config of the evaluate step, its held-out block pointed at the pipeline's build."""
+    assert cfg.evaluate is not None
+    ec = read_yaml_mapping(base / cfg.evaluate.config, "eval config") if cfg.evaluate.config else {}
+    if cfg.evaluate.heldout is not None:
+        ec["heldout"] = {**cfg.evaluate.heldout, "dataset": str(data_dir)}
+    return ec
+
+
+def forgetting_config(cfg: PipelineConfig, base: Path) -> dict[str, Any]:
+    """The eval config of the forgetting step, with the pipeline's suites, tolerance and alpha applied."""
+    assert cfg.forgetting is not None
+    f = cfg.forgetting
+    fc = read_yaml_mapping(base / f.config, "eval config") if f.config else {}
+    if f.suites:
+        fc["suites"] = [{"benchmark": s} for s in f.suites]
+    for key in ("tolerance", "alpha"):
+        if getattr(f, key) is not None:
+            fc.setdefault("forgetting", {})[key] = getattr(f, key)
+    return fc
