@@ -102,3 +102,16 @@ def sha256_tree(path: str | Path) -> str:
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + sha256_file(f).encode())
     return h.hexdigest()
+
+
+def read_json_file(path: str | Path, missing: str) -> Any:
+    """The JSON in `path`; a missing file raises TuneforgeError(missing), and bad JSON names the file."""
+    from tuneforge.common.errors import TuneforgeError
+
+    p = Path(path)
+    if not p.is_file():
+        raise TuneforgeError(missing)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TuneforgeError(f"{p}: not valid JSON: {e}") from None

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.io import write_json
+from tuneforge.common.io import read_json_file, write_json
 from tuneforge.eval.report import Section, Table, _plt, _png, write_report_files
 
 
 def _load(path: Path) -> dict:
     f = path / "results.json" if path.is_dir() else path
-    if not f.is_file():
-        raise TuneforgeError(f"{path}: no results.json (run `tuneforge eval ... --out {path}` first)")
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TuneforgeError(f"{f}: not valid JSON ({e})") from None
+    return read_json_file(f, f"{path}: no results.json (run `tuneforge eval ... --out {path}` first)")
 
 
 def _grouped(title: str, runs: list[str], suites: list[str], acc: dict[tuple[str, str], float | None]) -> bytes:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import RecipeError, TuneforgeError
+from tuneforge.common.io import read_json_file
 from tuneforge.trainers.config import STAGE_KIND, TrainConfig
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
-        raise TuneforgeError(f"{folder} is not a `tuneforge build` output: no manifest.json")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TuneforgeError(f"{path}: not valid JSON: {e}") from e
+    return read_json_file(Path(folder) / "manifest.json",
+                          f"{folder} is not a `tuneforge build` output: no manifest.json")
 
 
 def dataset_folder(folder: Path, manifest: dict, kinds: tuple[str, ...], stage: str) -> tuple[str, Path]:
