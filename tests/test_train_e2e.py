@@ -119,6 +119,44 @@ def test_sft_mask_is_the_templates(built, smollm2_path):
     assert -100 in rows[0]["labels"] and any(t != -100 for t in rows[0]["labels"])
 
 
+def test_sft_packed_on_varlen_attention(built, smollm2_path, tmp_path):
+    """Packed (BFD, padding-free) sft on `attn_implementation: varlen` with the real SmolLM2: packed logits equal
+    each conversation alone, the loss falls, and the adapter reloads in plain transformers/peft (no tuneforge)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.trainers import load_config
+    from tuneforge.trainers.attention import register
+    from tuneforge.trainers.models import load_tokenizer_and_template
+
+    cfg = _cfg(built, "sft", max_steps=8, packing=True, per_device_train_batch_size=1)
+    cfg.update(attn_implementation="varlen", max_length=256)
+    tok, tpl = load_tokenizer_and_template(load_config(cfg), "chatml")
+    rows = load_stage_data(load_config(cfg))["train"]
+    seqs = [torch.tensor(tpl.tokenize(tok, r["messages"], max_length=256)["input_ids"]) for r in rows.select(range(3))]
+    register()
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2_path), attn_implementation="varlen").eval()
+    ids = torch.cat(seqs)[None]
+    pos = torch.cat([torch.arange(len(x)) for x in seqs])[None]
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos).logits[0]
+        alone = torch.cat([model(input_ids=x[None]).logits[0] for x in seqs])
+    assert torch.allclose(packed, alone, atol=2e-4), (packed - alone).abs().max()
+
+    s = train(cfg, tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text("utf-8"))
+    assert info["trl_args"]["packing"] is True and info["attn_implementation"] == "varlen"
+    losses = _series(read_metrics(s["metrics"]), "loss")
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    code = ("import sys; from peft import AutoPeftModelForCausalLM; "
+            "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); "
+            "print(m.config._attn_implementation)")
+    r = subprocess.run([sys.executable, "-c", code, s["final"]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() != "varlen"
+
+
 def test_dpo_reward_accuracy_rises(built, smollm2_path, tmp_path):
     cfg = _cfg(built, "dpo", max_steps=5, learning_rate=5e-4, beta=0.1)
     cfg["max_length"] = 96

@@ -95,7 +95,9 @@ class TrainConfig(_Strict):
     stage: Stage
     template: str | None = None  # default: the template the dataset manifest declares
     trust_remote_code: bool = False
-    attn_implementation: str | None = None  # e.g. flash_attention_2 (with packing), sdpa, flex_attention, eager
+    # sdpa (transformers default), varlen (ours: packed rows on the FlashAttention kernel in torch),
+    # flash_attention_2 (the flash-attn package), flex_attention, eager
+    attn_implementation: str | None = None
     lora: LoraSpec | None = LoraSpec()  # `lora: false` (or null) means full fine-tuning
     max_length: int = Field(1024, ge=16)
     train_on: Literal["all", "last"] = "all"  # sft: loss on every assistant reply or only the last

@@ -102,7 +102,9 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
             "base_model_path": resolve_model(config.base_model), "template": template_name,
             "dataset": str(config.dataset), "dataset_kind": data["kind"],
             "dataset_manifest_sha256": _manifest_hash(config, data["manifest"]),
-            "train_rows": len(data["train"]), "resumed_from": str(ckpt) if resume_step is not None else None,
+            "train_rows": len(data["train"]),
+            "attn_implementation": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),
+            "resumed_from": str(ckpt) if resume_step is not None else None,
             "trl_args": {k: v for k, v in trainer.args.to_dict().items() if "token" not in k},
             "versions": _versions(),
         })
