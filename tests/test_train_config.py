@@ -115,3 +115,19 @@ def test_metrics_log_truncates_on_resume(tmp_path):
     MetricsLog(path)  # a fresh run starts a fresh log
     assert not path.exists()
     assert all(math.isfinite(r["loss"]) for r in rows) and json.dumps(rows)
+
+
+def test_every_shipped_training_config_validates():
+    """configs/*.yaml with a `stage` are training configs: each must pass validation as shipped."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    found = 0
+    for path in sorted((repo / "configs").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and "stage" in raw:
+            load_config(path)
+            found += 1
+    assert found >= 8
