@@ -44,7 +44,6 @@ class Segments:
         self.cu_seqlens, self.max_len, self.keep = cu_seqlens, max_len, keep
 
 
-
 # One forward pass shares its mask and position_ids across every layer: derive the segments once and keep them
 # (and the tensor they came from, so its identity cannot be reused) until the next pass.
 _last: list[Any] = [None, None]
@@ -88,8 +87,7 @@ def _flash_varlen() -> tuple[Any, dict[str, Any]] | None:
     except ImportError:
         return None
     params = inspect.signature(varlen_attn).parameters
-    spelling = {"window": "window_size" in params, "is_causal": "is_causal" in params,
-                "gqa": "enable_gqa" in params}
+    spelling = {"window": "window_size" in params, "gqa": "enable_gqa" in params}
     return varlen_attn, spelling
 
 
@@ -100,7 +98,7 @@ def flash_available(query: torch.Tensor, dropout: float = 0.0) -> bool:
 
 
 def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, scale: float | None,
-           window: int | None) -> torch.Tensor:
+                 window: int | None) -> torch.Tensor:
     """(total, H, D) tokens through torch's FlashAttention varlen kernel, causal within each segment."""
     fn, spelling = _flash_varlen()
     kwargs: dict[str, Any] = {"scale": scale}
