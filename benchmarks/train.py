@@ -250,10 +250,6 @@ def run(data_path: Path, json_out: Path | None, tiny: bool, steps: int, warmup: 
                "last_loss": clock.losses[-1] if clock.losses else None}
         results.append(row)
         print(json.dumps(row), flush=True)
-    ok = [r for r in results if "error" not in r]
-    base = next((r["tokens_per_s"] for r in ok if r["id"] == "padded-default"), None)
-    for r in ok:
-        r["vs_padded"] = r["tokens_per_s"] / base if base else None
     out = {"gpu": gpu, "model": "Qwen2.5-0.5B shape, random init" if not tiny else "tiny",
            "params": n_params, "flops_per_token": fpt, "peak_tflops": peak, "matmul_tflops": ceiling,
            "steps": steps, "warmup": warmup, "kernel_check": check,
@@ -265,6 +261,7 @@ def run(data_path: Path, json_out: Path | None, tiny: bool, steps: int, warmup: 
         from importlib.metadata import version
 
         out["versions"]["liger_kernel"] = version("liger_kernel")
+    add_ratios(out)
     print(table(out))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +281,7 @@ def padding_efficiency(batch: int, data: Path = DATA) -> float | None:
     return sum(sum(b) / (batch * max(b)) for b in draws) / len(draws)
 
 
-def _ratios(out: dict) -> None:
+def add_ratios(out: dict) -> None:
     """vs_default: against padded batches with TRL's defaults; vs_same: against the fastest padded run at the
     same batch size (rows per step) with the same settings, the ratio packing alone earns."""
     ok = [r for r in out["results"] if "error" not in r]
@@ -297,7 +294,6 @@ def _ratios(out: dict) -> None:
 
 
 def table(out: dict) -> str:
-    _ratios(out)
     lines = ["| batches | attention | settings | rows/step | tokens/s | vs padded (TRL defaults) | "
              "vs best padded, same rows + settings | tokens/step | step (s) | peak GPU mem (GiB) | MFU |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -317,7 +313,6 @@ def table(out: dict) -> str:
 
 def findings(out: dict) -> list[str]:
     """What the figures say against the issue's targets (packed >= 2x padded tokens/s, MFU >= 35%)."""
-    _ratios(out)
     res = {r["id"]: r for r in out["results"] if "error" not in r}
     packed = [r for r in res.values() if r["variant"] == "packed (bfd)" and r["attn"] == "varlen"
               and "Liger" in r["settings"]]
@@ -399,6 +394,7 @@ def report(json_path: Path) -> None:
     from results_md import write_section
 
     out = json.loads(json_path.read_text("utf-8"))
+    add_ratios(out)
     d = out["data"]
     section = "\n".join([
         "## Training (SFT throughput)",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from functools import cache
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +37,12 @@ def register() -> str:
     return NAME
 
 
-class Segments:
+class Segments(NamedTuple):
     """Which flattened tokens belong to which sequence: cu_seqlens over the kept tokens, and the kept indices."""
 
-    def __init__(self, cu_seqlens: torch.Tensor, max_len: int, keep: torch.Tensor | None):
-        self.cu_seqlens, self.max_len, self.keep = cu_seqlens, max_len, keep
+    cu_seqlens: torch.Tensor
+    max_len: int
+    keep: torch.Tensor | None
 
 
 # One forward pass shares its mask and position_ids across every layer: derive the segments once and keep them
@@ -116,12 +117,21 @@ def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segment
     return fn(q, k, v, seg.cu_seqlens, seg.cu_seqlens, seg.max_len, seg.max_len, **kwargs)
 
 
+def _causal(q_len: int, kv_len: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """(Q, K) keys each query may see: bottom-right causal (the last query sees every key), within `window`."""
+    qi = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    ki = torch.arange(kv_len, device=device)[None, :]
+    allowed = ki <= qi
+    if window:
+        allowed &= qi - ki < window
+    return allowed
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float | None,
           dropout: float) -> torch.Tensor:
     """(B, H, Q, D) attention where `allowed` (B, 1, Q, K) says which keys each query sees."""
-    if q.shape[1] != k.shape[1]:
-        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -161,10 +171,7 @@ def masked_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segmen
     bounds = seg.cu_seqlens.tolist()
     outs = []
     for a, b in pairwise(bounds):
-        i = torch.arange(b - a, device=q.device)
-        allowed = i[None, :] <= i[:, None]
-        if window:
-            allowed &= i[:, None] - i[None, :] < window
+        allowed = _causal(b - a, b - a, window, q.device)
         part = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
         outs.append(_sdpa(*part, allowed[None, None], scale, dropout).squeeze(0).transpose(0, 1))
     return torch.cat(outs)
@@ -172,12 +179,8 @@ def masked_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segmen
 
 def _decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
             scale: float | None, dropout: float, window: int | None) -> torch.Tensor:
-    q_len, kv_len = query.shape[2], key.shape[2]
-    qi = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
-    ki = torch.arange(kv_len, device=query.device)[None, :]
-    allowed = (ki <= qi)[None, None]
-    if window:
-        allowed = allowed & (qi - ki < window)[None, None]
+    kv_len = key.shape[2]
+    allowed = _causal(query.shape[2], kv_len, window, query.device)[None, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, -kv_len:].bool()[:, None, None, :]
     return _sdpa(query, key, value, allowed, scale, dropout).transpose(1, 2)
