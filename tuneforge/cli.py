@@ -1,44 +1,81 @@
-"""The `tuneforge` command line: one verb per capability, each a thin call into the library."""
+"""The `tuneforge` command line: one verb per capability, each a thin call into the library.
+
+Exit codes: 0 success, 1 `--strict` found rejects (or a gate failed), 2 a user error (bad recipe or
+config, unreadable input, unusable --out), 3 an internal error. Errors print one line saying what to do;
+the traceback only with `--debug`.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 
 from tuneforge.common.errors import TuneforgeError
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The ephemeral Prefect API starts in a subprocess; on a busy 2-core machine its default 20 s can run out.
+# An ephemeral Prefect API starts in a subprocess; on a busy 2-core machine its default 20 s can run out.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Turn raw corpora into fine-tuning data, train, evaluate, and prove what the fine-tune did.")
-err = Console(stderr=True)
+err = Console(stderr=True, highlight=False)
+STATE = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show tracebacks and third-party warnings")) -> None:
+    from tuneforge.common import logs
+
+    STATE["debug"] = debug
+    logs.setup(debug)
+
+
+def use_prefect(flag: bool | None) -> bool:
+    """Run as a Prefect flow when asked, or when a Prefect API is configured (PREFECT_API_URL)."""
+    return bool(os.environ.get("PREFECT_API_URL")) if flag is None else flag
 
 
 @app.command()
 def build(
     recipe: Path = typer.Argument(..., help="datasets/<domain>/recipe.yaml", exists=True, dir_okay=False),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder (dataset/, exports/, manifest.json, ...)"),
-    strict: bool = typer.Option(False, help="exit non-zero if any input record is rejected"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (new, empty, or an earlier output of this recipe)"),
+    strict: bool = typer.Option(False, help="exit 1 if any input record is rejected"),
     seed: int | None = typer.Option(None, help="override the recipe's seed"),
     llm_base_url: str | None = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint for augmentation"),
     llm_model: str | None = typer.Option(None, "--llm-model", help="model name at that endpoint"),
-    runner: str = typer.Option("local", help="local (threads) or dask (shards in parallel on a Dask cluster)"),
+    runner: str = typer.Option("auto", help="auto/processes (one worker process per core), threads, serial, dask"),
+    workers: int | None = typer.Option(None, help="worker processes (default: one per core)"),
     dask_address: str | None = typer.Option(None, help="an existing Dask scheduler, e.g. tcp://host:8786"),
+    shard_mb: float | None = typer.Option(None, help="target shard size in MiB for line files (default 32)"),
+    shard_records: int | None = typer.Option(None, help="target records per shard for CSV/Parquet (default 50000)"),
+    force: bool = typer.Option(False, help="replace an earlier output of another recipe in --out"),
+    allow_outside: bool = typer.Option(False, help="allow source paths outside the recipe's folder"),
+    prefect: bool | None = typer.Option(None, "--prefect/--no-prefect",
+                                        help="run as a Prefect flow (default: when PREFECT_API_URL is set)"),
 ) -> None:
-    """Build a fine-tuning dataset from the corpora a recipe names (a Prefect flow)."""
-    from tuneforge.flows.build import with_runner
+    """Build a fine-tuning dataset from the corpora a recipe names."""
+    t = time.perf_counter()
+    kw = {"seed": seed, "llm_base_url": llm_base_url, "llm_model": llm_model, "force": force,
+          "allow_outside": allow_outside, "shard_mb": shard_mb, "shard_records": shard_records}
+    if use_prefect(prefect):
+        from tuneforge.flows.build import with_runner
 
-    summary = with_runner(runner, dask_address)(recipe_path=str(recipe), out=str(out), strict=strict, seed=seed,
-                                                llm_base_url=llm_base_url, llm_model=llm_model)
-    c = summary["counts"]
-    typer.echo(f"input {c['input']}  kept {c['kept']}  rejected {c['rejected']}  deduplicated {c['deduplicated']}  "
-               f"splits {c['splits']}  -> {out}")
+        m = with_runner(runner, dask_address, workers)(recipe_path=str(recipe), out=str(out), **kw)
+    else:
+        from tuneforge.build import build as run_build
+
+        m = run_build(recipe, out, runner=runner, workers=workers, dask_address=dask_address, progress=True, **kw)
+    c = m["counts"]
+    typer.echo(f"built {out} in {time.perf_counter() - t:.1f} s: input {c['input']} = kept {c['kept']} + rejected "
+               f"{c['rejected']} + deduplicated {c['deduplicated']}; splits {c['splits']}; "
+               f"datasets {', '.join(m['datasets'].values()) or 'none'}; rejects in {out / 'rejects.jsonl'}")
     if strict and c["rejected"]:
         err.print(f"[red]--strict: {c['rejected']} input records rejected; see {out}/rejects.jsonl[/red]")
         raise typer.Exit(1)
@@ -62,11 +99,34 @@ _register()
 
 
 def main() -> None:
+    """Run a command; turn every failure into one line and an exit code (tracebacks with --debug)."""
+    command = typer.main.get_command(app)
     try:
-        app()
+        code = command.main(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
     except TuneforgeError as e:
+        if STATE["debug"]:
+            traceback.print_exc()
         err.print(f"[red]error:[/red] {e}")
         sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:
+        if STATE["debug"]:
+            traceback.print_exc()
+        err.print(f"[red]internal error:[/red] {type(e).__name__}: {str(e)[:500]}\n"
+                  f"This is a bug in tuneforge, not in your data. Re-run with --debug for the traceback and "
+                  f"report it.")
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -76,15 +76,16 @@ def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
 
 def fingerprint(path: str | Path) -> str:
     """A hash of everything a build depends on: the recipe text, every input file, prompt templates the
-    recipe names, and the tuneforge version; equal fingerprints mean an identical build."""
-    from tuneforge import __version__
+    recipe names, and the source of every tuneforge stage the build runs; equal fingerprints mean an
+    identical build."""
     from tuneforge.common.io import sha256_file, sha256_text
+    from tuneforge.common.source_hash import BUILD, source_hash
     from tuneforge.ingest import resolve_files
 
     recipe, base = load_recipe(path)
-    parts = [__version__, Path(path).read_text(encoding="utf-8")]
+    parts = [source_hash(*BUILD), Path(path).read_text(encoding="utf-8")]
     for src in recipe.sources:
-        parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base) if f.is_file()]
+        parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base, allow_outside=True) if f.is_file()]
     from tuneforge.templates.loader import PROMPTS_DIR
 
     for root in (base, PROMPTS_DIR):

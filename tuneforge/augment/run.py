@@ -37,12 +37,13 @@ class AugmentResult:
 
 def run_augment(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None = None, seed: int = 42,
                 llm_base_url: str | None = None, llm_model: str | None = None,
-                progress: bool = True) -> AugmentResult:
-    """Apply every step; with no steps, the records come back untouched and no endpoint is contacted."""
+                progress: bool = True, preselected: dict[str, set[str]] | None = None) -> AugmentResult:
+    """Apply every step; with no steps, the records come back untouched and no endpoint is contacted.
+    `preselected` (step name -> record ids) replaces the draw for steps that take received records."""
     records = list(records)
     if not cfg.steps:
         return AugmentResult(records=records, usage=_usage(None, None))
-    coro = _run(records, cfg, recipe_dir, seed, llm_base_url, llm_model, progress)
+    coro = _run(records, cfg, recipe_dir, seed, llm_base_url, llm_model, progress, preselected or {})
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -63,7 +64,8 @@ def _usage(llm: LLM | None, cfg: AugmentConfig | None) -> dict[str, Any]:
 
 
 async def _run(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None, seed: int,
-               llm_base_url: str | None, llm_model: str | None, progress: bool) -> AugmentResult:
+               llm_base_url: str | None, llm_model: str | None, progress: bool,
+               preselected: dict[str, set[str]]) -> AugmentResult:
     t0 = time.monotonic()
     spec = resolve_endpoint(cfg.llm, llm_base_url, llm_model)
     cache = ResponseCache(cache_path(cfg, recipe_dir))
@@ -80,7 +82,7 @@ async def _run(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | Non
         with StepProgress(progress) as bar:
             for step in cfg.steps:
                 records = await _step(step, records, cfg, llm, prompts[step.name], seed, made_by, input_ids,
-                                      repair[step.lang], bar, result)
+                                      repair[step.lang], bar, result, preselected.get(step.name))
     finally:
         await llm.aclose()
         cache.close()
@@ -92,14 +94,14 @@ async def _run(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | Non
 
 async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm: LLM, prompt: Prompt,
                 seed: int, made_by: dict[str, str], input_ids: set[str], repair: Prompt, bar: StepProgress,
-                result: AugmentResult) -> list[Record]:
+                result: AugmentResult, preselected: set[str] | None = None) -> list[Record]:
     op: Operator = OPERATORS[step.op]
     params = op.Params.model_validate(step.params)
     tally = Tally()
     ctx = StepContext(step=step, params=params, llm=llm, sampling=llm.sampling(step.llm), prompt=prompt,
                       repair=repair, seed=seed, tally=tally)
     op.prepare(ctx, records)
-    chosen = select(records, step, seed, made_by, op.default_kinds)
+    chosen = select(records, step, seed, made_by, op.default_kinds, preselected)
     counts: Counter = Counter(selected=len(chosen), done=0, failed=0, skipped=0, created=0, dropped=0)
     outcomes: dict[int, Outcome] = {}
     bar.begin(step.name, len(chosen))

@@ -15,9 +15,26 @@ def draw(seed: int, step: str, record_id: str) -> float:
     return int(h[:13], 16) / 16**13
 
 
+def input_only(step: StepConfig) -> bool:
+    """Whether a step selects only from the records the augment stage received."""
+    return step.select.from_steps is None or set(step.select.from_steps) == {"input"}
+
+
+def candidate(rec: Record, step: StepConfig, default_kinds: tuple[str, ...]) -> bool:
+    """A record a step may take, before the draw (kinds and sources)."""
+    s = step.select
+    if rec["kind"] not in set(s.kinds or default_kinds):
+        return False
+    return not s.sources or rec["meta"].get("source") in s.sources
+
+
 def select(records: list[Record], step: StepConfig, seed: int, made_by: dict[str, str],
-           default_kinds: tuple[str, ...]) -> list[int]:
-    """Indices into `records`, in record order. `made_by` maps a created record's id to its step."""
+           default_kinds: tuple[str, ...], preselected: set[str] | None = None) -> list[int]:
+    """Indices into `records`, in record order. `made_by` maps a created record's id to its step.
+    `preselected`: for a step that takes only received records, the ids already chosen over the whole
+    corpus (a sharded build draws and applies `limit` before the records come here)."""
+    if preselected is not None and input_only(step):
+        return [i for i, rec in enumerate(records) if rec["id"] in preselected and made_by.get(rec["id"]) is None]
     s = step.select
     kinds = set(s.kinds or default_kinds)
     sources = set(s.sources) if s.sources else None

@@ -111,3 +111,9 @@ class CleanConfig(_Strict):
     pii: PIIConfig | None = Field(default_factory=PIIConfig, description="null turns PII scrubbing off")
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
+    leakage: bool | None = Field(None, description="check near-duplicate pairs across train/validation/test; "
+                                                   "default: when dedup.near is on (it reuses its signatures)")
+
+    @property
+    def check_leakage(self) -> bool:
+        return self.dedup.near if self.leakage is None else self.leakage

@@ -17,7 +17,7 @@ from typing import Any
 from tuneforge.clean.config import BenchmarkRef, CleanConfig
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.mcq import MCQItem, load_benchmark, load_mcq_file
-from tuneforge.common.records import Record, record_texts
+from tuneforge.common.records import Record, texts_of
 
 SHORT_NGRAM = 8
 _TOKEN = re.compile(r"[a-z0-9\u00c0-\u024f]+|[^\W_]")
@@ -94,6 +94,27 @@ class BenchmarkIndex:
         return {k: hits / self.size[k] for k, hits in found.items()}
 
 
+    def hits(self, rec: Record, min_overlap: float) -> list[tuple[str, str, float]]:
+        """(benchmark, item uid, overlap) of every question the record contains, strongest first."""
+        if rec["kind"] == "kb":
+            return []
+        matched = self.match(texts_of(rec))
+        found = sorted(((k, ov) for k, ov in matched.items() if ov >= min_overlap),
+                       key=lambda kv: (-kv[1], self.items[kv[0]][0], self.items[kv[0]][1].uid))
+        return [(self.items[k][0], self.items[k][1].uid, round(ov, 4)) for k, ov in found]
+
+
+def empty_stats(idx: BenchmarkIndex) -> dict[str, dict[str, Any]]:
+    return {name: {**st, "hits": 0, "records": 0} for name, st in idx.stats.items()}
+
+
+def add_hits(stats: dict[str, dict[str, Any]], hits: list[tuple[str, str, float]]) -> None:
+    for name in sorted({b for b, _, _ in hits}):
+        stats[name]["records"] += 1
+    for name, _, _ in hits:
+        stats[name]["hits"] += 1
+
+
 def contamination_report(records: list[Record], cfg: CleanConfig, recipe_dir: Path | str) -> dict:
     """Records containing a benchmark question: hits for the dataset card, and the ones to drop if asked."""
     c = cfg.contamination
@@ -102,22 +123,13 @@ def contamination_report(records: list[Record], cfg: CleanConfig, recipe_dir: Pa
     if not c.benchmarks:
         return report
     idx = BenchmarkIndex(cfg, Path(recipe_dir))
-    report["benchmarks"] = idx.stats
+    stats = report["benchmarks"] = empty_stats(idx)
     for rec in records:
-        if rec["kind"] == "kb":
-            continue
-        matched = idx.match(record_texts(rec))
-        hits = sorted(((k, ov) for k, ov in matched.items() if ov >= c.min_overlap),
-                      key=lambda kv: (-kv[1], idx.items[kv[0]][0], idx.items[kv[0]][1].uid))
+        hits = idx.hits(rec, c.min_overlap)
         if not hits:
             continue
-        for name in sorted({idx.items[k][0] for k, _ in hits}):
-            idx.stats[name]["records"] += 1
-        for k, ov in hits:
-            name, item = idx.items[k]
-            idx.stats[name]["hits"] += 1
-            report["hits"].append({"record_id": rec["id"], "benchmark": name, "item": item.uid,
-                                   "overlap": round(ov, 4)})
+        add_hits(stats, hits)
+        report["hits"] += [{"record_id": rec["id"], "benchmark": b, "item": uid, "overlap": ov} for b, uid, ov in hits]
         if c.drop:
             report["dropped"].append(rec["id"])
     return report

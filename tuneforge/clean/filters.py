@@ -13,7 +13,7 @@ from typing import Any
 
 from tuneforge.clean.config import FilterConfig
 from tuneforge.common.errors import RecipeError, TuneforgeError
-from tuneforge.common.records import Record
+from tuneforge.common.records import Record, responses_of, turns_of
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 _LATIN_WORD = re.compile(r"[A-Za-z\u00c0-\u024f]+")
@@ -34,36 +34,6 @@ REFUSALS = [
 PLACEHOLDERS = {"", "无", "暂无", "略", "同上", "空", "无回答", "无答案", "不知道", "na", "n/a", "none", "null",
                 "nil", "nan", "todo", "tbd", "noinput", "nooutput", "noanswer", "placeholder"}
 _NOT_WORD = re.compile(r"[\W_]+")
-
-
-def _turns(rec: Record) -> list[tuple[int, str, str]]:
-    """(turn number, role, text) for every text of a record; `text` records are one `document` turn."""
-    kind = rec["kind"]
-    if kind == "text":
-        return [(1, "document", rec["text"])]
-    if kind == "messages":
-        msgs = rec["messages"]
-    elif kind == "preference":
-        msgs = rec["prompt"] + rec["chosen"] + rec["rejected"]
-    elif kind == "unpaired":
-        msgs = rec["prompt"] + rec["completion"]
-    else:
-        return []
-    return [(i, m["role"], m["content"]) for i, m in enumerate(msgs, start=1)]
-
-
-def _responses(rec: Record) -> list[tuple[int, str]]:
-    """The turns a model learns to produce: assistant turns, the chosen answer, a desirable completion."""
-    kind = rec["kind"]
-    if kind == "messages":
-        return [(i, m["content"]) for i, m in enumerate(rec["messages"], 1) if m["role"] == "assistant"]
-    if kind == "preference":
-        off = len(rec["prompt"])
-        return [(off + i, m["content"]) for i, m in enumerate(rec["chosen"], 1)]
-    if kind == "unpaired" and rec.get("label", True):
-        off = len(rec["prompt"])
-        return [(off + i, m["content"]) for i, m in enumerate(rec["completion"], 1)]
-    return []
 
 
 def language_of(text: str, min_share: float) -> tuple[str, float, float]:
@@ -128,7 +98,7 @@ class Filters:
 
     def check(self, rec: Record) -> str | None:
         c = self.cfg
-        turns = _turns(rec)
+        turns = turns_of(rec)
         for i, role, text in turns:
             if role != "system" and not text.strip():
                 return f"empty: {role} turn {i} is empty"
@@ -174,7 +144,7 @@ class Filters:
                 if m:
                     return f"badword: {role} turn {i} contains {m.group()!r}"
         if c.drop_refusals:
-            for i, text in _responses(rec):
+            for i, text in responses_of(rec):
                 if _NOT_WORD.sub("", text.strip().lower()) in PLACEHOLDERS:
                     return f"placeholder: response turn {i} is {text.strip()[:20]!r}"
                 for p in self.refusals:

@@ -1,26 +1,134 @@
-"""The clean stage: normalise, scrub PII, filter, deduplicate; everything dropped is kept as a reject row.
+"""The clean stage: normalise, scrub PII, filter (per record, on any worker), then deduplicate (globally, on
+compact keys). Everything dropped is kept as a reject row; `kb` rows pass through untouched.
 
-`kb` rows pass through untouched. Records are copied, never mutated, so a reject's `raw` is the record exactly
-as it came from ingest.
+`Cleaner` is the per-record part a shard task runs; `run_clean` is the whole stage over an in-memory list
+(for small data and library use), built from the same pieces as the sharded build.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.clean import minhash
+import numpy as np
+
 from tuneforge.clean.config import CleanConfig
-from tuneforge.clean.dedup import deduplicate
+from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.filters import Filters
+from tuneforge.clean.keys import band_hashes, exact_key
+from tuneforge.clean.minhash import key_text
 from tuneforge.clean.normalize import normalize_text
 from tuneforge.clean.pii import scrub
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.records import KINDS, Record, reject_record
+from tuneforge.common.records import KINDS, Record, map_texts, reject_record, texts_of
 
 STAGE = "clean"
-_MESSAGE_FIELDS = ("messages", "prompt", "chosen", "rejected", "completion")
+KIND_CODES = {k: i for i, k in enumerate(KINDS)}
+
+
+class Cleaner:
+    """Normalises, scrubs and filters one record at a time; `counts` says what it did."""
+
+    def __init__(self, cfg: CleanConfig, recipe_dir: Path | str = Path(".")) -> None:
+        self.cfg = cfg
+        self.filters = Filters(cfg.filters, Path(recipe_dir))  # fails early on a bad badwords file or pattern
+        self.counts: dict[str, Any] = {"input": 0, "kept": 0, "passthrough": 0, "normalised": 0, "filters": {},
+                                       "pii": {}}
+
+    def __call__(self, rec: Record) -> tuple[Record, str | None, bool]:
+        """(the cleaned record, or the record unchanged for a pass-through kind; the filter's reason or None;
+        whether cleaning changed its text)."""
+        c = self.counts
+        c["input"] += 1
+        kind = rec.get("kind")
+        if kind not in KINDS:
+            raise TuneforgeError(f"clean: record {rec.get('id')!r} has unknown kind {kind!r}")
+        if not self.cfg.enabled or not KINDS[kind].split:
+            c["passthrough"] += 1
+            c["kept"] += 1
+            return rec, None, False
+        new, changed, pii = self._clean(rec)
+        c["normalised"] += changed
+        for k, n in pii.items():
+            c["pii"][k] = c["pii"].get(k, 0) + n
+        reason = self.filters.check(new)
+        if reason is not None:
+            key = reason.split(":", 1)[0]
+            c["filters"][key] = c["filters"].get(key, 0) + 1
+            return rec, reason, changed
+        c["kept"] += 1
+        return new, None, changed or bool(pii)
+
+    def _clean(self, rec: Record) -> tuple[Record, bool, dict[str, int]]:
+        cfg = self.cfg
+        pii: dict[str, int] = {}
+        changed = False
+
+        def fix(text: str) -> str:
+            nonlocal changed
+            out = normalize_text(text, cfg.normalize)
+            changed = changed or out != text
+            return scrub(out, cfg.pii, pii) if cfg.pii is not None else out
+
+        new = map_texts(rec, fix)
+        meta = dict(rec["meta"])
+        ops = list(meta.get("ops") or [])
+        if changed:
+            ops.append("clean:normalize")
+        if pii:
+            ops.append("clean:pii")
+            meta["pii"] = dict(sorted(pii.items()))
+        meta["ops"] = ops
+        new["meta"] = meta
+        return new, changed, pii
+
+    def summary(self) -> dict[str, Any]:
+        c = dict(self.counts)
+        c["filters"] = dict(sorted(c["filters"].items()))
+        c["pii"] = dict(sorted(c["pii"].items()))
+        return c
+
+
+def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum per-shard clean counts."""
+    out: dict[str, Any] = {"input": 0, "kept": 0, "passthrough": 0, "normalised": 0, "filters": {}, "pii": {},
+                           "deduplicated": {"exact": 0, "near": 0}}
+    for p in parts:
+        for k in ("input", "kept", "passthrough", "normalised"):
+            out[k] += p.get(k, 0)
+        for k in ("filters", "pii"):
+            for name, n in p.get(k, {}).items():
+                out[k][name] = out[k].get(name, 0) + n
+    out["filters"] = dict(sorted(out["filters"].items()))
+    out["pii"] = dict(sorted(out["pii"].items()))
+    return out
+
+
+def group_code(group: str) -> int:
+    """A group id (16 hex digits) as an unsigned 64-bit integer, preserving order."""
+    try:
+        return int(group, 16) if len(group) == 16 else int.from_bytes(hashlib.sha1(group.encode()).digest()[:8], "big")
+    except ValueError:
+        return int.from_bytes(hashlib.sha1(group.encode()).digest()[:8], "big")
+
+
+def record_keys(records: list[Record], cfg: CleanConfig) -> tuple[Keys, list[str]]:
+    """The compact keys of `records` (and their dedup texts), as a shard task computes them."""
+    n = len(records)
+    keys_text = [key_text(texts_of(r)) if KINDS[r["kind"]].split else "" for r in records]
+    exact = np.zeros((n, 2), dtype=np.uint64)
+    for i, (r, k) in enumerate(zip(records, keys_text, strict=True)):
+        if KINDS[r["kind"]].split:
+            exact[i] = np.frombuffer(exact_key(r, k), dtype=np.uint64)
+    keys = Keys(kind=np.array([KIND_CODES[r["kind"]] for r in records], dtype=np.int8),
+                group=np.array([group_code(r["meta"]["group"]) for r in records], dtype=np.uint64),
+                exact=exact, alive=np.array([KINDS[r["kind"]].split for r in records], dtype=bool))
+    d = cfg.dedup
+    if d.near or cfg.check_leakage:
+        keys.bands = band_hashes(keys_text, d)
+    return keys, keys_text
 
 
 @dataclass
@@ -31,103 +139,38 @@ class CleanResult:
     clusters: dict[str, str] = field(default_factory=dict)
 
 
-def _clean_record(rec: Record, cfg: CleanConfig) -> tuple[Record, bool, dict[str, int]]:
-    """A cleaned copy, whether normalisation changed it, and the PII replaced in it."""
-    pii: dict[str, int] = {}
-    changed = False
-
-    def fix(text: str) -> str:
-        nonlocal changed
-        out = normalize_text(text, cfg.normalize)
-        changed = changed or out != text
-        return scrub(out, cfg.pii, pii) if cfg.pii is not None else out
-
-    new = dict(rec)
-    for f in _MESSAGE_FIELDS:
-        if f in rec:
-            new[f] = [{**m, "content": fix(m["content"])} for m in rec[f]]
-    if "text" in rec:
-        new["text"] = fix(rec["text"])
-    meta = dict(rec["meta"])
-    ops = list(meta.get("ops") or [])
-    if changed:
-        ops.append("clean:normalize")
-    if pii:
-        ops.append("clean:pii")
-        meta["pii"] = dict(sorted(pii.items()))
-    meta["ops"] = ops
-    new["meta"] = meta
-    return new, changed, pii
-
-
-def _prepare(rec: Record, cfg: CleanConfig, filters: Filters) -> tuple[Record, bool, dict[str, int], str | None]:
-    new, changed, pii = _clean_record(rec, cfg)
-    return new, changed, pii, filters.check(new)
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _prepare_chunk(args: tuple[list[Record], str, str]) -> list[tuple[Record, bool, dict[str, int], str | None]]:
-    """Worker side: the config travels as JSON and its filters are built once per process."""
-    records, cfg_json, recipe_dir = args
-    if _WORKER.get("key") != (cfg_json, recipe_dir):
-        cfg = CleanConfig.model_validate_json(cfg_json)
-        _WORKER.update(key=(cfg_json, recipe_dir), cfg=cfg, filters=Filters(cfg.filters, Path(recipe_dir)))
-    return [_prepare(r, _WORKER["cfg"], _WORKER["filters"]) for r in records]
-
-
 def run_clean(records: list[Record], cfg: CleanConfig, recipe_dir: Path | str = Path("."),
               num_proc: int = 1) -> CleanResult:
-    """Clean `records` (same order out, minus the dropped); `num_proc` worker processes share the work."""
-    counts: dict[str, Any] = {"input": len(records), "kept": 0, "passthrough": 0, "normalised": 0,
-                              "filters": {}, "pii": {}, "deduplicated": {"exact": 0, "near": 0}}
-    if not cfg.enabled:
-        counts["kept"] = counts["passthrough"] = len(records)
-        return CleanResult(list(records), [], counts, {})
-    for rec in records:
-        if rec.get("kind") not in KINDS:
-            raise TuneforgeError(f"clean: record {rec.get('id')!r} has unknown kind {rec.get('kind')!r}")
-    filters = Filters(cfg.filters, Path(recipe_dir))  # fails early on a bad badwords file or pattern
-    todo = [i for i, r in enumerate(records) if r["kind"] != "kb"]
-    with minhash.worker_pool(num_proc, len(todo)) as pool:
-        if pool is None:
-            prepared = [_prepare(records[i], cfg, filters) for i in todo]
+    """Clean `records` in memory (same order out, minus the dropped). `num_proc` is accepted for callers of
+    the earlier API; the sharded build is what spreads work over cores."""
+    cleaner = Cleaner(cfg, recipe_dir)
+    cleaned: list[Record] = []
+    originals: list[Record] = []
+    rejects: list[tuple[int, dict]] = []
+    for i, rec in enumerate(records):
+        new, reason, _ = cleaner(rec)
+        if reason is not None:
+            rejects.append((i, reject_record(rec, reason, stage=STAGE)))
         else:
-            cfg_json, where = cfg.model_dump_json(), str(recipe_dir)
-            step = minhash.CHUNK
-            chunks = [([records[i] for i in todo[k:k + step]], cfg_json, where) for k in range(0, len(todo), step)]
-            prepared = [row for part in pool.map(_prepare_chunk, chunks) for row in part]
-
-        slots: list[Record | None] = list(records)
-        drop: dict[int, dict] = {}
-        counts["passthrough"] = len(records) - len(todo)
-        for i, (new, changed, pii, reason) in zip(todo, prepared, strict=True):
-            counts["normalised"] += changed
-            for k, n in pii.items():
-                counts["pii"][k] = counts["pii"].get(k, 0) + n
-            if reason is not None:
-                key = reason.split(":", 1)[0]
-                counts["filters"][key] = counts["filters"].get(key, 0) + 1
-                drop[i] = reject_record(records[i], reason, stage=STAGE)
-                slots[i] = None
-            else:
-                slots[i] = new
-
-        live = [i for i in todo if slots[i] is not None]
-        found = deduplicate([slots[i] for i in live], cfg.dedup, pool)
+            cleaned.append(new)
+            originals.append(rec)
+    counts = merge_counts([cleaner.summary()])
+    if not cfg.enabled:
+        return CleanResult(cleaned, [], counts, {})
+    keys, texts = record_keys(cleaned, cfg)
+    found = deduplicate(keys, cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold, texts.__getitem__,
+                        cfg.dedup.ngram)
     clusters: dict[str, str] = {}
+    position = {id(r): i for i, r in enumerate(records)}
     for d in sorted(found.dups.values(), key=lambda d: d.index):
-        i = live[d.index]
-        keep = slots[live[found.representative(d.index)]]
+        keep = cleaned[d.of]
         counts["deduplicated"]["exact" if d.method == "exact" else "near"] += 1
-        drop[i] = reject_record(records[i], "deduplicated", stage=STAGE, duplicate_of=keep["id"],
-                                method=d.method, similarity=round(d.similarity, 4))
-        clusters[records[i]["id"]] = keep["id"]
+        rejects.append((position[id(originals[d.index])], reject_record(
+            originals[d.index], "deduplicated", stage=STAGE, duplicate_of=keep["id"], method=d.method,
+            similarity=round(d.similarity, 4))))
+        clusters[cleaned[d.index]["id"]] = keep["id"]
         clusters[keep["id"]] = keep["id"]
-    kept = [r for i, r in enumerate(slots) if i not in drop and r is not None]
+    kept = [r for i, r in enumerate(cleaned) if i not in found.dups]
     counts["kept"] = len(kept)
-    counts["filters"] = dict(sorted(counts["filters"].items()))
-    counts["pii"] = dict(sorted(counts["pii"].items()))
-    rejects = [drop[i] for i in sorted(drop)]
-    return CleanResult(kept, rejects, counts, dict(sorted(clusters.items())))
+    rejects.sort(key=lambda t: t[0])
+    return CleanResult(kept, [r for _, r in rejects], counts, dict(sorted(clusters.items())))

@@ -32,10 +32,10 @@ CACHED: dict[str, Any] = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result"
 @task(name="build", **CACHED)
 def build_task(recipe: str, out: str, fingerprint: str, runner: str, dask_address: str | None,
                llm_base_url: str | None, llm_model: str | None, augment_limit: int | None) -> dict[str, Any]:
-    from tuneforge.flows.build import with_runner
+    from tuneforge.build import build
 
-    m = with_runner(runner, dask_address)(recipe_path=recipe, out=out, llm_base_url=llm_base_url,
-                                          llm_model=llm_model, augment_limit=augment_limit)
+    m = build(recipe, out, runner="auto" if runner == "local" else runner, dask_address=dask_address,
+              llm_base_url=llm_base_url, llm_model=llm_model, augment_limit=augment_limit, progress=True)
     return {"out": out, "manifest_sha256": m["sha256"], "template": m["template"], "counts": m["counts"]}
 
 

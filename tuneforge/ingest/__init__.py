@@ -1,47 +1,56 @@
-"""Ingest: read the corpora a recipe names and turn every input record into canonical records or rejects."""
+"""Ingest: the corpora a recipe names, planned into shards, each read into canonical records or rejects.
+
+`plan_files` resolves and checks each source's paths; `plan_file` (one call per file, on any worker) hashes
+a file, cuts it into parts and detects its format; `shards_of` turns the plans into units of work; and
+`ShardReader` reads one shard, item by item, with exact file, line and index provenance.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import SourceError
-from tuneforge.common.io import sha256_file
 from tuneforge.common.records import Record, provenance, reject
 from tuneforge.ingest.config import SourceConfig
-from tuneforge.ingest.formats import FORMATS, Context, Invalid, detect, fill_placeholders
-from tuneforge.ingest.readers import ARROW_MARKERS, SUFFIX_TYPES, Bad, FileInfo, Item, read
+from tuneforge.ingest.formats import FORMATS, Context, Invalid, detect, fill_placeholders, propose_transcript
+from tuneforge.ingest.plan import FilePlan, Sharding
+from tuneforge.ingest.plan import plan_file as _plan_file
+from tuneforge.ingest.readers import ARROW_MARKERS, SUFFIX_TYPES, Bad, Item, Part, read
 
-__all__ = ["IngestResult", "Shard", "SourceConfig", "ingest", "ingest_shard", "merge", "plan_shards", "resolve_files"]
+__all__ = ["FilePlan", "IngestResult", "Shard", "ShardReader", "Sharding", "SourceConfig", "ingest", "plan_file", "plan_files", "shards_of"]
 
 DETECT_SAMPLE = 20
 
 
-@dataclass
-class IngestResult:
-    records: list[Record] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)
-    inputs: dict[str, str] = field(default_factory=dict)  # file (relative to the recipe) -> sha256
-    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-def _rel(path: Path, base: Path) -> str:
+def rel_path(path: Path, base: Path) -> str:
     try:
         return path.resolve().relative_to(base.resolve()).as_posix()
     except ValueError:
         return os.path.relpath(path.resolve(), base.resolve())
 
 
-def resolve_files(cfg: SourceConfig, base: Path) -> list[Path]:
-    """Files of a source: a file, a directory (recursively, known file types), a glob, or a saved dataset."""
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_files(cfg: SourceConfig, base: Path, allow_outside: bool = False) -> list[Path]:
+    """Files of a source: a file, a directory (recursively, known file types), a glob, or a saved dataset.
+    Each real file once, in order; a path outside the recipe folder needs `allow_outside`."""
     patterns = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
     files: list[Path] = []
     for pattern in patterns:
-        p = base / pattern
+        p = Path(pattern).expanduser()
+        p = p if p.is_absolute() else base / p
         if any(ch in pattern for ch in "*?["):
             matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
             files += [m for m in matched if m.is_file()]
@@ -54,146 +63,233 @@ def resolve_files(cfg: SourceConfig, base: Path) -> list[Path]:
             if not found:
                 raise SourceError(f"source {cfg.name!r}: directory {p} holds no readable files")
             files += found
-        elif p.is_file():
+        elif p.exists():
             files.append(p)
         else:
             raise SourceError(f"source {cfg.name!r}: {p} does not exist")
-    return files
-
-
-def _convert(fmt: str, item: Item, cfg: SourceConfig, rel: str, variables: dict[str, str]) -> list[Record]:
-    meta = provenance(cfg.name, rel, item.line, item.index, item.key)
-    meta["input"] = None  # set below from the record's group, which is the input's own id
-    recs = FORMATS[fmt].convert(item.data, Context(cfg, meta, variables))
-    for r in recs:
-        r["meta"]["input"] = r["meta"]["group"]
-        if cfg.fill_placeholders:
-            fill_placeholders(r, variables, cfg.name)
-    return recs
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        real = f.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        if not (allow_outside or cfg.allow_outside) and not _inside(real, base):
+            raise SourceError(f"source {cfg.name!r}: {f} is outside the recipe's folder {base.resolve()}; set "
+                              f"`allow_outside: true` on the source (or pass --allow-outside) to read it")
+        unique.append(f)
+    return unique
 
 
 @dataclass(frozen=True)
-class Shard:
-    """A unit of ingest work: one file of a source (all of a source's files when it has a `limit`)."""
+class FileJob:
+    """One file to plan, as it travels to a worker."""
 
+    path: str
+    rel: str
     source: SourceConfig
-    files: tuple[str, ...]
+    sharding: Sharding
+    variables: dict[str, str] = field(default_factory=dict)
 
 
-def plan_shards(sources: list[SourceConfig], base: Path) -> list[Shard]:
-    """Shards in recipe and file order; merging their results in this order gives the same build whether
-    they ran one after another or in parallel on a Dask cluster."""
-    shards = []
+def plan_files(sources: list[SourceConfig], base: Path, sharding: Sharding,
+               allow_outside: bool = False) -> list[FileJob]:
+    """Every file of every source, in recipe and file order (the order of the whole build)."""
+    jobs = []
     for cfg in sources:
         if cfg.format != "auto" and cfg.format not in FORMATS:
             raise SourceError(f"source {cfg.name!r}: unknown format {cfg.format!r}; known: {', '.join(FORMATS)}")
-        files = [str(f) for f in resolve_files(cfg, base)]
-        if cfg.limit is not None:
-            shards.append(Shard(cfg, tuple(files)))
-        else:
-            shards += [Shard(cfg, (f,)) for f in files]
-    return shards
+        for f in resolve_files(cfg, base, allow_outside):
+            jobs.append(FileJob(str(f), rel_path(f, base), cfg, sharding))
+    return jobs
 
 
-def ingest_shard(shard: Shard, base: Path, variables: dict[str, str], progress: Any = None) -> IngestResult:
-    """Read a shard's files; with `format: auto` each file's format is detected from its first records."""
-    cfg = shard.source
-    result = IngestResult()
-    stats: dict[str, Any] = {"input": 0, "rejected": 0, "records": 0, "files": [], "formats": [],
-                             "license": cfg.license, "origin": cfg.origin, "encodings": {}}
-    for name in shard.files:
-        path = Path(name)
-        rel = _rel(path, base)
-        if path.is_file():
-            result.inputs[rel] = sha256_file(path)
-        stats["files"].append(rel)
-        info = FileInfo()
-        pending: list[Item | Bad] = []
-        fmt = None if cfg.format == "auto" else cfg.format
+def plan_file(job: FileJob) -> FilePlan:
+    """Hash and cut one file, and settle its format (detected from its first records when `auto`)."""
+    cfg = job.source
+    plan = _plan_file(Path(job.path), job.rel, cfg, job.sharding)
+    if plan.parts:
+        fmt = cfg.format if cfg.format != "auto" else _detect(plan.parts[0], cfg, job.path)
+        plan.parts = [dataclasses.replace(p, format=fmt) for p in plan.parts]
+    return plan
 
-        def emit(item: Item | Bad, fmt: str | None, rel: str = rel) -> None:
-            stats["input"] += 1
-            if isinstance(item, Bad):
-                stats["rejected"] += 1
-                result.rejects.append(reject(item.reason, stage="ingest", source=cfg.name, file=rel,
-                                             line=item.line, index=item.index, raw=item.raw))
-                return
-            try:
-                recs = _convert(fmt, item, cfg, rel, variables)
-            except Invalid as e:
-                stats["rejected"] += 1
-                result.rejects.append(reject(str(e), stage="ingest", source=cfg.name, file=rel, line=item.line,
-                                             index=item.index, raw=item.data, key=item.key))
-                return
-            stats["records"] += len(recs)
-            result.records.extend(recs)
 
-        for item in read(path, cfg, info):
-            if cfg.limit is not None and stats["input"] + len(pending) >= cfg.limit:
+def _detect(part: Part, cfg: SourceConfig, path: str) -> str:
+    samples = []
+    for item in read(part, cfg):
+        if isinstance(item, Item):
+            samples.append(item.data)
+            if len(samples) >= DETECT_SAMPLE:
                 break
-            if fmt is None:
-                # Hold the first records back until there are enough to tell the format.
-                pending.append(item)
-                if sum(isinstance(p, Item) for p in pending) >= DETECT_SAMPLE:
-                    fmt = _detect_or_fail(pending, cfg, path)
-                    for p in pending:
-                        emit(p, fmt)
-                    pending = []
-            else:
-                emit(item, fmt)
-            if progress is not None:
-                progress()
-        if pending:
-            if fmt is None and any(isinstance(p, Item) for p in pending):
-                fmt = _detect_or_fail(pending, cfg, path)
-            for p in pending:
-                emit(p, fmt)
-        stats["encodings"][rel] = info.encoding
-        if fmt and fmt not in stats["formats"]:
-            stats["formats"].append(fmt)
-        if info.empty:
-            result.warnings.append(f"source {cfg.name!r}: {rel} is empty")
-    result.sources[cfg.name] = stats
-    return result
-
-
-def merge(parts: list[IngestResult]) -> IngestResult:
-    """Concatenate shard results in order; per-source figures are summed."""
-    out = IngestResult()
-    for part in parts:
-        out.records += part.records
-        out.rejects += part.rejects
-        out.inputs.update(part.inputs)
-        out.warnings += part.warnings
-        for name, st in part.sources.items():
-            acc = out.sources.setdefault(name, {**st, "files": [], "formats": [], "encodings": {},
-                                                "input": 0, "rejected": 0, "records": 0})
-            for k in ("input", "rejected", "records"):
-                acc[k] += st[k]
-            acc["files"] += st["files"]
-            acc["encodings"].update(st["encodings"])
-            acc["formats"] += [f for f in st["formats"] if f not in acc["formats"]]
-    for st in out.sources.values():
-        st["format"] = ", ".join(st.pop("formats")) or "none"
-    return out
-
-
-def _detect_or_fail(items: list[Any], cfg: SourceConfig, path: Path) -> str:
-    samples = [i.data for i in items if isinstance(i, Item)]
+    if not samples:
+        return "document"  # nothing readable: every item becomes a reject with its own reason
     if cfg.columns:
         # Renamed fields: detect on the record as it looks after the mapping.
         samples = [{**s, **{k: s[v] for k, v in cfg.columns.items() if v in s}} if isinstance(s, dict) else s
                    for s in samples]
     fmt = detect(samples)
+    name = Path(path).name
+    keys = sorted({k for s in samples if isinstance(s, dict) for k in s})[:12]
+    hint = (f"set `format:` (one of {', '.join(FORMATS)}) and, if the field names differ, `columns:` in the "
+            f"recipe")
     if fmt is None:
-        keys = sorted({k for s in samples if isinstance(s, dict) for k in s})[:12]
-        raise SourceError(f"source {cfg.name!r}: cannot tell the format of {path.name} (fields seen: "
-                          f"{', '.join(keys) or 'none'}); set `format:` (one of {', '.join(FORMATS)}) and, "
-                          f"if the field names differ, `columns:` in the recipe")
+        proposal = propose_transcript(samples)
+        if proposal:
+            raise SourceError(f"source {cfg.name!r}: {name} looks like a speaker-tagged dialogue; add to the "
+                              f"source in the recipe:\n{proposal}")
+        raise SourceError(f"source {cfg.name!r}: cannot tell the format of {name} (fields seen: "
+                          f"{', '.join(keys) or 'none'}); {hint}")
+    failures = []
+    for i, s in enumerate(samples):
+        try:
+            FORMATS[fmt].convert(s, Context(cfg, provenance(cfg.name, name, None, i), {}))
+        except Invalid as e:
+            failures.append(str(e))
+        except Exception:
+            pass
+    if len(failures) * 2 > len(samples):
+        raise SourceError(f"source {cfg.name!r}: {name} looks like `{fmt}`, but {len(failures)} of the first "
+                          f"{len(samples)} records fail as {fmt} ({failures[0]}); fields seen: "
+                          f"{', '.join(keys) or 'none'}; {hint}")
     return fmt
 
 
+@dataclass(frozen=True)
+class Shard:
+    """A unit of work: parts of one source's files (all of them, in order, when the source has a `limit`)."""
+
+    index: int
+    source: SourceConfig
+    parts: tuple[Part, ...]
+
+
+def shards_of(plans: list[tuple[SourceConfig, FilePlan]]) -> list[Shard]:
+    """Shards in build order; reading them in this order gives the records of a single-process read."""
+    shards: list[Shard] = []
+    limited: dict[str, list[Part]] = {}
+    order: list[tuple[str, SourceConfig | None, Part | None]] = []
+    for cfg, plan in plans:
+        for part in plan.parts:
+            if cfg.limit is not None:
+                if cfg.name not in limited:
+                    order.append((cfg.name, cfg, None))
+                limited.setdefault(cfg.name, []).append(part)
+            else:
+                order.append((cfg.name, cfg, part))
+    for name, cfg, part in order:
+        assert cfg is not None
+        parts = tuple(limited[name]) if part is None else (part,)
+        shards.append(Shard(len(shards), cfg, parts))
+    return shards
+
+
+@dataclass
+class Input:
+    """What one input item (a line, row or array element) became."""
+
+    seq: int
+    records: list[Record]
+    reject: dict | None = None
+
+
+@dataclass
+class ShardStats:
+    input: int = 0
+    rejected: int = 0
+    records: int = 0
+    formats: list[str] = field(default_factory=list)
+    encodings: dict[str, str] = field(default_factory=dict)
+
+
+def _convert(fmt: str, item: Item, cfg: SourceConfig, rel: str, variables: dict[str, str]) -> list[Record]:
+    meta = provenance(cfg.name, rel, item.line, item.index, item.key)
+    recs = FORMATS[fmt].convert(item.data, Context(cfg, meta, variables))
+    out = []
+    for r in recs:
+        r["meta"]["input"] = r["meta"]["group"]  # the input's own id: every record made from it shares it
+        out.append(fill_placeholders(r, variables, cfg.name) if cfg.fill_placeholders else r)
+    return out
+
+
+class ShardReader:
+    """Iterate a shard's inputs in file order; `stats` holds the counts once the iteration is done."""
+
+    def __init__(self, shard: Shard, variables: dict[str, str]) -> None:
+        self.shard = shard
+        self.variables = variables
+        self.stats = ShardStats()
+
+    def __iter__(self) -> Iterator[Input]:
+        cfg = self.shard.source
+        st = self.stats
+        seq = 0
+        for part in self.shard.parts:
+            st.encodings[part.rel] = part.encoding
+            if part.format and part.format not in st.formats:
+                st.formats.append(part.format)
+            for item in read(part, cfg):
+                if cfg.limit is not None and st.input >= cfg.limit:
+                    return
+                st.input += 1
+                yield self._one(item, part, cfg, seq)
+                seq += 1
+
+    def _one(self, item: Item | Bad, part: Part, cfg: SourceConfig, seq: int) -> Input:
+        st = self.stats
+        if isinstance(item, Bad):
+            st.rejected += 1
+            return Input(seq, [], reject(item.reason, stage="ingest", source=cfg.name, file=part.rel,
+                                         line=item.line, index=item.index, raw=item.raw))
+        try:
+            recs = _convert(part.format or "document", item, cfg, part.rel, self.variables)
+        except Invalid as e:
+            st.rejected += 1
+            return Input(seq, [], reject(str(e), stage="ingest", source=cfg.name, file=part.rel, line=item.line,
+                                         index=item.index, raw=item.data, key=item.key))
+        st.records += len(recs)
+        return Input(seq, recs)
+
+
+def source_stats_template(cfg: SourceConfig) -> dict[str, Any]:
+    return {"input": 0, "rejected": 0, "records": 0, "files": [], "formats": [], "license": cfg.license,
+            "origin": cfg.origin, "encodings": {}}
+
+
+@dataclass
+class IngestResult:
+    """An in-memory read of every source (library use and small data; the build streams shards instead)."""
+
+    records: list[Record] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # file (relative to the recipe) -> sha256
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
 def ingest(sources: list[SourceConfig], base_dir: Path, variables: dict[str, str] | None = None,
-           progress: Any = None) -> IngestResult:
-    """Read every source in recipe order; the result is deterministic for the same files and recipe."""
-    return merge([ingest_shard(sh, base_dir, variables or {}, progress) for sh in plan_shards(sources, base_dir)])
+           sharding: Sharding | None = None, allow_outside: bool = False) -> IngestResult:
+    """Read every source in recipe order into memory; the same records, in the same order, as a build."""
+    res = IngestResult()
+    jobs = plan_files(sources, Path(base_dir), sharding or Sharding(), allow_outside)
+    plans = [plan_file(j) for j in jobs]
+    for j, p in zip(jobs, plans, strict=True):
+        st = res.sources.setdefault(j.source.name, source_stats_template(j.source))
+        st["files"].append(p.rel)
+        st["encodings"][p.rel] = p.encoding if p.parts else None
+        if p.sha256:
+            res.inputs[p.rel] = p.sha256
+        if "empty" in p.warnings:
+            res.warnings.append(f"source {j.source.name!r}: {p.rel} is empty")
+    for shard in shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)]):
+        reader = ShardReader(shard, variables or {})
+        for inp in reader:
+            res.records += inp.records
+            if inp.reject is not None:
+                res.rejects.append(inp.reject)
+        st = res.sources[shard.source.name]
+        for k in ("input", "rejected", "records"):
+            st[k] += getattr(reader.stats, k)
+        st["formats"] += [f for f in reader.stats.formats if f not in st["formats"]]
+    for st in res.sources.values():
+        st["format"] = ", ".join(st.pop("formats")) or "none"
+    return res

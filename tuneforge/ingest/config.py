@@ -39,5 +39,8 @@ class SourceConfig(BaseModel):
     fill_placeholders: bool = Field(False, description="fill <NAME> / {{name}} from the recipe's variables")
     limit: int | None = Field(None, ge=1, description="read only the first N records of this source")
     max_record_bytes: int = Field(8 << 20, ge=1, description="records larger than this are rejected")
+    role_order: Literal["merge", "reject"] = Field(
+        "merge", description="two user (or assistant) turns in a row: merge them into one turn, or reject the record")
+    allow_outside: bool = Field(False, description="allow paths outside the recipe's folder (listed in the manifest)")
     license: str = "unknown"
     origin: str = Field("", description="where the data came from (repository, commit, path)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.common.errors import RecipeError
-from tuneforge.common.records import Record, new_record
+from tuneforge.common.records import Record, map_texts, new_record
 from tuneforge.ingest.config import SourceConfig
 
 
@@ -31,6 +31,8 @@ class Context:
 # ---------------------------------------------------------------- field helpers
 
 def _field(obj: dict, name: str, ctx: Context, *, required: bool = True, default: Any = None) -> Any:
+    if not isinstance(obj, dict):
+        raise Invalid(f"expected a JSON object with field {name!r}, got {_type_name(obj)}")
     src = ctx.cfg.columns.get(name, name)
     if src not in obj or obj[src] is None:
         if required:
@@ -40,13 +42,24 @@ def _field(obj: dict, name: str, ctx: Context, *, required: bool = True, default
     return obj[src]
 
 
+def _type_name(value: Any) -> str:
+    return {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "text",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _text(value: Any, name: str, *, allow_empty: bool = False) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise Invalid(f"field {name!r} should be text, got {type(value).__name__}")
+        raise Invalid(f"field {name!r} should be text, got {_type_name(value)}")
     if not allow_empty and not value.strip():
         raise Invalid(f"field {name!r} is empty")
+    if not value.isascii() and (m := _SURROGATE.search(value)):
+        raise Invalid(f"field {name!r} holds a lone surrogate U+{ord(m.group()):04X} at character {m.start()} "
+                      f"(broken UTF-16 escape), which is not text")
     return value
 
 
@@ -62,7 +75,30 @@ def _content(value: Any, name: str) -> str:
     return _text(value, name)
 
 
-def _check_dialogue(messages: list[dict]) -> list[dict]:
+def _role_order(messages: list[dict], ctx: Context | None) -> list[dict]:
+    """A system turn only first; two user (or two assistant) turns in a row are merged into one, joined by a
+    newline (`role_order: merge`, the default; counted in `meta.ops`) or reject the record
+    (`role_order: reject`). Nothing is invented: a conversation that opens with the assistant stays so, and
+    formats that need a user first skip it with a reason."""
+    out: list[dict] = []
+    merged = 0
+    for i, m in enumerate(messages):
+        if m["role"] == "system" and i > 0:
+            raise Invalid(f"turn {i + 1} is a system turn; only the first turn may be one")
+        if out and m["role"] == out[-1]["role"] and m["role"] in ("user", "assistant"):
+            if ctx is not None and ctx.cfg.role_order == "reject":
+                raise Invalid(f"turns {i} and {i + 1} are both {m['role']} turns (role_order: reject)")
+            out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + m["content"]}
+            merged += 1
+            continue
+        out.append(m)
+    if merged and ctx is not None:
+        ctx.meta.setdefault("ops", []).append(f"ingest:merged_turns:{merged}")
+    return out
+
+
+def _check_dialogue(messages: list[dict], ctx: Context | None = None) -> list[dict]:
+    messages = _role_order(messages, ctx)
     if not any(m["role"] == "assistant" for m in messages):
         raise Invalid("conversation has no assistant turn")
     if messages[-1]["role"] not in ("assistant",):
@@ -153,7 +189,7 @@ def _sharegpt_messages(turns: Any, ctx: Context, name: str) -> list[dict]:
         if not isinstance(turn, dict):
             raise Invalid(f"{name}[{i}] should be an object with {t.role_tag!r} and {t.content_tag!r}")
         who = turn.get(t.role_tag)
-        if who not in roles:
+        if not isinstance(who, str) or who not in roles:
             raise Invalid(f"{name}[{i}] has unknown role {who!r}")
         msg = {"role": roles[who], "content": _content(turn.get(t.content_tag), f"{name}[{i}].{t.content_tag}")}
         out.append(msg)
@@ -171,7 +207,7 @@ def sharegpt(obj: dict, ctx: Context) -> list[Record]:
         chosen = _sharegpt_messages([_field(obj, "chosen", ctx)], ctx, "chosen")
         rejected = _sharegpt_messages([_field(obj, "rejected", ctx)], ctx, "rejected")
         return [_preference(msgs, chosen, rejected, ctx)]
-    rec = new_record("messages", ctx.meta, messages=_check_dialogue(msgs))
+    rec = new_record("messages", ctx.meta, messages=_check_dialogue(msgs, ctx))
     if tools:
         rec["meta"]["tools"] = tools if isinstance(tools, str) else str(tools)
     return [rec]
@@ -185,7 +221,7 @@ def _openai_messages(value: Any, name: str) -> list[dict]:
         if not isinstance(m, dict):
             raise Invalid(f"{name}[{i}] should be an object with 'role' and 'content'")
         role = m.get("role")
-        if role not in SHAREGPT_ROLES:
+        if not isinstance(role, str) or role not in SHAREGPT_ROLES:
             raise Invalid(f"{name}[{i}] has unknown role {role!r}")
         out.append({"role": role, "content": _content(m.get("content"), f"{name}[{i}].content")})
     return out
@@ -198,9 +234,9 @@ def messages(obj: dict, ctx: Context) -> list[Record]:
         # TRL's unpaired preference (KTO): a completion marked desirable or not.
         if not isinstance(label, bool):
             raise Invalid(f"field 'label' should be true or false, got {label!r}")
-        _check_dialogue(msgs)
+        msgs = _check_dialogue(msgs, ctx)
         return [new_record("unpaired", ctx.meta, prompt=msgs[:-1], completion=msgs[-1:], label=label)]
-    return [new_record("messages", ctx.meta, messages=_check_dialogue(msgs))]
+    return [new_record("messages", ctx.meta, messages=_check_dialogue(msgs, ctx))]
 
 
 def chatglm(obj: dict, ctx: Context) -> list[Record]:
@@ -299,10 +335,10 @@ def crosswoz(obj: dict, ctx: Context) -> list[Record]:
     roles = {"usr": "user", "sys": "assistant"}
     msgs = []
     for i, t in enumerate(turns):
-        if not isinstance(t, dict) or t.get("role") not in roles:
+        if not isinstance(t, dict) or not isinstance(t.get("role"), str) or t.get("role") not in roles:
             raise Invalid(f"messages[{i}] should have role usr or sys")
         msgs.append({"role": roles[t["role"]], "content": _text(t.get("content"), f"messages[{i}].content")})
-    rec = new_record("messages", ctx.meta, messages=_check_dialogue(msgs))
+    rec = new_record("messages", ctx.meta, messages=_check_dialogue(msgs, ctx))
     rec["meta"]["dialogue_type"] = obj.get("type")
     return [rec]
 
@@ -319,6 +355,87 @@ def kb(obj: Any, ctx: Context) -> list[Record]:
     if not row:
         raise Invalid("knowledge-base row is empty")
     return [new_record("kb", ctx.meta, row=row)]
+
+
+def _speaker_table(ctx: Context) -> list[tuple[str, str]]:
+    speakers = ctx.cfg.options.get("speakers")
+    if not isinstance(speakers, dict) or not speakers:
+        raise RecipeError(f"source {ctx.cfg.name!r}: format transcript needs options.speakers, a mapping of "
+                          f"speaker tag to role, e.g. {{\"[客户]\": user, \"[律师]\": assistant}}")
+    bad = {k: v for k, v in speakers.items() if v not in ("user", "assistant", "system")}
+    if bad:
+        raise RecipeError(f"source {ctx.cfg.name!r}: options.speakers roles must be user, assistant or system; "
+                          f"got {bad}")
+    return sorted(((str(k), v) for k, v in speakers.items()), key=lambda kv: -len(kv[0]))
+
+
+def _tagged(text: str, table: list[tuple[str, str]]) -> tuple[str, str] | None:
+    stripped = text.lstrip()
+    for tag, role in table:
+        if stripped.startswith(tag):
+            return role, stripped[len(tag):].strip()
+    return None
+
+
+def transcript(obj: dict, ctx: Context) -> list[Record]:
+    """A dialogue as speaker-tagged strings (`["[客户] …", "[律师] …"]`, `用户：`/`客服：`, `Q:`/`A:`), or one text
+    whose lines start with the tags (a line without a tag continues the turn above). `options.speakers` maps
+    each tag to a role; `options.field` names the field (default `history`, or `columns: {transcript: …}`)."""
+    table = _speaker_table(ctx)
+    name = ctx.cfg.options.get("field") or ("transcript" if "transcript" in ctx.cfg.columns else "history")
+    value = _field(obj, name, ctx)
+    known = ", ".join(repr(t) for t, _ in table)
+    msgs: list[dict] = []
+    if isinstance(value, str):
+        for n, line in enumerate(value.split("\n"), start=1):
+            hit = _tagged(line, table)
+            if hit is not None:
+                msgs.append({"role": hit[0], "content": hit[1]})
+            elif msgs:
+                msgs[-1]["content"] += "\n" + line
+            elif line.strip():
+                raise Invalid(f"field {name!r} line {n} comes before any speaker tag ({known})")
+    elif isinstance(value, list) and value:
+        for i, turn in enumerate(value):
+            hit = _tagged(_text(turn, f"{name}[{i}]"), table)
+            if hit is None:
+                raise Invalid(f"{name}[{i}] starts with no known speaker tag ({known}): {str(turn)[:40]!r}")
+            msgs.append({"role": hit[0], "content": hit[1]})
+    else:
+        raise Invalid(f"field {name!r} should be a list of tagged strings or one tagged text")
+    msgs = [{"role": m["role"], "content": _text(m["content"].strip(), f"{name} ({m['role']} turn)")} for m in msgs]
+    system = _system(obj, ctx)
+    if system and (not msgs or msgs[0]["role"] != "system"):
+        msgs = system + msgs
+    return [new_record("messages", ctx.meta, messages=_check_dialogue(msgs, ctx))]
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def _hh_messages(text: Any, name: str) -> list[dict]:
+    text = _text(text, name)
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise Invalid(f"field {name!r} is not an HH transcript (\\n\\nHuman: … \\n\\nAssistant: …)")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)]
+
+
+def hh(obj: dict, ctx: Context) -> list[Record]:
+    """Anthropic HH-RLHF layout: `chosen`/`rejected` are whole transcripts; the prompt is their shared
+    leading turns, chosen/rejected what follows (the last assistant turns)."""
+    cm = _hh_messages(_field(obj, "chosen", ctx), "chosen")
+    rm = _hh_messages(_field(obj, "rejected", ctx), "rejected")
+    prompt, c, r = _split_prompt(cm, rm)
+    if not prompt or prompt[-1]["role"] != "user":
+        raise Invalid("chosen and rejected share no prompt ending in a Human turn")
+    if not c or not r or c[0]["role"] != "assistant" or r[0]["role"] != "assistant":
+        raise Invalid("chosen or rejected does not continue the prompt with an Assistant turn")
+    for m in c + r:
+        if not m["content"]:
+            raise Invalid("an Assistant reply is empty")
+    return [_preference(_role_order(prompt, ctx), c, r, ctx)]
 
 
 # ---------------------------------------------------------------- registry and detection
@@ -343,12 +460,15 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            and bool(o["messages"]) and isinstance(o["messages"][0], dict) and o["messages"][0].get("role") in ("usr", "sys")),
     Format("message_pairs", message_pairs, lambda o: {"chosen_messages", "rejected_messages"} <= _keys(o)),
     Format("sharegpt", sharegpt, lambda o: "conversations" in _keys(o) and isinstance(o["conversations"], list)),
+    Format("hh", hh, lambda o: {"chosen", "rejected"} <= _keys(o) and isinstance(o["chosen"], str)
+           and o["chosen"].startswith("\n\nHuman:")),
     Format("preference", preference, lambda o: {"chosen", "rejected"} <= _keys(o)),
     Format("ranked", ranked, lambda o: {"instruction", "output"} <= _keys(o) and isinstance(o["output"], list)),
     Format("alpaca", alpaca, lambda o: {"instruction", "output"} <= _keys(o)),
     Format("messages", messages, lambda o: "messages" in _keys(o) and isinstance(o["messages"], list)),
     Format("chatglm", chatglm, lambda o: {"prompt", "response"} <= _keys(o)),
     Format("completion", completion, lambda o: {"prompt", "completion"} <= _keys(o)),
+    Format("transcript", transcript, lambda o: False),  # proposed by `propose_transcript`, never guessed
     Format("document", document, lambda o: ("text" in _keys(o) and isinstance(o["text"], str))
            or ("content" in _keys(o) and isinstance(o["content"], str) and _keys(o) - {"content"} <= DOC_EXTRA)),
 ]}
@@ -367,6 +487,38 @@ def detect(samples: list[Any]) -> str | None:
     return max(votes, key=lambda k: votes[k])
 
 
+_TAG = re.compile(r"^\s*(\[[^\]\n]{1,12}\]|【[^】\n]{1,12}】|[^\s:：\[\]]{1,12}[:：])")
+
+
+def propose_transcript(samples: list[Any]) -> str | None:
+    """Recipe lines for `format: transcript` when most sampled records hold speaker-tagged strings."""
+    for name in ("history", "dialogue", "conversation", "conversations", "transcript", "text", "content"):
+        tags: dict[str, int] = {}
+        order: list[str] = []
+        hits = total = 0
+        for obj in samples:
+            value = obj.get(name) if isinstance(obj, dict) else None
+            if isinstance(value, str):
+                value = value.split("\n")
+            if not isinstance(value, list) or not value:
+                continue
+            total += 1
+            found = [m.group(1) for v in value if isinstance(v, str) and (m := _TAG.match(v))]
+            if len(found) >= max(2, len([v for v in value if isinstance(v, str) and v.strip()]) // 2):
+                hits += 1
+                for t in found:
+                    if t not in tags:
+                        order.append(t)
+                    tags[t] = tags.get(t, 0) + 1
+        if total and hits * 2 > total and 2 <= len(tags) <= 6:
+            top = sorted(order, key=lambda t: -tags[t])[:2]
+            first, second = sorted(top, key=order.index)
+            roles = ", ".join(f'"{t}": {r}' for t, r in ((first, "user"), (second, "assistant")))
+            return (f"format: transcript\noptions: {{field: {name}, speakers: {{{roles}}}}}\n"
+                    f"(speaker tags seen: {', '.join(order[:6])}; check which tag is the user)")
+    return None
+
+
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>|\{\{\s*(\w+)\s*\}\}")
 
 
@@ -381,9 +533,4 @@ def fill_placeholders(rec: Record, variables: dict[str, str], source: str) -> Re
                               f"no {key!r}")
         return lookup[key]
 
-    for field in ("messages", "prompt", "chosen", "rejected", "completion"):
-        if field in rec:
-            rec[field] = [{**m, "content": PLACEHOLDER.sub(sub, m["content"])} for m in rec[field]]
-    if "text" in rec:
-        rec["text"] = PLACEHOLDER.sub(sub, rec["text"])
-    return rec
+    return map_texts(rec, lambda text: PLACEHOLDER.sub(sub, text))

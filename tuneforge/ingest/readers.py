@@ -1,14 +1,20 @@
-"""File readers: bytes on disk to raw items with their position, or to rejects with a reason.
+"""File readers: one part of a file (a byte range, a row range, or the whole file) to raw items with their
+exact line and index, or to `Bad` items that say why.
 
-A reader never raises on bad data inside a file: a malformed line or row becomes a `Bad` item that names its
-line. Only a file that cannot be read at all (missing, unknown encoding) raises `SourceError`.
+A reader never raises on bad data inside a file: a malformed line or row becomes a `Bad` item naming its line.
+Only a file that cannot be read at all (missing, unknown encoding) raises `SourceError`. Lines are split on
+`\\n` alone (a raw U+2028 or U+0085 inside a JSON string is text, not a line break).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import datetime as _dt
+import decimal
 import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +22,11 @@ from typing import Any
 
 from tuneforge.common.errors import SourceError
 from tuneforge.ingest.config import SourceConfig
-from tuneforge.ingest.encoding import decode, decode_lines
 
 SUFFIX_TYPES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
                 ".parquet": "parquet", ".txt": "text", ".md": "text", ".text": "text"}
 ARROW_MARKERS = ("dataset_dict.json", "state.json")
+csv.field_size_limit(sys.maxsize)  # our own max_record_bytes bounds a row; the csv module's 128 KiB must not
 
 
 @dataclass(slots=True)
@@ -39,10 +45,24 @@ class Bad:
     index: int | None = None
 
 
-@dataclass(slots=True)
-class FileInfo:
-    encoding: str | None = None
-    empty: bool = False
+@dataclass(frozen=True)
+class Part:
+    """What one shard reads of one file. `start`/`end` are bytes (JSONL, text, CSV, JSON arrays) or rows
+    (Parquet, saved datasets); `first_line`/`first_index` number the part's first item as in the whole file."""
+
+    path: str
+    rel: str
+    file_type: str
+    encoding: str
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    first_index: int = 0
+    whole: bool = True
+    header: tuple[str, ...] | None = None
+    split: str | None = None  # a saved DatasetDict's split
+    format: str | None = None  # the source format of this file (detected or from the recipe)
+    last: bool = True  # the part that reaches the end of the file
 
 
 def file_type(path: Path, cfg: SourceConfig) -> str:
@@ -57,28 +77,85 @@ def file_type(path: Path, cfg: SourceConfig) -> str:
     return t
 
 
-def read(path: Path, cfg: SourceConfig, info: FileInfo) -> Iterator[Item | Bad]:
-    kind = file_type(path, cfg)
-    if kind == "arrow":
-        yield from _read_arrow(path)
-        return
+def json_safe(value: Any) -> Any:
+    """Parquet and Arrow values as JSON: bytes as UTF-8 text (or `base64:` text), dates as ISO strings."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(b).decode("ascii")
+    if isinstance(value, (_dt.date, _dt.datetime, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, float) and value != value:  # NaN is not JSON
+        return None
+    return value
+
+
+def _read_bytes(part: Part) -> bytes:
     try:
-        data = path.read_bytes()
+        with open(part.path, "rb") as f:
+            f.seek(part.start)
+            return f.read() if part.end is None else f.read(part.end - part.start)
     except OSError as e:
-        raise SourceError(f"{path}: cannot read: {e.strerror or e}") from None
-    if not data.strip():
-        info.empty = True
-        return
-    if kind == "parquet":
-        yield from _read_parquet(path)
+        raise SourceError(f"{part.path}: cannot read: {e.strerror or e}") from None
+
+
+def _decode(data: bytes, part: Part) -> str:
+    """Decode a whole part (JSON, CSV, text) in the file's encoding, named when it fails."""
+    enc = part.encoding.split("|", 1)[0]
+    if enc == "utf-8-sig" and part.start != 0:
+        enc = "utf-8"
+    try:
+        return data.decode(enc)
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{part.path}: not valid {enc} at byte {part.start + e.start}: {e.reason}; set "
+                          f"`encoding:` for this source in the recipe") from None
+
+
+def _lines(part: Part) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes without the line break) for every line of a byte-range part."""
+    data = _read_bytes(part)
+    if part.start == 0 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    n = part.first_line
+    for raw in data.split(b"\n"):
+        yield n, raw[:-1] if raw.endswith(b"\r") else raw
+        n += 1
+
+
+def _line_text(raw: bytes, part: Part) -> str | None:
+    enc = part.encoding.split("|", 1)[0]
+    if enc == "utf-8-sig":
+        enc = "utf-8"
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError:
+        return None
+
+
+def read(part: Part, cfg: SourceConfig) -> Iterator[Item | Bad]:
+    kind = part.file_type
+    if kind == "arrow":
+        yield from _read_arrow(part)
+    elif kind == "parquet":
+        yield from _read_parquet(part)
     elif kind == "jsonl":
-        yield from _read_jsonl(data, path, cfg, info)
+        yield from _read_jsonl(part, cfg)
     elif kind == "json":
-        yield from _read_json(data, path, cfg, info)
+        yield from _read_json(part, cfg)
     elif kind in ("csv", "tsv"):
-        yield from _read_csv(data, path, cfg, info, "\t" if kind == "tsv" else ",")
+        yield from _read_csv(part, cfg, "\t" if kind == "tsv" else ",")
     else:
-        yield from _read_text(data, path, cfg, info)
+        yield from _read_text(part, cfg)
 
 
 def _too_big(size: int, cfg: SourceConfig) -> str | None:
@@ -87,29 +164,32 @@ def _too_big(size: int, cfg: SourceConfig) -> str | None:
     return None
 
 
-def _read_jsonl(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo) -> Iterator[Item | Bad]:
-    lines, info.encoding = decode_lines(data, cfg.encoding, str(path))
-    for n, line in enumerate(lines, start=1):
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, reason): malformed JSON, nesting too deep, or a number too long to hold."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        return None, f"malformed JSON: {e.msg} at column {e.colno}"
+    except RecursionError:
+        return None, "malformed JSON: nested too deeply to read"
+    except ValueError as e:  # an integer of more than 4300 digits
+        return None, f"malformed JSON: {e}"
+
+
+def _read_jsonl(part: Part, cfg: SourceConfig) -> Iterator[Item | Bad]:
+    for n, raw in _lines(part):
+        if not raw.strip():
+            continue
+        if reason := _too_big(len(raw), cfg):
+            yield Bad(reason, raw[:2000].decode("utf-8", "replace") + "…", line=n)
+            continue
+        line = _line_text(raw, part)
         if line is None:
-            yield Bad(f"line is not valid text in the file's encoding ({cfg.encoding})", None, line=n)
+            yield Bad(f"line is not valid text in the file's encoding ({part.encoding.split('|')[0]})",
+                      raw.decode("utf-8", "replace"), line=n)
             continue
-        if not line.strip():
-            continue
-        if reason := _too_big(len(line.encode("utf-8")), cfg):
-            yield Bad(reason, line, line=n)
-            continue
-        try:
-            yield Item(json.loads(line), line=n)
-        except json.JSONDecodeError as e:
-            yield Bad(f"malformed JSON: {e.msg} at column {e.colno}", line, line=n)
-
-
-def _line_of(text: str, pos: int, cache: list[int]) -> int:
-    """1-based line of offset `pos`; `cache` = [last_pos, last_line] makes forward scans linear."""
-    last_pos, last_line = cache
-    line = last_line + text.count("\n", last_pos, pos)
-    cache[0], cache[1] = pos, line
-    return line
+        value, reason = parse_json(line)
+        yield Bad(reason, line, line=n) if reason else Item(value, line=n)
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -119,13 +199,30 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _read_json(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo) -> Iterator[Item | Bad]:
-    text, info.encoding = decode(data, cfg.encoding, str(path))
+class _LineCounter:
+    """1-based line of an offset in `text`, for forward scans in linear time."""
+
+    def __init__(self, text: str, first_line: int) -> None:
+        self.text, self.pos, self.line = text, 0, first_line
+
+    def __call__(self, pos: int) -> int:
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
+
+
+def _read_json(part: Part, cfg: SourceConfig) -> Iterator[Item | Bad]:
+    text = _decode(_read_bytes(part), part)
+    if part.start == 0 and text.startswith("\ufeff"):
+        text = text[1:]
     dec = json.JSONDecoder()
+    line_of = _LineCounter(text, part.first_line)
+    if not part.whole:  # a range of array elements, found by the planner
+        yield from _stream_array(text, 0, dec, cfg, line_of, part.first_index, part.last)
+        return
     pos = _skip_ws(text, 0)
-    cache = [0, 1]
     if text.startswith("[", pos):
-        yield from _stream_array(text, pos + 1, dec, cfg, cache)
+        yield from _stream_array(text, pos + 1, dec, cfg, line_of, 0, True)
         return
     try:
         obj, end = dec.raw_decode(text, pos)
@@ -133,14 +230,18 @@ def _read_json(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo) -> It
         yield Bad(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}; nothing in this file could "
                   f"be read", text, line=e.lineno)
         return
+    except (RecursionError, ValueError) as e:
+        yield Bad(f"malformed JSON: {'nested too deeply' if isinstance(e, RecursionError) else e}; nothing in "
+                  f"this file could be read", text, line=1)
+        return
     if _skip_ws(text, end) < len(text):
         # Several values one after another: the file is JSON Lines with a .json name (e.g. AdvertiseGen).
-        yield from _read_jsonl(data, path, cfg, info)
+        yield from _read_jsonl(part, cfg)
         return
     field = cfg.options.get("json_field")
     if field is not None:
         if not isinstance(obj, dict) or not isinstance(obj.get(field), list):
-            raise SourceError(f"{path}: options.json_field={field!r} but the file has no list under that key")
+            raise SourceError(f"{part.path}: options.json_field={field!r} but the file has no list under that key")
         for i, item in enumerate(obj[field]):
             yield Item(item, index=i)
     elif isinstance(obj, dict) and len(obj) > 1 and all(isinstance(v, dict) for v in obj.values()):
@@ -148,32 +249,34 @@ def _read_json(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo) -> It
         for i, (k, v) in enumerate(obj.items()):
             yield Item(v, index=i, key=str(k))
     else:
-        yield Item(obj, line=_line_of(text, pos, cache), index=0)
+        yield Item(obj, line=line_of(pos), index=0)
 
 
-def _stream_array(text: str, pos: int, dec: json.JSONDecoder, cfg: SourceConfig, cache: list[int]) -> Iterator[Item | Bad]:
+def _stream_array(text: str, pos: int, dec: json.JSONDecoder, cfg: SourceConfig, line_of: _LineCounter,
+                  first_index: int, last: bool) -> Iterator[Item | Bad]:
     """Decode array elements one by one so a damaged tail loses only itself, with its line named."""
-    i = 0
+    i = first_index
     n = len(text)
     while True:
         pos = _skip_ws(text, pos)
         if pos >= n:
-            yield Bad("truncated JSON: the array is not closed", "", line=_line_of(text, pos, cache), index=i)
+            if last:
+                yield Bad("truncated JSON: the array is not closed", "", line=line_of(pos), index=i)
             return
         if text[pos] == "]":
             return
         start = pos
         try:
             obj, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            line = _line_of(text, start, cache)
-            yield Bad(f"malformed JSON in array element {i}: {e.msg} at line {e.lineno} column {e.colno}; "
-                      f"the rest of the file ({n - start:,} characters) could not be read", text[start:],
-                      line=line, index=i)
+        except (json.JSONDecodeError, RecursionError, ValueError) as e:
+            what = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else (
+                "nested too deeply" if isinstance(e, RecursionError) else str(e))
+            yield Bad(f"malformed JSON in array element {i}: {what}; the rest of the file "
+                      f"({n - start:,} characters) could not be read", text[start:], line=line_of(start), index=i)
             return
-        line = _line_of(text, start, cache)
+        line = line_of(start)
         if reason := _too_big(end - start, cfg):
-            yield Bad(reason, text[start:end], line=line, index=i)
+            yield Bad(reason, text[start:start + 2000] + "…", line=line, index=i)
         else:
             yield Item(obj, line=line, index=i)
         i += 1
@@ -182,52 +285,81 @@ def _stream_array(text: str, pos: int, dec: json.JSONDecoder, cfg: SourceConfig,
             pos += 1
         elif pos < n and text[pos] == "]":
             return
-        else:
+        elif pos < n or last:
             yield Bad(f"malformed JSON after array element {i - 1}: expected ',' or ']'", text[pos:],
-                      line=_line_of(text, pos, cache), index=i)
+                      line=line_of(pos), index=i)
             return
 
 
-def _read_csv(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo, delimiter: str) -> Iterator[Item | Bad]:
-    text, info.encoding = decode(data, cfg.encoding, str(path))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header: list[str] | None = cfg.csv_columns
-    prev_line = 0
-    index = 0
-    try:
-        for row in reader:
-            start, prev_line = prev_line + 1, reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if header is None and cfg.csv_header:
-                header = [h.strip() for h in row]
-                continue
-            if header is None:
-                raise SourceError(f"{path}: csv_header is false but csv_columns is not set")
-            if len(row) != len(header):
-                yield Bad(f"expected {len(header)} fields ({', '.join(header)}), got {len(row)}",
-                          delimiter.join(row), line=start, index=index)
-            else:
-                yield Item(dict(zip(header, row, strict=True)), line=start, index=index)
+class _CountingLines:
+    """Lines of a text for `csv.reader`, counting the lines handed out so each row's first line is known."""
+
+    def __init__(self, text: str) -> None:
+        self.it = iter(io.StringIO(text, newline=""))
+        self.taken = 0
+
+    def __iter__(self) -> _CountingLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.it)
+        self.taken += 1
+        return line
+
+
+def _read_csv(part: Part, cfg: SourceConfig, delimiter: str) -> Iterator[Item | Bad]:
+    text = _decode(_read_bytes(part), part)
+    if part.start == 0 and text.startswith("\ufeff"):
+        text = text[1:]
+    src = _CountingLines(text)
+    reader = csv.reader(src, delimiter=delimiter)
+    header: list[str] | None = list(part.header) if part.header else cfg.csv_columns
+    index = part.first_index
+    while True:
+        start = part.first_line + src.taken
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield Bad(f"malformed CSV: {e}", None, line=start, index=index)
             index += 1
-    except csv.Error as e:
-        yield Bad(f"malformed CSV: {e}", text.splitlines()[prev_line:prev_line + 1], line=prev_line + 1, index=index)
+            continue
+        if not row or all(not c.strip() for c in row):
+            continue
+        if header is None and cfg.csv_header:
+            header = [h.strip() for h in row]
+            continue
+        if header is None:
+            raise SourceError(f"{part.path}: csv_header is false but csv_columns is not set")
+        size = sum(len(c) for c in row)
+        if reason := _too_big(size, cfg):
+            yield Bad(reason, delimiter.join(row)[:2000] + "…", line=start, index=index)
+        elif len(row) != len(header):
+            yield Bad(f"expected {len(header)} fields ({', '.join(header)}), got {len(row)}",
+                      delimiter.join(row), line=start, index=index)
+        else:
+            yield Item(dict(zip(header, row, strict=True)), line=start, index=index)
+        index += 1
 
 
-def _read_text(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo) -> Iterator[Item | Bad]:
-    text, info.encoding = decode(data, cfg.encoding, str(path))
+def _read_text(part: Part, cfg: SourceConfig) -> Iterator[Item | Bad]:
+    text = _decode(_read_bytes(part), part)
+    if part.start == 0 and text.startswith("\ufeff"):
+        text = text[1:]
     if cfg.text_unit == "file":
-        yield Item({"text": text.strip()}, line=1, index=0)
+        if text.strip():
+            yield Item({"text": text.strip()}, line=1, index=0)
         return
-    lines = text.splitlines()
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     if cfg.text_unit == "line":
-        for n, line in enumerate(lines, start=1):
+        for n, line in enumerate(lines, start=part.first_line):
             if line.strip():
                 yield Item({"text": line.strip()}, line=n)
         return
     block: list[str] = []
-    start = 1
-    for n, line in enumerate([*lines, ""], start=1):
+    start = part.first_line
+    for n, line in enumerate([*lines, ""], start=part.first_line):
         if line.strip():
             if not block:
                 start = n
@@ -237,25 +369,30 @@ def _read_text(data: bytes, path: Path, cfg: SourceConfig, info: FileInfo) -> It
             block = []
 
 
-def _read_parquet(path: Path) -> Iterator[Item | Bad]:
+def _read_parquet(part: Part) -> Iterator[Item | Bad]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise SourceError(f"{path}: not a readable Parquet file: {e}") from None
-    for i, row in enumerate(table.to_pylist()):
-        yield Item(row, index=i)
+        pf = pq.ParquetFile(part.path)
+        groups = range(pf.num_row_groups) if part.whole else range(part.start, part.end or pf.num_row_groups)
+        i = part.first_index
+        for g in groups:
+            for row in pf.read_row_group(g).to_pylist():
+                yield Item(json_safe(row), index=i)
+                i += 1
+    except (OSError, ValueError) as e:  # pyarrow raises ArrowInvalid (a ValueError) or OSError for a damaged file
+        raise SourceError(f"{part.path}: not a readable Parquet file: {e}") from None
 
 
-def _read_arrow(path: Path) -> Iterator[Item | Bad]:
+def _read_arrow(part: Part) -> Iterator[Item | Bad]:
     import datasets
 
     try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise SourceError(f"{path}: not a dataset saved with save_to_disk: {e}") from None
-    parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
-    for split, part in parts:
-        for i, row in enumerate(part):
-            yield Item(row, index=i, key=split)
+        ds = datasets.load_from_disk(part.path)
+    except Exception as e:  # datasets raises several types for a folder it cannot read
+        raise SourceError(f"{part.path}: not a dataset saved with save_to_disk: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds[part.split]
+    stop = len(ds) if part.end is None else part.end
+    for i, row in enumerate(ds.select(range(part.start, stop)), start=part.start):
+        yield Item(json_safe(dict(row)), index=i, key=part.split)

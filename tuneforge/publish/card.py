@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
-from tuneforge.common.records import Record
 from tuneforge.publish.split import SPLITS
 
 BAR = 40
@@ -33,26 +31,8 @@ def _pct(values: list[int], q: float) -> int:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0
 
 
-def _sample(records: list[Record], n: int) -> list[Record]:
-    if len(records) <= n:
-        return records
-    return sorted(records, key=lambda r: hashlib.sha1(r["id"].encode()).hexdigest())[:n]
-
-
-def length_stats(records: list[Record], tokenizer: Any, limit: int) -> dict[str, Any]:
-    convs = _sample([r for r in records if r["kind"] == "messages"], limit)
-    texts = [m["content"] for r in convs for m in r["messages"]]
-    unit = "tokens"
-    if tokenizer is not None and texts:
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    else:
-        lengths, unit = [len(t) for t in texts], "characters"
-    turns = [sum(1 for m in r["messages"] if m["role"] == "user") for r in convs]
-    return {"unit": unit, "sampled": len(convs), "turn_lengths": lengths, "turns": turns}
-
-
-def render_card(manifest: dict[str, Any], splits: dict[str, list[Record]], stats: dict[str, Any],
-                examples: dict[str, dict], notes: list[str]) -> str:
+def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[str, dict], notes: list[str]) -> str:
+    """`stats`: {unit, sampled, turn_lengths, turns} over a fixed hash sample of the conversations."""
     c = manifest["counts"]
     r = manifest["recipe"]
     out = [f"# {r['name']}", "", r.get("description") or "", "",
@@ -87,6 +67,14 @@ def render_card(manifest: dict[str, Any], splits: dict[str, list[Record]], stats
                 _hist(L, [0, 16, 32, 64, 128, 256, 512, 1024, 2048]), "```", "",
                 f"User turns per conversation (median {_pct(T, 0.5)}, max {max(T)}):", "", "```",
                 _hist(T, [1, 2, 3, 4, 6, 8, 12, 16]), "```"]
+    exports = manifest.get("exports") or {}
+    if exports:
+        out += ["", "## Exports", "", "| format | folder | train | validation | test | skipped |",
+                "|---|---|---:|---:|---:|---|"]
+        for fmt, e in exports.items():
+            skipped = "; ".join(f"{n} × {why}" for why, n in sorted(e["skipped"].items())) or "none"
+            out.append(f"| `{fmt}` | `{e['folder']}/` | " + " | ".join(str(e["rows"][s]) for s in SPLITS)
+                       + f" | {skipped} |")
     for title, key in (("Cleaning", "clean"), ("Augmentation", "augment")):
         block = manifest["counts"]["stages"].get(key)
         if block:

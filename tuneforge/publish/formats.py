@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.common.errors import RecipeError
+from tuneforge.common.io import dumps
 from tuneforge.common.records import Record
 
 
@@ -49,6 +50,9 @@ def _sharegpt(rec: Record) -> dict:
         msgs = rec["prompt"]
     else:
         msgs = rec["messages"]
+        turns = [m["role"] for m in msgs if m["role"] != "system"]
+        if turns[0] != "user":
+            raise NotRepresentable("sharegpt needs the conversation to open with a user turn")
         row = {"conversations": _sharegpt_turns(msgs)}
     if msgs and msgs[0]["role"] == "system":
         row["system"] = msgs[0]["content"]
@@ -121,6 +125,12 @@ def get_writer(name: str) -> Writer:
     return WRITERS[name]
 
 
+def export_row(writer: Writer, rec: Record) -> dict[str, Any]:
+    """One export row: `id`, the format's fields, and `meta` (provenance, as a JSON string like the datasets'
+    `meta` column, so every row has the same columns); raises NotRepresentable."""
+    return {"id": rec["id"], **writer.row(rec), "meta": dumps(rec["meta"])}
+
+
 def export_rows(writer: Writer, records: list[Record]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows for one split, and how many records were skipped and why."""
     rows, skipped = [], {}
@@ -128,7 +138,7 @@ def export_rows(writer: Writer, records: list[Record]) -> tuple[list[dict[str, A
         if rec["kind"] not in writer.kinds:
             continue
         try:
-            rows.append({"id": rec["id"], **writer.row(rec)})
+            rows.append(export_row(writer, rec))
         except NotRepresentable as e:
             skipped[str(e)] = skipped.get(str(e), 0) + 1
     return rows, skipped

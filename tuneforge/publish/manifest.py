@@ -1,19 +1,19 @@
-"""Reconcile what happened to every input record, and assemble manifest.json.
+"""manifest.json: what went in, what came out, and how every input record is accounted for.
 
 Counts are in input records (a line, row or array element read from a source file):
-`input == kept + rejected + deduplicated`. One input may yield several records (ranked responses become
-several pairs) and augmentation adds records, so record-level figures are reported beside them.
+`input == kept + rejected + deduplicated`, overall and per source. One input may yield several records (ranked
+responses become several pairs) and augmentation adds records, so record-level figures are reported beside
+them. The manifest is assembled from per-shard summaries; it never needs the records themselves.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from tuneforge import __version__
 from tuneforge.common.io import dumps, sha256_text
-from tuneforge.common.records import Record
-from tuneforge.publish.split import SPLITS
+
+SPLITS = ("train", "validation", "test")
 
 
 def reason_key(reason: str) -> str:
@@ -22,52 +22,25 @@ def reason_key(reason: str) -> str:
     return head if head and " " not in head else reason
 
 
-def reconcile(source_stats: dict[str, dict], ingested: list[Record], final: list[Record],
-              rejects: list[dict]) -> dict[str, Any]:
-    """Input-level counts, overall and per source."""
-    produced: dict[str, str] = {}  # input id -> source
-    for r in ingested:
-        produced[r["meta"]["input"]] = r["meta"]["source"]
-    surviving = {r["meta"]["input"] for r in final if r["meta"].get("input") in produced}
-    dedup_only: dict[str, bool] = {}
-    for row in rejects:
-        raw = row.get("raw")
-        if row["stage"] == "ingest" or not isinstance(raw, dict):
-            continue
-        inp = raw.get("meta", {}).get("input")
-        if inp in produced and inp not in surviving:
-            dedup_only[inp] = dedup_only.get(inp, True) and row["reason"] == "deduplicated"
-    per_source: dict[str, dict[str, int]] = {}
-    for name, st in source_stats.items():
-        per_source[name] = {"input": st["input"], "rejected": st["rejected"], "deduplicated": 0, "kept": 0}
-    for inp, src in produced.items():
-        c = per_source[src]
-        if inp in surviving:
-            c["kept"] += 1
-        elif dedup_only.get(inp):
-            c["deduplicated"] += 1
-        else:
-            c["rejected"] += 1
+class CountsDoNotReconcile(AssertionError):
+    """A bug in tuneforge, never in the data: an input record is unaccounted for."""
+
+
+def reconcile(per_source: dict[str, dict[str, int]]) -> dict[str, int]:
     total = {k: sum(c[k] for c in per_source.values()) for k in ("input", "kept", "rejected", "deduplicated")}
-    if total["input"] != total["kept"] + total["rejected"] + total["deduplicated"]:
-        raise AssertionError(f"counts do not reconcile: {total}")  # a bug in tuneforge, never in the data
-    return {"total": total, "sources": per_source}
+    for name, c in {**per_source, "(all)": total}.items():
+        if c["input"] != c["kept"] + c["rejected"] + c["deduplicated"]:
+            raise CountsDoNotReconcile(f"counts do not reconcile for {name}: {c}")
+    return total
 
 
 def build_manifest(*, recipe: dict, recipe_text: str, recipe_file: str, seed: int, template: str,
-                   inputs: dict[str, str], source_stats: dict[str, dict], counts: dict[str, Any],
-                   splits: dict[str, list[Record]], kb: list[Record], rejects: list[dict],
-                   stage_counts: dict[str, Any], generated: int, datasets: dict[str, str], exports: dict[str, dict],
-                   extra: dict[str, Any]) -> dict[str, Any]:
-    by_kind: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        for r in splits[split]:
-            by_kind.setdefault(r["kind"], dict.fromkeys(SPLITS, 0))[split] += 1
-    sources = {}
-    for name, st in source_stats.items():
-        sources[name] = {**{k: v for k, v in st.items() if k not in ("input", "rejected")},
-                         **counts["sources"][name],
-                         "splits": {s: sum(1 for r in splits[s] if r["meta"]["source"] == name) for s in SPLITS}}
+                   inputs: dict[str, str], sources: dict[str, dict[str, Any]], by_kind: dict[str, list[int]],
+                   reasons: dict[str, int], reference_rows: int, generated: int, stage_counts: dict[str, Any],
+                   datasets: dict[str, str], exports: dict[str, dict], extra: dict[str, Any]) -> dict[str, Any]:
+    """The manifest body and its sha256. `sources[name]` carries input/kept/rejected/deduplicated and splits."""
+    total = reconcile({n: {k: s[k] for k in ("input", "kept", "rejected", "deduplicated")} for n, s in sources.items()})
+    splits = {s: sum(v[i] for v in by_kind.values()) for i, s in enumerate(SPLITS)}
     body = {
         "tuneforge_version": __version__,
         "recipe_file": recipe_file,
@@ -77,10 +50,11 @@ def build_manifest(*, recipe: dict, recipe_text: str, recipe_file: str, seed: in
         "template": template,
         "inputs": dict(sorted(inputs.items())),
         "counts": {
-            **counts["total"],
-            "splits": {s: len(splits[s]) for s in SPLITS},
-            "records": {"by_kind": by_kind, "reference_rows": len(kb), "generated": generated},
-            "reasons": dict(sorted(Counter(reason_key(r["reason"]) for r in rejects).items())),
+            **total,
+            "splits": splits,
+            "records": {"by_kind": {k: dict(zip(SPLITS, v, strict=True)) for k, v in sorted(by_kind.items())},
+                        "reference_rows": reference_rows, "generated": generated},
+            "reasons": dict(sorted(reasons.items())),
             "stages": stage_counts,
         },
         "sources": sources,

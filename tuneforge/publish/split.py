@@ -1,9 +1,10 @@
-"""Grouped, stratified, seeded split.
+"""Grouped, stratified, seeded split, decided on compact keys.
 
-Everything derived from one conversation or document shares `meta.group`; near-duplicate clusters from the
+Everything derived from one conversation or document shares `meta.group`; duplicate clusters found by the
 clean stage join their groups. Whole groups are assigned to splits, per source (stratum), so nothing leaks
-from train into test and every source keeps its share. The result depends only on the records, the
-ratios and the seed.
+from train into test and every source keeps its share. The assignment is a table group -> split computed
+from (group, size, stratum) alone; each shard then looks its records up, without the others. The result
+depends only on the records, the ratios and the seed.
 """
 
 from __future__ import annotations
@@ -11,31 +12,92 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tuneforge.common.records import SPLIT_KINDS, Record
 from tuneforge.publish.config import SplitConfig
 
 SPLITS = ("train", "validation", "test")
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
+class GroupUnion:
+    """Union-find over 64-bit group codes; the smaller code is the root, so roots do not depend on order."""
 
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        p = self.parent
         root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
+        while p.get(root, root) != root:
+            root = p[root]
+        while p.get(x, x) != root:
+            p[x], x = root, p[x]
         return root
 
-    def union(self, a: str, b: str) -> None:
+    def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            # The smaller id wins so the representative does not depend on visiting order.
-            lo, hi = sorted((ra, rb))
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
             self.parent[hi] = lo
+
+    def roots(self, codes: np.ndarray) -> np.ndarray:
+        """The root of every code (vectorised for codes that were never joined)."""
+        if not self.parent:
+            return codes
+        out = codes.copy()
+        for i in np.flatnonzero(np.isin(codes, np.fromiter(self.parent, dtype=np.uint64))):
+            out[i] = self.find(int(codes[i]))
+        return out
+
+
+def _order_key(seed: int, stratum: str, group: int) -> str:
+    return hashlib.sha256(f"{seed}\x1f{stratum}\x1f{group:016x}".encode()).hexdigest()
+
+
+@dataclass
+class Assignment:
+    """group code -> split (0 train, 1 validation, 2 test), as two sorted arrays for lookups."""
+
+    groups: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    splits: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int8))
+    notes: list[str] = field(default_factory=list)
+
+    def lookup(self, codes: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.groups, codes)
+        pos = np.minimum(pos, max(0, len(self.groups) - 1))
+        found = (len(self.groups) > 0) & (self.groups[pos] == codes) if len(self.groups) else np.zeros(len(codes), bool)
+        return np.where(found, self.splits[pos] if len(self.splits) else -1, -1).astype(np.int8)
+
+
+def assign_groups(groups: np.ndarray, sizes: np.ndarray, strata: list[str], cfg: SplitConfig,
+                  seed: int) -> Assignment:
+    """Assign each root group (with its record count and stratum) to a split.
+
+    Per stratum, groups are ordered by a seeded hash of their id, and each takes the split whose share of
+    the stratum its midpoint falls in (records in hash order: the first 80% train, the next 10% validation,
+    the rest test). Shares are exact up to one group, and the order never depends on the other groups, so
+    when a corpus grows only groups near a boundary change split: a nightly build does not reshuffle its
+    test set. A stratum smaller than `small_source` records goes to train whole (policy `train`)."""
+    by: dict[str, list[int]] = {}
+    for k, s in enumerate(strata):
+        by.setdefault(s, []).append(k)
+    bounds = np.cumsum([cfg.ratios[s] for s in SPLITS])
+    out = np.zeros(len(groups), dtype=np.int8)
+    notes: list[str] = []
+    for stratum in sorted(by):
+        ks = np.array(sorted(by[stratum], key=lambda k: _order_key(seed, stratum, int(groups[k]))), dtype=np.int64)
+        n = int(sizes[ks].sum())
+        if n < cfg.small_source and cfg.small_source_policy == "train":
+            out[ks] = 0
+            notes.append(f"source {stratum!r} has {n} records (< {cfg.small_source}): all in train")
+            continue
+        mid = (np.cumsum(sizes[ks]) - sizes[ks] / 2) / n
+        out[ks] = np.minimum(np.searchsorted(bounds, mid, side="right"), 2)
+        if len(ks) < 10:
+            notes.append(f"source {stratum!r} has only {len(ks)} groups: its split shares are coarse")
+    order = np.argsort(groups, kind="stable")
+    return Assignment(groups[order], out[order], notes)
 
 
 @dataclass
@@ -45,60 +107,31 @@ class SplitResult:
     group_of: dict[str, str] = field(default_factory=dict)  # record id -> final group
 
 
-def _order_key(seed: int, stratum: str, group: str) -> str:
-    return hashlib.sha256(f"{seed}\x1f{stratum}\x1f{group}".encode()).hexdigest()
-
-
 def split_records(records: list[Record], cfg: SplitConfig, seed: int,
                   clusters: dict[str, str] | None = None) -> SplitResult:
-    """Assign every splittable record to train/validation/test (kb rows are not split)."""
+    """Assign every splittable record to train/validation/test in memory (kb rows are not split); the same
+    rule the sharded build applies."""
+    from tuneforge.clean.stage import group_code
+
     recs = [r for r in records if r["kind"] in SPLIT_KINDS]
-    uf = _UnionFind()
-    for r in recs:
-        uf.find(r["meta"]["group"])
-    # Records in one duplicate cluster (exact or near) must not straddle splits.
-    by_cluster: dict[str, str] = {}
-    for r in recs:
+    codes = np.array([group_code(r["meta"]["group"]) for r in recs], dtype=np.uint64)
+    uf = GroupUnion()
+    first_of_cluster: dict[str, int] = {}
+    for i, r in enumerate(recs):
         c = (clusters or {}).get(r["id"])
         if c is not None:
-            if c in by_cluster:
-                uf.union(by_cluster[c], r["meta"]["group"])
+            if c in first_of_cluster:
+                uf.union(int(codes[first_of_cluster[c]]), int(codes[i]))
             else:
-                by_cluster[c] = r["meta"]["group"]
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(recs):
-        groups.setdefault(uf.find(r["meta"]["group"]), []).append(i)
-    strata: dict[str, list[str]] = {}
-    for g, idx in groups.items():
-        stratum = recs[idx[0]]["meta"]["source"] if cfg.stratify else "all"
-        strata.setdefault(stratum, []).append(g)
-
-    assign: dict[str, str] = {}
-    notes: list[str] = []
-    ratios = [cfg.ratios[s] for s in SPLITS]
-    for stratum in sorted(strata):
-        gs = sorted(strata[stratum], key=lambda g: _order_key(seed, stratum, g))
-        n = sum(len(groups[g]) for g in gs)
-        if n < cfg.small_source and cfg.small_source_policy == "train":
-            for g in gs:
-                assign[g] = "train"
-            notes.append(f"source {stratum!r} has {n} records (< {cfg.small_source}): all in train")
-            continue
-        counts = [0, 0, 0]
-        targets = [r * n for r in ratios]
-        for g in gs:
-            size = len(groups[g])
-            # The split furthest below its target, relative to its target, takes the group.
-            best = max(range(3), key=lambda k: ((targets[k] - counts[k]) / targets[k] if targets[k] > 0 else -1e9,
-                                                -k))
-            counts[best] += size
-            assign[g] = SPLITS[best]
-        if len(gs) < 10:
-            notes.append(f"source {stratum!r} has only {len(gs)} groups: its split shares are coarse")
+                first_of_cluster[c] = i
+    roots = uf.roots(codes)
+    uniq, first, counts = np.unique(roots, return_index=True, return_counts=True)
+    strata = [recs[i]["meta"]["source"] if cfg.stratify else "all" for i in first]
+    table = assign_groups(uniq, counts, strata, cfg, seed)
+    where = table.lookup(roots)
     out: dict[str, list[Record]] = {s: [] for s in SPLITS}
     group_of = {}
-    for r in recs:
-        g = uf.find(r["meta"]["group"])
-        out[assign[g]].append(r)
-        group_of[r["id"]] = g
-    return SplitResult(out, notes, group_of)
+    for r, s, g in zip(recs, where, roots, strict=True):
+        out[SPLITS[s]].append(r)
+        group_of[r["id"]] = f"{int(g):016x}"
+    return SplitResult(out, table.notes, group_of)

@@ -1,91 +1,165 @@
-"""Write the split dataset (Arrow, via `datasets`) and its JSONL exports, byte for byte reproducibly."""
+"""Write the published files from per-shard parts, byte for byte the same however the work was sharded.
+
+Each shard writes its part of every output (Arrow rows per kind and split, JSON lines per export format
+and split); here the parts are joined in shard order: JSON lines by copying bytes, Arrow rows re-batched into
+fixed-size record batches of an IPC stream (what `datasets.save_to_disk` writes), so batch boundaries never
+depend on shard boundaries. Memory holds one batch, not the dataset.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.common.io import dumps, write_jsonl
-from tuneforge.common.records import SPLIT_KINDS, Record
-from tuneforge.publish.formats import export_rows, get_writer
-from tuneforge.publish.split import SPLITS
+import numpy as np
+import pyarrow as pa
 
-DATASET_DIRS = {"messages": "dataset", "preference": "dataset_preference", "unpaired": "dataset_unpaired",
-                "text": "dataset_text"}
+from tuneforge.common.io import atomic_open, write_json
+from tuneforge.common.records import KINDS, Record, payload
+from tuneforge.common.shardio import copy_into, json_line
+
+SPLITS = ("train", "validation", "test")
+BATCH_ROWS = 1000
+FILE_BYTES = 500 << 20  # datasets' default max_shard_size for save_to_disk
 
 
-def _features(kind: str) -> Any:
+def features(kind: str) -> Any:
+    """The `datasets.Features` of a kind's dataset, from the record table: message lists, text, values."""
     from datasets import Features, List, Value
 
+    k = KINDS[kind]
     msgs = List({"role": Value("string"), "content": Value("string")})
     cols: dict[str, Any] = {"id": Value("string")}
-    if kind == "messages":
-        cols["messages"] = msgs
-    elif kind == "preference":
-        cols.update(prompt=msgs, chosen=msgs, rejected=msgs)
-    elif kind == "unpaired":
-        cols.update(prompt=msgs, completion=msgs, label=Value("bool"))
-    else:
-        cols["text"] = Value("string")
+    for f in k.message_fields:
+        cols[f] = msgs
+    for f in k.text_fields:
+        cols[f] = Value("string")
+    for f in k.value_fields:
+        cols[f] = Value("bool") if f == "label" else Value("string")
     cols["meta"] = Value("string")
     return Features(cols)
 
 
-def _row(rec: Record, kind: str) -> dict:
-    fields = {"messages": ("messages",), "preference": ("prompt", "chosen", "rejected"),
-              "unpaired": ("prompt", "completion", "label"), "text": ("text",)}[kind]
-    return {"id": rec["id"], **{f: rec[f] for f in fields}, "meta": dumps(rec["meta"])}
+def arrow_schema(kind: str) -> pa.Schema:
+    f = features(kind)
+    meta = {"huggingface": json.dumps({"info": {"features": f.to_dict()}})}
+    return f.arrow_schema.with_metadata(meta)
 
 
-def primary_kind(kinds: set[str]) -> str | None:
-    return next((k for k in SPLIT_KINDS if k in kinds), None)
+def dataset_row(rec: Record, meta_json: str) -> dict[str, Any]:
+    return {**payload(rec), "meta": meta_json}
 
 
-def _fingerprint(table: Any) -> str:
-    """A content hash of the Arrow table (its IPC bytes), instead of datasets' random fingerprint, so
-    state.json is identical across re-runs and changes whenever the content does."""
-    import pyarrow as pa
+class _SplitWriter:
+    """IPC stream files of exactly BATCH_ROWS-row batches (the last may be shorter), a new file every
+    FILE_BYTES; the fingerprint is a hash of every byte written."""
 
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        self.folder, self.schema = folder, schema
+        self.files: list[Path] = []
+        self.hash = hashlib.sha256()
+        self.rows = 0
+        self._writer: Any = None
+        self._sink: Any = None
+        self._written = 0
+
+    def _open(self) -> None:
+        path = self.folder / f".part-{len(self.files):05d}.arrow"
+        self.files.append(path)
+        self._sink = open(path, "wb")  # noqa: SIM115 - closed in _close
+        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        self._written = 0
+
+    def _close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._sink.close()
+        self._writer = self._sink = None
+        with open(self.files[-1], "rb") as f:
+            while block := f.read(1 << 22):
+                self.hash.update(block)
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None or self._written >= FILE_BYTES:
+            self._close()
+            self._open()
+        # `take` rebuilds every buffer compactly: a slice would carry its parent's buffers, and the bytes
+        # written would then depend on where the part boundaries fell.
+        compact = table.take(np.arange(table.num_rows)).combine_chunks()
+        for b in compact.to_batches(max_chunksize=BATCH_ROWS):
+            self._writer.write_batch(b)
+            self._written += b.nbytes
+        self.rows += table.num_rows
+
+    def finish(self) -> None:
+        if self._writer is None and not self.files:
+            self._open()  # an empty split is still a dataset (of no rows)
+        self._close()
+        n = len(self.files)
+        names = []
+        for i, f in enumerate(self.files):
+            name = f"data-{i:05d}-of-{n:05d}.arrow"
+            f.rename(self.folder / name)
+            names.append({"filename": name})
+        write_json(self.folder / "state.json", {
+            "_data_files": names, "_fingerprint": self.hash.hexdigest()[:16], "_format_columns": None,
+            "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None})
+        write_json(self.folder / "dataset_info.json", {"citation": "", "description": "",
+                                                       "features": features_dict(self.schema), "homepage": "",
+                                                       "license": ""})
 
 
-def write_datasets(out: Path, splits: dict[str, list[Record]]) -> dict[str, str]:
-    """One DatasetDict per record kind present; `dataset/` holds conversations when there are any."""
-    import pyarrow as pa
-
-    from datasets import Dataset, DatasetDict, DatasetInfo
-
-    kinds = {r["kind"] for recs in splits.values() for r in recs}
-    written = {}
-    for kind in SPLIT_KINDS:
-        if kind not in kinds:
+def _write_split(folder: Path, schema: pa.Schema, parts: list[Path]) -> int:
+    """Join Arrow IPC parts into `data-XXXXX-of-NNNNN.arrow`; returns rows. One part is mapped at a time and
+    at most BATCH_ROWS - 1 rows are carried from one part to the next."""
+    folder.mkdir(parents=True, exist_ok=True)
+    w = _SplitWriter(folder, schema)
+    carry = schema.empty_table()
+    for part in parts:
+        if not part.is_file():
             continue
-        features = _features(kind)
-        parts = {}
-        for split in SPLITS:
-            # Arrow builds the table in C++; Dataset.from_list would encode row by row in Python.
-            table = pa.Table.from_pylist([_row(r, kind) for r in splits[split] if r["kind"] == kind],
-                                         schema=features.arrow_schema)
-            parts[split] = Dataset(table, info=DatasetInfo(features=features), fingerprint=_fingerprint(table))
-        folder = DATASET_DIRS[kind]
-        DatasetDict(parts).save_to_disk(str(out / folder))
-        written[kind] = folder
-    return written
+        t = pa.concat_tables([carry, pa.ipc.open_file(pa.memory_map(str(part))).read_all().cast(schema)])
+        full = t.num_rows - t.num_rows % BATCH_ROWS
+        for k in range(0, full, BATCH_ROWS):
+            w.write(t.slice(k, BATCH_ROWS))
+        rest = t.slice(full)
+        carry = rest.take(np.arange(rest.num_rows)).combine_chunks()  # a copy: the part is unmapped next
+    if carry.num_rows:
+        w.write(carry)
+    w.finish()
+    return w.rows
 
 
-def write_exports(out: Path, splits: dict[str, list[Record]], formats: list[str]) -> dict[str, dict]:
-    summary: dict[str, dict] = {}
-    for name in formats:
-        writer = get_writer(name)
-        info: dict[str, Any] = {"folder": f"exports/{writer.folder}", "rows": {}, "skipped": {}}
-        for split in SPLITS:
-            rows, skipped = export_rows(writer, splits[split])
-            info["rows"][split] = write_jsonl(out / "exports" / writer.folder / f"{split}.jsonl", rows)
-            for reason, n in skipped.items():
-                info["skipped"][reason] = info["skipped"].get(reason, 0) + n
-        summary[name] = info
-    return summary
+def features_dict(schema: pa.Schema) -> dict:
+    return json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+
+
+def write_dataset(out: Path, kind: str, parts: dict[str, list[Path]]) -> dict[str, int]:
+    """A `datasets.DatasetDict` folder for one kind, from its parts per split; rows per split."""
+    schema = arrow_schema(kind)
+    rows = {s: _write_split(out / s, schema, parts.get(s, [])) for s in SPLITS}
+    write_json(out / "dataset_dict.json", {"splits": list(SPLITS)})
+    return rows
+
+
+def concat_lines(path: Path, parts: list[Path]) -> None:
+    """Join JSON-lines parts into one file (atomically)."""
+    with atomic_open(path, "wb") as f:
+        for p in parts:
+            if p.is_file():
+                copy_into(f, p)
+
+
+def first_line(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        line = f.readline()
+    return json.loads(line) if line.strip() else None
+
+
+__all__ = ["SPLITS", "arrow_schema", "concat_lines", "dataset_row", "features", "first_line", "json_line",
+           "write_dataset"]

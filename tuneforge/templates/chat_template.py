@@ -40,6 +40,7 @@ class Declaration:
     stop_strings: list[str] = field(default_factory=list)
     trainable_roles: list[str] = field(default_factory=lambda: ["assistant"])
     tools: bool = False
+    rounds: bool = False  # question/answer rounds: a user turn must open and turns must alternate
     special_tokens: list[str] = field(default_factory=list)
     vars: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +64,18 @@ def check_messages(messages: Any, name: str) -> list[dict]:
             raise TemplateError(f"template {name}: messages[{i}] contains a Unicode noncharacter "
                                 "(U+FDD0/U+FDD1) reserved for marking replies")
     return messages
+
+
+def check_rounds(messages: list[dict], name: str) -> None:
+    """Round layouts (ChatGLM, Alpaca, Vicuna...) have a slot for a question and then its answer: a
+    conversation that opens with the assistant, or has two turns of one role in a row, would need an invented
+    turn, so it is refused instead."""
+    turns = [m["role"] for m in messages if m["role"] != "system"]
+    for i, role in enumerate(turns):
+        want = "user" if i % 2 == 0 else "assistant"
+        if role != want:
+            raise TemplateError(f"template {name}: rounds need alternating user/assistant turns starting with "
+                                f"the user; turn {i + 1} is {role}")
 
 
 class ChatTemplate:
@@ -100,6 +113,8 @@ class ChatTemplate:
     # ------------------------------------------------------------ rendering
     def render_spans(self, messages: list[dict], add_generation_prompt: bool = False) -> Rendering:
         messages = check_messages(messages, self.name)
+        if self.decl.rounds:
+            check_rounds(messages, self.name)
         text, spans = render_chat(self._compiled, self.name, messages=messages,
                                   add_generation_prompt=add_generation_prompt, **self._variables())
         trainable = [m for m in messages if m["role"] in self.decl.trainable_roles]

@@ -1,0 +1,503 @@
+"""`build`: a recipe's corpora to a split, cleaned, augmented, exported dataset, shard by shard.
+
+plan (per file) -> clean (per shard) -> dedup (global, on compact keys; pair checks per shard) -> augment
+(the records a step chose, through one endpoint) -> split table (global, on group keys) -> export (per
+shard) -> write (join the parts) -> commit into OUT. Per-shard work goes to the executor; what stays in this
+process is compact: keys, counts, tables of groups. Plain Python: a Prefect flow can wrap it unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneforge.build.outdir import MANIFEST, OutputDir
+from tuneforge.build.progress import BuildProgress
+from tuneforge.build.tasks import (
+    CleanJob,
+    ExportJob,
+    VerifyJob,
+    clean_task,
+    export_task,
+    part_name,
+    plan_task,
+    verify_task,
+)
+from tuneforge.clean.dedup import Keys, deduplicate
+from tuneforge.clean.stage import merge_counts
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.executor import Executor, importing_main_script, make_executor
+from tuneforge.common.io import dumps, write_json, write_text
+from tuneforge.common.records import KINDS, SPLIT_KINDS
+from tuneforge.common.shardio import json_line, read_table
+from tuneforge.common.source_hash import BUILD, source_hash
+from tuneforge.ingest import FileJob, Sharding, plan_files, rel_path, shards_of
+from tuneforge.publish.split import SPLITS, GroupUnion, assign_groups
+from tuneforge.recipe import Recipe, load_recipe
+
+log = logging.getLogger("tuneforge.build")
+PRELOAD = ("tuneforge.build.tasks",)
+
+
+@dataclass
+class BuildOptions:
+    """How a build runs (never what it produces: the same recipe and inputs give the same bytes)."""
+
+    seed: int | None = None
+    strict: bool = False
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    augment_limit: int | None = None
+    force: bool = False
+    allow_outside: bool = False
+    sharding: Sharding = field(default_factory=Sharding)
+    progress: bool = True
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256("\x1f".join(p if isinstance(p, str) else dumps(p) for p in parts).encode()).hexdigest()[:24]
+
+
+class Build:
+    """One build of one recipe into one output folder."""
+
+    def __init__(self, recipe_path: str | Path, out: str | Path, opts: BuildOptions, executor: Executor) -> None:
+        self.recipe_path = Path(recipe_path)
+        recipe, self.base = load_recipe(self.recipe_path)
+        self.recipe: Recipe = recipe.capped(opts.augment_limit)
+        self.opts = opts
+        self.seed = self.recipe.seed if opts.seed is None else opts.seed
+        self.ex = executor
+        self.out = OutputDir(out, self.recipe_path, force=opts.force)
+        self.code = source_hash(*BUILD)
+        self.used: set[str] = set()
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------ the stages
+    def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        jobs = plan_files(self.recipe.sources, self.base, self.opts.sharding, self.opts.allow_outside)
+        self.out.check([Path(j.path) for j in jobs])
+        self.out.claim()
+        try:
+            with BuildProgress(self.opts.progress) as bar:
+                self.bar = bar
+                plans = self._map("plan", plan_task, jobs, lambda p: 0)
+                self._shas = {p.path: p.sha256 for p in plans}
+                shards = shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)])
+                cleaned = self._clean(shards)
+                keys, offsets, ids = self._keys(cleaned)
+                dedup = self._dedup(keys, cleaned, offsets)
+                augment = self._augment(cleaned, offsets, keys, dedup)
+                groups_file, notes = self._split(keys, offsets, dedup, augment, cleaned)
+                exported = self._export(shards, cleaned, offsets, dedup, augment, groups_file, keys)
+            manifest = self._publish(jobs, plans, shards, cleaned, exported, dedup, augment, keys, ids, notes)
+            self.out.prune(self.used)
+        finally:
+            self.out.release()
+        self.timings["total"] = round(time.monotonic() - t0, 3)
+        log.info("built %s in %.1f s", self.out.out, self.timings["total"])
+        return manifest
+
+    def _map(self, stage: str, fn: Any, items: list, records_of: Any) -> list:
+        t = time.monotonic()
+        self.bar.stage(stage, len(items))
+        out = self.ex.map(fn, items, stage=stage, on_done=lambda i, r: self.bar.advance(stage, records_of(r)))
+        self.timings[stage] = round(time.monotonic() - t, 3)
+        return out
+
+    def _unit(self, stage: str, key: str) -> str:
+        self.used.add(f"{stage}/{key}")
+        return str(self.out.work / stage / key)
+
+    def _clean(self, shards: list) -> list[dict[str, Any]]:
+        r = self.recipe
+        jobs = []
+        for sh in shards:
+            key = _key(self.code, [p.__dict__ for p in sh.parts], sh.source.model_dump(mode="json"),
+                       r.clean.model_dump(mode="json"), r.variables, [self._sha(p.path) for p in sh.parts])
+            jobs.append(CleanJob(sh, r.clean, str(self.base), dict(r.variables), self._unit("clean", key), key))
+        return self._map("clean", clean_task, jobs, lambda s: s["input"])
+
+    def _sha(self, path: str) -> str:
+        return self._shas[path]
+
+    def _keys(self, cleaned: list[dict[str, Any]]) -> tuple[Keys, np.ndarray, list[Any]]:
+        """The compact keys of every kept record, in global order (read column by column from the shards)."""
+        kinds, groups, exact, bands, ids = [], [], [], [], []
+        for s in cleaned:
+            cols = ["kind", "group", "exact", "id"] + (["bands"] if s["bands"] else [])
+            t = read_table(Path(self._clean_unit(s)) / "records.arrow", cols)
+            kinds.append(t.column("kind").to_numpy())
+            groups.append(t.column("group").to_numpy())
+            ex = t.column("exact").combine_chunks()
+            exact.append(np.frombuffer(ex.buffers()[1], dtype=np.uint64)[ex.offset * 2:(ex.offset + len(ex)) * 2]
+                         .reshape(-1, 2) if len(ex) else np.empty((0, 2), np.uint64))
+            if s["bands"]:
+                b = t.column("bands").combine_chunks()
+                bands.append(b.flatten().to_numpy().reshape(-1, s["bands"]))
+            ids.append(t.column("id"))
+        sizes = np.array([len(k) for k in kinds], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else np.zeros(0, np.int64)
+        kind = np.concatenate(kinds) if kinds else np.empty(0, np.int8)
+        split_codes = [i for i, k in enumerate(KINDS.values()) if k.split]
+        keys = Keys(kind=kind, group=np.concatenate(groups) if groups else np.empty(0, np.uint64),
+                    exact=np.concatenate(exact) if exact else np.empty((0, 2), np.uint64),
+                    alive=np.isin(kind, split_codes),
+                    bands=np.concatenate(bands) if bands and len(bands) == len(kinds) else None)
+        return keys, offsets, ids
+
+    def _clean_unit(self, summary: dict[str, Any]) -> str:
+        return str(self.out.work / "clean" / summary["key"])
+
+    def _dedup(self, keys: Keys, cleaned: list[dict[str, Any]], offsets: np.ndarray) -> Any:
+        d = self.recipe.clean.dedup
+        units = tuple(self._clean_unit(s) for s in cleaned)
+        offs = tuple(int(o) for o in offsets)
+        t = time.monotonic()
+
+        def verify_pairs(pairs: np.ndarray) -> np.ndarray:
+            if not len(pairs):
+                return np.empty(0, dtype=np.float32)
+            shard_of = np.searchsorted(offsets, pairs[:, 1], side="right") - 1
+            jobs = [VerifyJob(pairs[shard_of == s], units, offs, d.ngram) for s in np.unique(shard_of)]
+            sims = self._map("verify", verify_task, jobs, len)
+            out = np.empty(len(pairs), dtype=np.float32)
+            for s, part in zip(np.unique(shard_of), sims, strict=True):
+                out[shard_of == s] = part
+            return out
+
+        enabled = self.recipe.clean.enabled
+        res = deduplicate(keys, enabled and d.exact, enabled and d.near, d.threshold, None, d.ngram, verify_pairs)
+        self.timings["dedup"] = round(time.monotonic() - t, 3)
+        return res
+
+    # ------------------------------------------------------------ augment
+    def _augment(self, cleaned: list[dict[str, Any]], offsets: np.ndarray, keys: Keys, dedup: Any) -> dict[str, Any]:
+        from tuneforge.build.augment import augment_shards
+
+        cfg = self.recipe.augment
+        if cfg is None or not cfg.steps:
+            return {"files": {}, "counts": {}, "usage": None, "failures": [], "generated": {}, "deltas": {}}
+        t = time.monotonic()
+        units = [self._clean_unit(s) for s in cleaned]
+        res = augment_shards(cfg, self.base, units, offsets, keys, dedup, self.seed, self.out.work / "augment",
+                             self.opts.llm_base_url, self.opts.llm_model, self.opts.progress,
+                             [s["source"] for s in cleaned])
+        for f in res["files"].values():
+            self.used.add(f"augment/{Path(f).name}")
+        self.timings["augment"] = round(time.monotonic() - t, 3)
+        return res
+
+    # ------------------------------------------------------------ split
+    def _split(self, keys: Keys, offsets: np.ndarray, dedup: Any, augment: dict[str, Any],
+               cleaned: list[dict[str, Any]]) -> tuple[str, list[str]]:
+        """The group -> split table, from the groups of every record that reaches the split."""
+        t = time.monotonic()
+        n = len(keys.kind)
+        split_kind = np.isin(keys.kind, [i for i, k in enumerate(KINDS.values()) if k.split])
+        alive = split_kind.copy()
+        if dedup.dups:
+            alive[list(dedup.dups)] = False
+        for pos in augment.get("dropped_positions", []):
+            alive[pos] = False
+        uf = GroupUnion()
+        for d in dedup.dups.values():
+            uf.union(int(keys.group[d.index]), int(keys.group[d.of]))
+        codes = [keys.group[alive]]
+        positions = [np.flatnonzero(alive)]
+        for pos, code in augment.get("created_groups", []):
+            codes.append(np.array([code], dtype=np.uint64))
+            positions.append(np.array([pos]))
+        code = np.concatenate(codes) if codes else np.empty(0, np.uint64)
+        pos = np.concatenate(positions) if positions else np.empty(0, np.int64)
+        roots = uf.roots(code)
+        order = np.lexsort((pos, roots))
+        roots, pos = roots[order], pos[order]
+        uniq, first, counts = np.unique(roots, return_index=True, return_counts=True)
+        shard_of = np.searchsorted(offsets, pos[first], side="right") - 1 if n else np.empty(0, np.int64)
+        sources = [cleaned[s]["source"] for s in shard_of]
+        strata = sources if self.recipe.split.stratify else ["all"] * len(uniq)
+        split_seed = self.recipe.split.seed if self.recipe.split.seed is not None else self.seed
+        table = assign_groups(uniq, counts, strata, self.recipe.split, split_seed)
+        children = np.fromiter(uf.parent, dtype=np.uint64, count=len(uf.parent))
+        croots = np.array([uf.find(int(c)) for c in children], dtype=np.uint64)
+        o = np.argsort(children)
+        h = hashlib.sha256()
+        for a in (table.groups, table.splits, children[o], croots[o]):
+            h.update(a.tobytes())
+        key = _key(self.code, h.hexdigest())
+        path = self.out.work / "split" / f"{key}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, groups=table.groups, splits=table.splits, children=children[o], roots=croots[o])
+            tmp.replace(path)
+        self.used.add(f"split/{path.name}")
+        self.split_key = key
+        self.timings["split"] = round(time.monotonic() - t, 3)
+        return str(path), table.notes
+
+    # ------------------------------------------------------------ export
+    def _export(self, shards: list, cleaned: list[dict[str, Any]], offsets: np.ndarray, dedup: Any,
+                augment: dict[str, Any], groups_file: str, keys: Keys) -> list[dict[str, Any]]:
+        r = self.recipe
+        ids_needed = {d.of for d in dedup.dups.values()} | {d.matched for d in dedup.dups.values()}
+        id_at = self._ids_at(cleaned, offsets, ids_needed)
+        per_shard: dict[int, dict[int, dict]] = {}
+        for d in dedup.dups.values():
+            s = int(np.searchsorted(offsets, d.index, side="right") - 1)
+            row = {"duplicate_of": id_at[d.of], "method": d.method, "similarity": round(d.similarity, 4)}
+            if d.matched != d.of:
+                row["matched"] = id_at[d.matched]
+            per_shard.setdefault(s, {})[d.index - int(offsets[s])] = row
+        total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0))
+        limit = r.card.max_stat_records
+        sample_below = (1 << 64) - 1 if total <= limit else int((limit / max(1, total)) * (1 << 64))
+        jobs = []
+        for s, summary in enumerate(cleaned):
+            aug = augment["files"].get(s)
+            key = _key(self.code, summary["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
+                       list(r.formats), r.clean.contamination.model_dump(mode="json"), r.card.model_dump(mode="json"),
+                       sample_below)
+            jobs.append(ExportJob(s, summary["source"], self._clean_unit(summary), self._unit("export", key), key,
+                                  int(offsets[s]), per_shard.get(s, {}), aug, groups_file, tuple(r.formats),
+                                  r.clean, str(self.base), sample_below, r.card.tokenizer))
+        return self._map("export", export_task, jobs, lambda e: e["kept"] + e["deduplicated"] + e["rejected_records"])
+
+    @staticmethod
+    def _digest(path: str | None) -> str:
+        if path is None:
+            return ""
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    def _ids_at(self, cleaned: list[dict[str, Any]], offsets: np.ndarray, positions: set[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        if not positions:
+            return out
+        pos = np.array(sorted(positions))
+        shard_of = np.searchsorted(offsets, pos, side="right") - 1
+        for s in np.unique(shard_of):
+            mine = pos[shard_of == s]
+            col = read_table(Path(self._clean_unit(cleaned[s])) / "records.arrow", ["id"]).column("id")
+            for p, v in zip(mine, col.take(mine - offsets[s]).to_pylist(), strict=True):
+                out[int(p)] = v
+        return out
+
+    # ------------------------------------------------------------ publish
+    def _publish(self, jobs: list[FileJob], plans: list, shards: list, cleaned: list[dict[str, Any]],
+                 exported: list[dict[str, Any]], dedup: Any, augment: dict[str, Any], keys: Keys, ids: list,
+                 notes: list[str]) -> dict[str, Any]:
+        from tuneforge.publish.card import render_card
+        from tuneforge.publish.formats import get_writer
+        from tuneforge.publish.write import concat_lines, first_line, write_dataset
+
+        t = time.monotonic()
+        r = self.recipe
+        stage = self.out.staging
+        units = [Path(self.out.work / "export" / e["key"]) for e in exported]
+        by_kind: dict[str, list[int]] = {}
+        for e in exported:
+            for k, v in e["by_kind"].items():
+                acc = by_kind.setdefault(k, [0, 0, 0])
+                for i in range(3):
+                    acc[i] += v[i]
+        names: list[str] = []
+        datasets: dict[str, str] = {}
+        for kind in SPLIT_KINDS:
+            if kind not in by_kind:
+                continue
+            folder = KINDS[kind].dataset_dir
+            assert folder is not None
+            parts = {s: [u / f"data-{kind}-{i}.arrow" for u in units] for i, s in enumerate(SPLITS)}
+            write_dataset(stage / folder, kind, parts)
+            datasets[kind] = folder
+            names.append(folder)
+        exports: dict[str, dict] = {}
+        for fmt in r.formats:
+            w = get_writer(fmt)
+            info: dict[str, Any] = {"folder": f"exports/{w.folder}", "rows": {}, "skipped": {}}
+            for i, s in enumerate(SPLITS):
+                concat_lines(stage / "exports" / w.folder / f"{s}.jsonl", [u / part_name(fmt, i) for u in units])
+                info["rows"][s] = sum(e["exports"][fmt]["rows"][i] for e in exported)
+            for e in exported:
+                for why, n in e["exports"][fmt]["skipped"].items():
+                    info["skipped"][why] = info["skipped"].get(why, 0) + n
+            info["skipped"] = dict(sorted(info["skipped"].items()))
+            exports[fmt] = info
+        if r.formats:
+            names.append("exports")
+        kb_sources = sorted({s for e in exported for s in e["kb_sources"]})
+        for src in kb_sources:
+            concat_lines(stage / "kb" / f"{src}.jsonl", [u / f"kb-{src}.jsonl" for u in units])
+        if kb_sources:
+            names.append("kb")
+        concat_lines(stage / "rejects.jsonl", [u / "rejects.jsonl" for u in units])
+        names.append("rejects.jsonl")
+        if augment["failures"]:
+            with open(stage / "augment_failures.jsonl", "w", encoding="utf-8") as f:
+                for row in augment["failures"]:
+                    f.write(json_line(row) + "\n")
+            names.append("augment_failures.jsonl")
+
+        sources = self._source_counts(jobs, plans, cleaned, exported, by_kind)
+        reasons: Counter = Counter()
+        for e in exported:
+            reasons.update(e["reasons"])
+        reference_rows = sum(e["kb_rows"] for e in exported)
+        clean_counts = merge_counts([c["clean"] for c in cleaned])
+        for d in dedup.dups.values():
+            clean_counts["deduplicated"]["exact" if d.method == "exact" else "near"] += 1
+        clean_counts["kept"] -= len(dedup.dups)
+        stage_counts: dict[str, Any] = {"ingest": {"rejected": sum(c["rejected"] for c in cleaned)},
+                                        "clean": clean_counts}
+        extra: dict[str, Any] = {"warnings": [f"source {j.source.name!r}: {p.rel} is empty" for j, p in
+                                              zip(jobs, plans, strict=True) if "empty" in p.warnings]}
+        if augment["counts"]:
+            stage_counts["augment"] = augment["counts"]
+            extra["augment_usage"] = augment["usage"]
+        extra["split_notes"] = notes
+        extra.update(self._checks(exported, dedup, keys, ids))
+        outside = sorted({j.rel for j in jobs if j.rel.startswith("..") or Path(j.rel).is_absolute()})
+        if outside:
+            extra["outside_sources"] = outside
+        self.timings["shards"] = len(shards)
+        from tuneforge.publish.manifest import build_manifest
+
+        recipe_text = self.recipe_path.read_text(encoding="utf-8")
+        manifest = build_manifest(
+            recipe=r.model_dump(mode="json"), recipe_text=recipe_text, recipe_file=self.recipe_path.name,
+            seed=self.seed, template=r.template, inputs={p.rel: p.sha256 for p in plans if p.sha256},
+            sources=sources, by_kind=by_kind, reasons=dict(reasons), reference_rows=reference_rows,
+            generated=sum(augment.get("generated", {}).values()), stage_counts=stage_counts, datasets=datasets,
+            exports=exports, extra=extra)
+        # Execution facts (executor, shard sizes) are in build.json, not in the manifest: they never change
+        # what the build produces, and the manifest must be identical whatever ran it.
+        write_json(stage / MANIFEST, manifest)
+        names.append(MANIFEST)
+        examples = {}
+        if r.card.examples:
+            for fmt in r.formats:
+                row = first_line(stage / "exports" / get_writer(fmt).folder / "train.jsonl")
+                if row is not None:
+                    examples[fmt] = row
+        lengths = [n for e in exported for n in e["lengths"]]
+        turns = [n for e in exported for n in e["turns"]]
+        stats = {"unit": "tokens" if r.card.tokenizer else "characters", "sampled": len(turns),
+                 "turn_lengths": lengths, "turns": turns}
+        write_text(stage / "README.md", render_card(manifest, stats, examples, notes))
+        names.append("README.md")
+        self.out.commit(names)
+        self.timings["publish"] = round(time.monotonic() - t, 3)
+        return manifest
+
+    def _source_counts(self, jobs: list[FileJob], plans: list, cleaned: list[dict[str, Any]],
+                       exported: list[dict[str, Any]], by_kind: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for cfg in self.recipe.sources:
+            out[cfg.name] = {"input": 0, "kept": 0, "rejected": 0, "deduplicated": 0, "records": 0, "files": [],
+                             "format": [], "license": cfg.license, "origin": cfg.origin, "encodings": {},
+                             "splits": dict.fromkeys(SPLITS, 0)}
+        for j, p in zip(jobs, plans, strict=True):
+            o = out[j.source.name]
+            o["files"].append(p.rel)
+            o["encodings"][p.rel] = p.encoding if p.parts else None
+        for c, e in zip(cleaned, exported, strict=True):
+            o = out[c["source"]]
+            o["input"] += c["input"]
+            o["records"] += c["records"]
+            o["kept"] += e["kept"]
+            o["deduplicated"] += e["deduplicated"]
+            o["rejected"] += c["rejected"] + e["rejected_records"]
+            for f in c["formats"]:
+                if f not in o["format"]:
+                    o["format"].append(f)
+            for v in e["by_kind"].values():
+                for i, s in enumerate(SPLITS):
+                    o["splits"][s] += v[i]
+        for o in out.values():
+            o["format"] = ", ".join(o["format"]) or "none"
+        return out
+
+    def _checks(self, exported: list[dict[str, Any]], dedup: Any, keys: Keys, ids: list) -> dict[str, Any]:
+        from tuneforge.clean.leakage import report
+
+        cfg = self.recipe.clean
+        out: dict[str, Any] = {}
+        c = cfg.contamination
+        if c.benchmarks:
+            stats: dict[str, dict] = {}
+            hits: list[dict] = []
+            for e in exported:
+                hits += e["contamination"]["hits"]
+                for name, st in e["contamination"]["benchmarks"].items():
+                    acc = stats.setdefault(name, {**st, "hits": 0, "records": 0})
+                    acc["hits"] += st["hits"]
+                    acc["records"] += st["records"]
+            from tuneforge.clean.contamination import BenchmarkIndex
+
+            idx = BenchmarkIndex(cfg, self.base)
+            for name, st in idx.stats.items():
+                base = {**st, "hits": 0, "records": 0}
+                base.update({k: v for k, v in stats.get(name, {}).items() if k in ("hits", "records")})
+                stats[name] = base
+            out["contamination"] = {"ngram": c.ngram, "min_overlap": c.min_overlap, "benchmarks": stats,
+                                    "hits": hits, "dropped": [h["record_id"] for h in hits] if c.drop else []}
+        if cfg.check_leakage and keys.bands is not None:
+            code = np.concatenate([np.load(Path(self.out.work / "export" / e["key"]) / "leak.npy") for e in exported]) \
+                if exported else np.empty(0, np.int8)
+            starts = np.cumsum([0] + [len(c) for c in ids])
+
+            def id_at(pos: int) -> str:
+                s = int(np.searchsorted(starts, pos, side="right") - 1)
+                return ids[s][pos - int(starts[s])].as_py()
+
+            out["leakage"] = report(dedup.pairs, dedup.similarity, code, id_at, cfg,
+                                    int(keys.alive.sum()) - len(dedup.dups))
+        else:
+            out["leakage"] = {"checked": 0, "skipped": "near-duplicate detection is off (clean.dedup.near: false); "
+                                                      "set clean.leakage: true to check anyway"}
+        return out
+
+
+def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, strict: bool = False,
+          llm_base_url: str | None = None, llm_model: str | None = None, augment_limit: int | None = None,
+          runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
+          executor: Executor | None = None, shard_mb: float | None = None, shard_records: int | None = None,
+          force: bool = False, allow_outside: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
+
+    Work runs on `executor`, or on the one `runner` names: `auto`/`processes` (one worker process per core),
+    `threads`, `serial`, or `dask` (a LocalCluster, or the scheduler at `dask_address`). The output is the same
+    bytes whichever runs it and however large the shards are.
+    """
+    if importing_main_script():
+        raise TuneforgeError("tuneforge.build was called while a worker process imported your script: put the "
+                             "call under `if __name__ == \"__main__\":`")
+    sharding = Sharding(target_bytes=int(shard_mb * (1 << 20)) if shard_mb else Sharding.target_bytes,
+                        target_records=shard_records or Sharding.target_records)
+    opts = BuildOptions(seed=seed, strict=strict, llm_base_url=llm_base_url, llm_model=llm_model,
+                        augment_limit=augment_limit, force=force, allow_outside=allow_outside, sharding=sharding,
+                        progress=progress)
+    own = executor is None
+    ex = executor or make_executor(runner, workers, dask_address, PRELOAD)
+    try:
+        b = Build(recipe, out, opts, ex)
+        manifest = b.run()
+    finally:
+        if own:
+            ex.close()
+    timings = {"timings": b.timings, "executor": ex.describe()}
+    write_json(b.out.mark / "timings.json", timings)
+    return manifest
+
+
+__all__ = ["Build", "BuildOptions", "build", "json", "rel_path"]

@@ -1,0 +1,203 @@
+"""Executors say where per-shard work runs; they never decide what it does (datatrove's executors, in spirit).
+
+A build maps top-level functions over small, picklable shard specs; each call reads and writes shard files
+and returns a small summary. The same map runs in this process, on threads, on local worker processes, on
+a Dask cluster, or (in `tuneforge.flows`) as Prefect task runs, and gives the same results in the same order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import sys
+from collections.abc import Callable, Sequence
+from multiprocessing import get_context
+from typing import Any
+
+from tuneforge.common.errors import TuneforgeError
+
+OnDone = Callable[[int, Any], None]
+
+
+class Executor:
+    """Runs `fn(item)` for every item; results come back in item order, `on_done(i, result)` as each ends."""
+
+    name = "serial"
+    workers = 1
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, stage: str,
+            on_done: OnDone | None = None) -> list[Any]:
+        out = []
+        for i, item in enumerate(items):
+            r = fn(item)
+            if on_done is not None:
+                on_done(i, r)
+            out.append(r)
+        return out
+
+    def close(self) -> None:
+        """Release workers; the executor is unusable afterwards."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.workers} worker{'s' if self.workers != 1 else ''})"
+
+
+def _gather(futures: list[cf.Future], on_done: OnDone | None) -> list[Any]:
+    index = {f: i for i, f in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    try:
+        for f in cf.as_completed(futures):
+            i = index[f]
+            results[i] = f.result()
+            if on_done is not None:
+                on_done(i, results[i])
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return results
+
+
+class ThreadExecutor(Executor):
+    """Threads of this process: useful when the work releases the GIL (I/O, hashing, Arrow)."""
+
+    name = "threads"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="tuneforge")
+
+    def map(self, fn, items, *, stage, on_done=None):  # type: ignore[override]
+        return _gather([self._pool.submit(fn, it) for it in items], on_done)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def importing_main_script() -> bool:
+    """True while a worker process imports the user's script (`__mp_main__`): a build started there would
+    start workers of its own, recursively."""
+    import inspect
+
+    if "__mp_main__" not in sys.modules:
+        return False
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+class ProcessExecutor(Executor):
+    """Local worker processes, one per core by default. Workers come from a fork server, not a fork of the
+    caller, because the caller may hold threads (Prefect, rich's progress, an event loop)."""
+
+    name = "processes"
+
+    def __init__(self, workers: int | None = None, preload: tuple[str, ...] = ()) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.preload = list(preload)
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _get(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = get_context("forkserver")
+            ctx.set_forkserver_preload(self.preload)
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return self._pool
+
+    def map(self, fn, items, *, stage, on_done=None):  # type: ignore[override]
+        if len(items) <= 1:
+            return super().map(fn, items, stage=stage, on_done=on_done)
+        try:
+            return _gather([self._get().submit(fn, it) for it in items], on_done)
+        except cf.process.BrokenProcessPool as e:
+            raise TuneforgeError(f"{stage}: a worker process died ({e}). If you call tuneforge from a script, put "
+                                 f"the call under `if __name__ == \"__main__\":` (worker processes import your "
+                                 f"script); otherwise the machine may be out of memory: use fewer workers "
+                                 f"(--workers) or smaller shards (--shard-mb)") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class DaskExecutor(Executor):
+    """A Dask cluster: the scheduler at `address` (tcp://host:8786), or a LocalCluster of worker processes.
+    Shard files must live on storage every worker can read and write (the output folder)."""
+
+    name = "dask"
+
+    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:  # pragma: no cover - distributed is a dependency
+            raise TuneforgeError("the dask runner needs the `distributed` package") from None
+        self._cluster = None
+        if address:
+            self._client = Client(address, timeout="60s")
+        else:
+            self._cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                         processes=True, dashboard_address=None)
+            self._client = Client(self._cluster)
+        self.address = address or self._cluster.scheduler_address
+        self.workers = max(1, len(self._client.scheduler_info().get("workers", {})))
+
+    def map(self, fn, items, *, stage, on_done=None):  # type: ignore[override]
+        from distributed import as_completed
+
+        futures = [self._client.submit(fn, it, pure=False, key=f"{stage}-{i}-{os.urandom(4).hex()}")
+                   for i, it in enumerate(items)]
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        try:
+            for f in as_completed(futures):
+                i = index[f.key]
+                results[i] = f.result()
+                if on_done is not None:
+                    on_done(i, results[i])
+        except BaseException:
+            self._client.cancel(futures)
+            raise
+        return results
+
+    def worker_memory(self) -> dict[str, int]:
+        """Bytes each worker process holds now (RSS), by worker address."""
+        info = self._client.scheduler_info().get("workers", {})
+        return {addr: int(w.get("metrics", {}).get("memory", 0)) for addr, w in info.items()}
+
+    def close(self) -> None:
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def describe(self) -> str:
+        return f"dask at {self.address} ({self.workers} workers)"
+
+
+RUNNERS = ("auto", "serial", "threads", "processes", "dask")
+
+
+def make_executor(runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
+                  preload: tuple[str, ...] = ()) -> Executor:
+    """An executor by name; `auto` is worker processes, one per core (a single-core machine runs serially)."""
+    if runner not in RUNNERS:
+        raise TuneforgeError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
+    if dask_address and runner in ("auto", "dask"):
+        return DaskExecutor(dask_address)
+    if runner == "dask":
+        return DaskExecutor(None, workers)
+    if runner == "threads":
+        return ThreadExecutor(workers)
+    n = workers or os.cpu_count() or 1
+    if runner == "serial" or n == 1:
+        return Executor()
+    return ProcessExecutor(n, preload)

@@ -1,0 +1,20 @@
+"""What tuneforge ships (domain recipes and samples, benchmark samples, pipelines, configs), found as package
+data so a wheel installed anywhere has them, not only a clone."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from tuneforge.common.errors import TuneforgeError
+
+
+def asset(*parts: str) -> Path:
+    """The shipped file or folder `tuneforge/assets/<parts...>` (datasets/, pipelines/, configs/)."""
+    root = files("tuneforge") / "assets"
+    target = root.joinpath(*parts)
+    path = Path(str(target))
+    if not path.exists():
+        raise TuneforgeError(f"shipped file {'/'.join(parts)} not found in the installed package ({path}); "
+                             f"reinstall tuneforge")
+    return path

@@ -1,0 +1,416 @@
+"""Planning: every source file into parts of about `target_bytes` or `target_records`, with exact line and
+index numbers at each cut, its sha256 and its encoding, in one streaming pass (memory does not grow with the
+file).
+
+JSONL and line text cut at line starts, paragraph text at blank lines, JSON arrays between top-level
+elements, CSV between rows (quoted newlines included), Parquet between row groups, saved datasets between
+rows. Small files are one part. The cuts depend only on the file and the targets, never on the machine.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneforge.common.errors import SourceError
+from tuneforge.ingest.config import SourceConfig
+from tuneforge.ingest.readers import Part, file_type
+
+CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How big a unit of work is: a part ends at the first cut point after `target_bytes` (byte-cut files)
+    or after `target_records` rows (CSV, Parquet, saved datasets)."""
+
+    target_bytes: int = 32 << 20
+    target_records: int = 50_000
+
+
+@dataclass
+class FilePlan:
+    path: str
+    rel: str
+    sha256: str | None
+    size: int
+    file_type: str
+    encoding: str
+    parts: list[Part] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_codec(enc: str, path: Path) -> None:
+    try:
+        codecs.lookup(enc)
+    except LookupError:
+        raise SourceError(f"{path}: unknown encoding {enc!r} in the recipe") from None
+
+
+class _Scan:
+    """One pass over a file: sha256, size, UTF-8 validity, and cut points after each `target` bytes at the
+    first occurrence of `delim` (the cut is just after it), with the number of `\\n` before each cut."""
+
+    def __init__(self, path: Path, target: int | None, delim: bytes | None) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.utf8 = True
+        self.cuts: list[tuple[int, int]] = []  # (byte offset, newlines before it)
+        dec = codecs.getincrementaldecoder("utf-8")("strict")
+        newlines = 0
+        tail = b""
+        next_cut = target if target else None
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                self.sha.update(chunk)
+                if self.utf8:
+                    try:
+                        dec.decode(chunk)
+                    except UnicodeDecodeError:
+                        self.utf8 = False
+                if delim is not None and next_cut is not None:
+                    buf = tail + chunk
+                    base = self.size - len(tail)
+                    pos = max(0, next_cut - base - len(delim) + 1)
+                    while next_cut is not None:
+                        i = buf.find(delim, pos)
+                        if i < 0:
+                            break
+                        cut = base + i + len(delim)
+                        if cut < next_cut:
+                            pos = i + 1
+                            continue
+                        self.cuts.append((cut, newlines + buf.count(b"\n", len(tail), i + len(delim))))
+                        next_cut = cut + target
+                        pos = max(i + len(delim), next_cut - base - len(delim) + 1)
+                    tail = buf[-(len(delim) - 1):] if len(delim) > 1 else b""
+                newlines += chunk.count(b"\n")
+                self.size += len(chunk)
+            if self.utf8:
+                try:
+                    dec.decode(b"", final=True)
+                except UnicodeDecodeError:
+                    self.utf8 = False
+        self.cuts = [c for c in self.cuts if c[0] < self.size]
+
+
+def _whole_file_decodes(path: Path, enc: str) -> bool:
+    dec = codecs.getincrementaldecoder(enc)("strict")
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                dec.decode(chunk)
+        dec.decode(b"", final=True)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _encoding(path: Path, cfg: SourceConfig, scan: _Scan, kind: str) -> str:
+    """The file's encoding; `utf-8|mixed` when only some lines are not UTF-8 (those lines are rejected)."""
+    if cfg.encoding != "auto":
+        _check_codec(cfg.encoding, path)
+        bad = _first_error(path, cfg.encoding)
+        if bad is None:
+            return cfg.encoding
+        if kind == "jsonl" and _mostly_decodes(path, cfg.encoding):
+            return f"{cfg.encoding}|mixed"
+        raise SourceError(f"{path}: not valid {cfg.encoding} at byte {bad[0]}: {bad[1]}; check `encoding:` for this "
+                          f"source in the recipe")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig" if scan.utf8 else _fallback(path, kind)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8" if scan.utf8 else _fallback(path, kind)
+
+
+def _first_error(path: Path, enc: str) -> tuple[int, str] | None:
+    """(byte offset, reason) of the first byte that is not valid `enc`, or None."""
+    dec = codecs.getincrementaldecoder(enc)("strict")
+    done = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                try:
+                    dec.decode(chunk)
+                except UnicodeDecodeError as e:
+                    return done + e.start, e.reason
+                done += len(chunk)
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        return done + e.start, e.reason
+    return None
+
+
+def _mostly_decodes(path: Path, enc: str) -> bool:
+    """Do at least half the lines decode? (A few damaged lines are rejected; a wrong encoding is an error.)"""
+    bad = total = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            total += 1
+            try:
+                raw.decode(enc)
+            except UnicodeDecodeError:
+                bad += 1
+    return bad * 2 <= total
+
+
+def _fallback(path: Path, kind: str) -> str:
+    if _whole_file_decodes(path, "gb18030"):
+        return "gb18030"
+    if kind == "jsonl" and _mostly_decodes(path, "utf-8"):
+        return "utf-8|mixed"
+    raise SourceError(f"{path}: neither UTF-8 nor GB18030; set `encoding:` for this source in the recipe")
+
+
+def _byte_parts(path: str, rel: str, kind: str, enc: str, scan: _Scan) -> list[Part]:
+    starts = [(0, 0), *scan.cuts]
+    parts = []
+    for k, (start, nl) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else None
+        parts.append(Part(path, rel, kind, enc, start=start, end=end, first_line=nl + 1, whole=len(starts) == 1,
+                          last=end is None))
+    return parts
+
+
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\\n]|\\.)*"|"|[\[\]{},\n]')
+
+
+def _json_array_cuts(path: Path, target: int) -> tuple[int, list[tuple[int, int, int]]] | None:
+    """(offset after the opening '[', [(cut offset, newlines before, element index), ...]) for a top-level
+    JSON array, cutting after a top-level comma past each `target` bytes; None if the file is not one.
+
+    A JSON string cannot hold a raw newline, so the file is scanned in blocks that end at a newline and no
+    string spans two blocks; a stray quote (an unterminated string) gives up, and the file is read whole.
+    """
+    depth = 0
+    start = None
+    cuts: list[tuple[int, int, int]] = []
+    newlines = commas = 0
+    offset = 0
+    next_cut = target
+    carry = b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            block = carry + chunk
+            if not block:
+                break
+            if chunk:
+                cut = block.rfind(b"\n")
+                if cut < 0:
+                    if len(block) > 8 * CHUNK:
+                        return None  # one enormous line: not worth cutting
+                    carry = block
+                    continue
+                block, carry = block[:cut + 1], block[cut + 1:]
+            else:
+                carry = b""
+            for m in _JSON_TOKEN.finditer(block):
+                c = m.group()[:1]
+                if c == b'"':
+                    if len(m.group()) == 1:
+                        return None
+                elif c == b"\n":
+                    newlines += 1
+                elif c in b"[{":
+                    if depth == 0:
+                        if c != b"[" or start is not None:
+                            return None
+                        start = offset + m.end()
+                    depth += 1
+                elif c in b"]}":
+                    depth -= 1
+                    if depth < 0:
+                        return None
+                elif depth == 1:  # a top-level comma
+                    commas += 1
+                    at = offset + m.end()
+                    if at >= next_cut:
+                        cuts.append((at, newlines, commas))
+                        next_cut = at + target
+            offset += len(block)
+            if not chunk:
+                break
+    if start is None or depth != 0:
+        return None
+    return start, cuts
+
+
+def _json_parts(path: Path, rel: str, enc: str, scan: _Scan, s: Sharding) -> list[Part]:
+    whole = [Part(str(path), rel, "json", enc)]
+    if scan.size <= s.target_bytes or enc not in ("utf-8", "utf-8-sig"):
+        return whole
+    found = _json_array_cuts(path, s.target_bytes)
+    if found is None or not found[1]:
+        return whole
+    first, cuts = found
+    with open(path, "rb") as f:
+        nl_first = f.read(first).count(b"\n")
+    bounds = [(first, nl_first, 0), *cuts]
+    parts = []
+    for k, (start, nl, index) in enumerate(bounds):
+        end = bounds[k + 1][0] if k + 1 < len(bounds) else None
+        parts.append(Part(str(path), rel, "json", enc, start=start, end=end, first_line=nl + 1, first_index=index,
+                          whole=False, last=end is None))
+    return parts
+
+
+def _csv_parts(path: Path, rel: str, kind: str, enc: str, cfg: SourceConfig, scan: _Scan, s: Sharding) -> list[Part]:
+    """Cut between rows, replaying exactly how the reader counts lines, headers, blank rows and indices."""
+    if scan.size <= s.target_bytes:
+        return [Part(str(path), rel, kind, enc)]
+    real = "utf-8" if enc in ("utf-8-sig", "utf-16") else enc.split("|")[0]
+    consumed = [0, 0]  # bytes, lines
+
+    def lines():
+        with open(path, "rb") as f:
+            first = True
+            for raw in f:
+                consumed[0] += len(raw)
+                consumed[1] += 1
+                if first and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[3:]
+                first = False
+                yield raw.decode(real, "replace")
+
+    reader = csv.reader(lines(), delimiter="\t" if kind == "tsv" else ",")
+    header = cfg.csv_columns
+    cuts: list[tuple[int, int, int]] = []
+    index = 0
+    while True:
+        at = (consumed[0], consumed[1])
+        if index and index % s.target_records == 0 and (not cuts or cuts[-1][2] != index) and header is not None:
+            cuts.append((at[0], at[1], index))
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            index += 1
+            continue
+        if not row or all(not c.strip() for c in row):
+            continue
+        if header is None and cfg.csv_header:
+            header = [h.strip() for h in row]
+            continue
+        index += 1
+    hdr = tuple(header) if header else None
+    bounds = [(0, 0, 0), *[c for c in cuts if c[0] < scan.size]]
+    parts = []
+    for k, (start, nl, idx) in enumerate(bounds):
+        end = bounds[k + 1][0] if k + 1 < len(bounds) else None
+        parts.append(Part(str(path), rel, kind, enc, start=start, end=end, first_line=nl + 1, first_index=idx,
+                          whole=len(bounds) == 1, header=hdr if k else None, last=end is None))
+    return parts
+
+
+def _parquet_parts(path: Path, rel: str, s: Sharding) -> list[Part]:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{path}: not a readable Parquet file: {e}") from None
+    parts, start, rows, first = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows - first >= s.target_records or g == meta.num_row_groups - 1:
+            parts.append(Part(str(path), rel, "parquet", "binary", start=start, end=g + 1, first_index=first,
+                              whole=False))
+            start, first = g + 1, rows
+    return parts or [Part(str(path), rel, "parquet", "binary")]
+
+
+def _arrow_parts(path: Path, rel: str, s: Sharding) -> list[Part]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises several types for a folder it cannot read
+        raise SourceError(f"{path}: not a dataset saved with save_to_disk: {e}") from None
+    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    parts = []
+    for name, d in splits:
+        n = len(d)
+        for start in range(0, max(n, 1), s.target_records):
+            parts.append(Part(str(path), rel, "arrow", "binary", start=start, end=min(n, start + s.target_records),
+                              first_index=start, whole=False, split=name))
+    return parts
+
+
+def plan_file(path: Path, rel: str, cfg: SourceConfig, sharding: Sharding) -> FilePlan:
+    """Hash and cut one file (or saved-dataset folder) of a source."""
+    kind = file_type(path, cfg)
+    if kind == "json" and cfg.file_type == "auto" and path.is_file() and _looks_like_jsonl(path):
+        kind = "jsonl"  # JSON Lines with a .json name (AdvertiseGen): read and cut it line by line
+    if kind == "arrow":
+        from tuneforge.common.io import sha256_tree
+
+        return FilePlan(str(path), rel, sha256_tree(path), 0, kind, "binary", _arrow_parts(path, rel, sharding))
+    if not path.is_file():
+        raise SourceError(f"{path}: not a file")
+    delim = None
+    if kind == "jsonl" or (kind == "text" and cfg.text_unit == "line"):
+        delim = b"\n"
+    elif kind == "text" and cfg.text_unit == "paragraph":
+        delim = b"\n\n"
+    try:
+        scan = _Scan(path, sharding.target_bytes, delim)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read: {e.strerror or e}") from None
+    plan = FilePlan(str(path), rel, scan.sha.hexdigest(), scan.size, kind, "binary")
+    if scan.size == 0 or (kind != "parquet" and not _has_content(path)):
+        plan.warnings.append("empty")
+        return plan
+    if kind == "parquet":
+        plan.parts = _parquet_parts(path, rel, sharding)
+        return plan
+    enc = plan.encoding = _encoding(path, cfg, scan, kind)
+    if enc == "utf-16":
+        plan.parts = [Part(str(path), rel, kind, enc)]
+    elif delim is not None:
+        plan.parts = _byte_parts(str(path), rel, kind, enc, scan)
+    elif kind == "json":
+        plan.parts = _json_parts(path, rel, enc, scan, sharding)
+    elif kind in ("csv", "tsv"):
+        plan.parts = _csv_parts(path, rel, kind, enc, cfg, scan, sharding)
+    else:
+        plan.parts = [Part(str(path), rel, kind, enc)]
+    return plan
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    """Two complete JSON objects on the first two non-empty lines."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    lines = [ln for ln in head.removeprefix(codecs.BOM_UTF8).split(b"\n")[:-1] if ln.strip()][:2]
+    if len(lines) < 2 or not lines[0].lstrip().startswith(b"{"):
+        return False
+    try:
+        return all(isinstance(json.loads(ln), dict) for ln in lines)
+    except ValueError:
+        return False
+
+
+def _has_content(path: Path) -> bool:
+    """Anything but whitespace (and a BOM) in the file."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.replace(codecs.BOM_UTF8, b"").strip():
+                return True
+    return False
+
+
+def read_text_sample(path: Path, limit: int = 1 << 16) -> str:
+    """The first bytes of a file as text, for messages."""
+    with open(path, "rb") as f:
+        return io.TextIOWrapper(io.BytesIO(f.read(limit)), encoding="utf-8", errors="replace").read()
