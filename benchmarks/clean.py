@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from tuneforge.clean import CleanConfig, run_clean  # noqa: E402
 from tuneforge.clean.minhash import jaccard, key_text, shingles  # noqa: E402
-from tuneforge.common.records import new_record, provenance, record_texts  # noqa: E402
+from tuneforge.common.records import new_record, provenance, texts_of  # noqa: E402
 
 HAN = re.compile(r"[\u4e00-\u9fff]")
 SENT = re.compile(r"[^。！？!?\n]+[。！？!?]?")
@@ -187,8 +187,8 @@ def planted_jaccard(records: list[dict], planted: dict[str, int], ngram: int) ->
             by_group.setdefault(planted[r["id"]], []).append(r)
     sims = []
     for recs in by_group.values():
-        a = shingles(key_text(record_texts(recs[0])), ngram)
-        sims += [jaccard(a, shingles(key_text(record_texts(r)), ngram)) for r in recs[1:]]
+        a = shingles(key_text(texts_of(recs[0])), ngram)
+        sims += [jaccard(a, shingles(key_text(texts_of(r)), ngram)) for r in recs[1:]]
     return sims
 
 
@@ -222,7 +222,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     records, planted = build(args.records, args.dup_share, args.seed)
-    chars = sum(len(t) for r in records for t in record_texts(r))
+    chars = sum(len(t) for r in records for t in texts_of(r))
     print(f"built {len(records):,} records ({chars / len(records):.0f} chars on average), "
           f"{len(planted) - len(set(planted.values())):,} planted near-duplicates in {time.perf_counter() - t0:.1f}s")
     cfg = CleanConfig()

@@ -37,6 +37,7 @@ def _no_augment_recipe(tmp_path: Path, src: Path, **changes) -> Path:
     for s in data["sources"]:
         paths = [str((src.parent / p).resolve()) for p in (s["path"] if isinstance(s["path"], list) else [s["path"]])]
         s["path"] = paths if isinstance(s["path"], list) else paths[0]
+        s["allow_outside"] = True  # the shipped data lives outside this temporary recipe's folder
     data.update(changes)
     p = tmp_path / f"{data['name']}.yaml"
     p.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
@@ -142,6 +143,7 @@ def test_every_shared_corpus_builds(prefect_api, shared, tmp_path):
         paths = s["path"] if isinstance(s["path"], list) else [s["path"]]
         resolved = [str(shared / p) for p in paths]
         s["path"] = resolved if isinstance(s["path"], list) else resolved[0]
+        s["allow_outside"] = True
     recipe = tmp_path / "all.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "all", "variables": {"name": "小锻", "author": "tuneforge"}, "sources": sources,

@@ -11,7 +11,7 @@ import pytest
 
 from tuneforge.clean import CleanConfig, leakage_report, run_clean
 from tuneforge.common.io import dumps
-from tuneforge.common.records import new_record, provenance, record_texts
+from tuneforge.common.records import new_record, provenance, texts_of
 
 
 def _alpaca(shared: Path, name: str, source: str) -> list[dict]:
@@ -28,7 +28,7 @@ def _alpaca(shared: Path, name: str, source: str) -> list[dict]:
 def _own_jaccard(a: dict, b: dict, n: int = 5) -> float:
     """Jaccard of character n-grams, computed here independently of the product's code."""
     def grams(rec: dict) -> set[str]:
-        s = re.sub(r"[\W_]+", "", "\n".join(record_texts(rec)).casefold())
+        s = re.sub(r"[\W_]+", "", "\n".join(texts_of(rec)).casefold())
         return {s[i:i + n] for i in range(max(1, len(s) - n + 1))}
     ga, gb = grams(a), grams(b)
     return len(ga & gb) / len(ga | gb)

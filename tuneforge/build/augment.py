@@ -21,7 +21,7 @@ from tuneforge.augment.ops import OPERATORS
 from tuneforge.augment.select import draw, input_only
 from tuneforge.clean.dedup import Keys
 from tuneforge.clean.stage import KIND_CODES, group_code
-from tuneforge.common.io import atomic_open, dumps
+from tuneforge.common.io import atomic_open, dumps, unpack
 from tuneforge.common.shardio import json_line, read_table
 
 
@@ -114,7 +114,7 @@ def _load(units: list[str], offsets: np.ndarray, positions: list[int]) -> list[d
     for s in np.unique(shard_of):
         mine = pos[shard_of == s]
         col = read_table(Path(units[s]) / "records.arrow", ["record"]).column("record")
-        out += [json.loads(v) for v in col.take(mine - offsets[s]).to_pylist()]
+        out += [unpack(v) for v in col.take(mine - offsets[s]).to_pylist()]
     return out
 
 

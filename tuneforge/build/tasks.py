@@ -24,7 +24,7 @@ from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.keys import lsh_params
 from tuneforge.clean.minhash import key_text
 from tuneforge.clean.stage import KIND_CODES, STAGE, Cleaner, group_code, record_keys
-from tuneforge.common.io import dumps
+from tuneforge.common.io import dumps, pack, unpack
 from tuneforge.common.records import KINDS, Record, reject_record, texts_of
 from tuneforge.common.shardio import done, finish, fresh, json_line, read_table, write_lines, write_table
 from tuneforge.ingest import FileJob, Shard, ShardReader, plan_file
@@ -92,7 +92,7 @@ def clean_task(job: CleanJob) -> dict[str, Any]:
                 continue
             kept.append(new)
             seqs.append(inp.seq)
-            originals.append(dumps(rec) if changed else None)
+            originals.append(pack(rec) if changed else None)
     keys, _ = record_keys(kept, job.clean)
     nb = keys.bands.shape[1] if keys.bands is not None else None
     cols: dict[str, Any] = {
@@ -104,7 +104,7 @@ def clean_task(job: CleanJob) -> dict[str, Any]:
     if nb:
         flat = pa.array(keys.bands.reshape(-1), pa.uint64())
         cols["bands"] = pa.FixedSizeListArray.from_arrays(flat, nb)
-    cols["record"] = pa.array([dumps(r) for r in kept], pa.large_string())
+    cols["record"] = pa.array([pack(r) for r in kept], pa.large_string())
     cols["original"] = pa.array(originals, pa.large_string())
     write_table(unit / "records.arrow", pa.table(cols, schema=_records_schema(nb)))
     write_table(unit / "rejects.arrow", pa.table(rej, schema=REJECTS_SCHEMA))
@@ -135,7 +135,7 @@ def _texts_at(units: tuple[str, ...], offsets: tuple[int, ...], positions: np.nd
         col = read_table(Path(units[s]) / "records.arrow", ["record"]).column("record")
         rows = col.take(pa.array(pos - starts[s])).to_pylist()
         for p, r in zip(pos, rows, strict=True):
-            out[int(p)] = key_text(texts_of(json.loads(r)))
+            out[int(p)] = key_text(texts_of(unpack(r)))
     return out
 
 
@@ -290,13 +290,13 @@ def export_task(job: ExportJob) -> dict[str, Any]:
         st = status.setdefault(inp, [False, True])
         d = job.dedup.get(i)
         if d is not None:
-            raw = json.loads(cols["original"][i] or cols["record"][i])
+            raw = unpack(cols["original"][i] or cols["record"][i])
             drop(seq, RANK["dedup"], json_line(reject_record(raw, "deduplicated", stage=STAGE, **d)), inp, True)
             continue
         if rid in aug.dropped:
             drop(seq, RANK["augment"], json_line(aug.dropped[rid]), inp, False)
         else:
-            rec = aug.replaced.get(rid) or json.loads(cols["record"][i])
+            rec = aug.replaced.get(rid) or unpack(cols["record"][i])
             if emit(rec, int(where[i]), seq):
                 st[0] = True
                 if KINDS[rec["kind"]].split:

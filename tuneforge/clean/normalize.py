@@ -29,11 +29,16 @@ _INVISIBLE = re.compile(r"[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2
 # ZWJ/ZWNJ are meaningful inside emoji sequences and some scripts; drop them only between ASCII/CJK.
 _JOINER = re.compile(r"(?<=[\x00-\x7f\u3000-\u9fff])[\u200c\u200d](?=[\x00-\x7f\u3000-\u9fff])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Any character the three passes above would touch (one search decides whether they run at all).
+_ANY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                          r"\u2066-\u2069\ufeff]")
 
 _SP = r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
 _INNER_SPACES = re.compile(rf"(?<=\S){_SP}{{2,}}|(?<=\S)[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000](?!{_SP})")
 _TRAILING = re.compile(rf"{_SP}+$", re.M)
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n){2,}")
+# Whatever `_fold` would change: a run of spaces, a space that is not U+0020, a space before a line end.
+_NEEDS_FOLD = re.compile(r"[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]|  | (?:\n|\Z)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?/?>|<!--|&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
@@ -59,7 +64,7 @@ def _fullwidth(text: str) -> str:
     if not _FW_PUNCT_LONELY.search(text):
         return text  # every full-width mark touches a CJK character: the common case, decided in C
     chars = list(text)
-    for m in _FW_PUNCT.finditer(text):
+    for m in _FW_PUNCT_LONELY.finditer(text):  # a mark with a CJK neighbour stays full-width
         i = m.start()
         if not (_cjk_near(text, i, -1) or _cjk_near(text, i, 1)):
             chars[i] = chr(ord(chars[i]) - _FW_OFFSET)
@@ -75,12 +80,16 @@ def _cjk_near(text: str, i: int, step: int) -> bool:
 
 
 def _controls(text: str) -> str:
+    if not _ANY_CONTROL.search(text):
+        return text
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     return _JOINER.sub("", _INVISIBLE.sub("", text))
 
 
 def _fold(text: str) -> str:
     """Prose: one space inside lines, no trailing spaces; leading indentation is left as it is."""
+    if not _NEEDS_FOLD.search(text):
+        return text
     text = _INNER_SPACES.sub(" ", text)
     return _TRAILING.sub("", text)
 
@@ -107,7 +116,9 @@ def _whitespace(text: str) -> str:
         if prose:
             out.append(_fold("\n".join(prose)))
         text = "\n".join(out)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    if "\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
 
 
 class _TextExtractor(HTMLParser):
