@@ -1,3 +1,47 @@
-"""tuneforge: raw corpora to fine-tuning data, train-then-eval runs, and proof of what the fine-tune did."""
+"""tuneforge: raw corpora to fine-tuning data, train-then-eval runs, and proof of what the fine-tune did.
+
+    from tuneforge import build, train, evaluate, forgetting, compare, run_pipeline
+
+The functions are in `tuneforge.api` (docs/python-api.md); importing this package loads none of the heavy
+libraries.
+"""
+
+from tuneforge.api import (
+    EvalResult,
+    TrainResult,
+    benchmarks,
+    build,
+    compare,
+    evaluate,
+    forgetting,
+    get_template,
+    list_templates,
+    operators,
+    run_pipeline,
+    train,
+)
+from tuneforge.common.errors import RecipeError, TuneforgeError
+from tuneforge.common.results import BuildResult, PipelineResult, Result
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BuildResult",
+    "EvalResult",
+    "PipelineResult",
+    "RecipeError",
+    "Result",
+    "TrainResult",
+    "TuneforgeError",
+    "__version__",
+    "benchmarks",
+    "build",
+    "compare",
+    "evaluate",
+    "forgetting",
+    "get_template",
+    "list_templates",
+    "operators",
+    "run_pipeline",
+    "train",
+]

@@ -69,7 +69,7 @@ def build(
 
         m = with_runner(runner, dask_address, workers)(recipe_path=str(recipe), out=str(out), **kw)
     else:
-        from tuneforge.build import build as run_build
+        from tuneforge.builder import build as run_build
 
         m = run_build(recipe, out, runner=runner, workers=workers, dask_address=dask_address, progress=True, **kw)
     c = m["counts"]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from tuneforge.common.errors import TuneforgeError
 
+ASSETS = Path(str(files("tuneforge") / "assets"))
+
 
 def asset(*parts: str) -> Path:
     """The shipped file or folder `tuneforge/assets/<parts...>` (datasets/, pipelines/, configs/)."""
-    root = files("tuneforge") / "assets"
-    target = root.joinpath(*parts)
-    path = Path(str(target))
+    path = ASSETS.joinpath(*parts)
     if not path.exists():
         raise TuneforgeError(f"shipped file {'/'.join(parts)} not found in the installed package ({path}); "
                              f"reinstall tuneforge")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUFFIXES = {".py", ".jinja", ".yaml", ".json"}
-BUILD = ("common", "ingest", "clean", "augment", "publish", "templates", "build", "recipe.py")
+BUILD = ("common", "ingest", "clean", "augment", "publish", "templates", "builder", "recipe.py")
 
 
 @lru_cache(maxsize=64)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.resources import ASSETS
 
-SHIPPED_TEXT = Path(__file__).resolve().parents[2] / "datasets" / "benchmarks" / "general_text"
+SHIPPED_TEXT = ASSETS / "datasets" / "benchmarks" / "general_text"
 
 
 def load_texts(path: str | Path | None = None, limit: int | None = None) -> list[str]:

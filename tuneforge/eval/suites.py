@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.mcq import Benchmark, MCQItem, load_benchmark, load_mcq_file
+from tuneforge.common.resources import ASSETS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = REPO_ROOT / "datasets" / "benchmarks"
+SHIPPED = ASSETS / "datasets" / "benchmarks"
 
 # hkust-nlp/ceval README, "C-Eval Hard Leaderboard": 8 math, physics and chemistry subjects.
 CEVAL_HARD = ("advanced_mathematics", "discrete_mathematics", "probability_and_statistics", "college_chemistry",

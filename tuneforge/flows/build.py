@@ -1,4 +1,4 @@
-"""The data build as a Prefect flow: `tuneforge.build.build` with its per-shard work as Prefect task runs.
+"""The data build as a Prefect flow: `tuneforge.builder.build` with its per-shard work as Prefect task runs.
 
 The flow holds no logic: it calls the same `build` the CLI and the library call, handing it an executor that
 runs each unit of work (plan a file, clean a shard, check pairs, export a shard) as a task on the flow's task
@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.utilities.annotations import quote
 
-from tuneforge.build import build
-from tuneforge.build import tasks as work
+from tuneforge.builder import build
+from tuneforge.builder import tasks as work
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.executor import Executor
 

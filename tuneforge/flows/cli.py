@@ -12,21 +12,42 @@ from pathlib import Path
 import typer
 
 from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.resources import asset
 
-REPO = Path(__file__).resolve().parents[2]
+PREFECT_HELP = "run as a Prefect flow (default: only when PREFECT_API_URL is set)"
+
+
+def _run(pipeline: Path, out: Path, overrides: dict | None, prefect: bool | None) -> dict:
+    """The pipeline through the plain API, or as a Prefect flow when asked (or PREFECT_API_URL is set)."""
+    from tuneforge.cli import use_prefect
+
+    if use_prefect(prefect):
+        from tuneforge.flows.pipeline import pipeline_flow
+
+        return pipeline_flow(pipeline=str(pipeline.resolve()), out=str(out), overrides=overrides)
+    from tuneforge.pipeline import run_pipeline
+
+    return run_pipeline(pipeline, out, overrides=overrides)
+
+
+def _summary(out: Path, res: dict, seconds: float) -> str:
+    gate = res.get("gate") or {}
+    steps = res.get("steps") or {}
+    return (f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\n"
+            f"steps: {len(steps.get('ran', []))} ran, {len(steps.get('reused', []))} reused  "
+            f"time: {seconds:.0f} s\n"
+            f"forgetting verdict: {gate.get('verdict')} ({'; '.join(gate.get('reasons', []))})")
 
 
 def run_command(
     pipeline: Path = typer.Argument(..., exists=True, dir_okay=False, help="pipelines/<name>.yaml"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder (data/, train/, eval/, forgetting/, report.html)"),
+    prefect: bool | None = typer.Option(None, "--prefect/--no-prefect", help=PREFECT_HELP),
 ) -> None:
-    """Run a pipeline (build → train → evaluate → forgetting gate → report) as a Prefect flow."""
-    from tuneforge.flows.pipeline import pipeline_flow
-
-    res = pipeline_flow(pipeline=str(pipeline.resolve()), out=str(out))
-    gate = res.get("gate") or {}
-    typer.echo(f"report: {out / 'report.html'}  results: {out / 'results.json'}  "
-               f"forgetting verdict: {gate.get('verdict')}")
+    """Run a pipeline: build → train → evaluate → forgetting gate → report, each step cached on content."""
+    t = time.perf_counter()
+    res = _run(pipeline, out, None, prefect)
+    typer.echo(_summary(out, res, time.perf_counter() - t))
 
 
 def schedule_command(
@@ -45,7 +66,7 @@ def schedule_command(
     if pipeline is None or (cron is None) == (interval is None):
         raise TuneforgeError("schedule needs a pipeline file and exactly one of --cron or --interval")
     from tuneforge.flows.pipeline import pipeline_flow
-    from tuneforge.flows.pipeline_config import load_pipeline
+    from tuneforge.pipeline import load_pipeline
 
     cfg, _ = load_pipeline(pipeline)
     target = str((out or Path("runs") / cfg.name).resolve())
@@ -86,39 +107,38 @@ DEMO_QUICK = {
 def demo_command(
     quick: bool = typer.Option(False, help="a reduced run (CI): fewer steps, questions and generations"),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder"),
+    prefect: bool | None = typer.Option(None, "--prefect/--no-prefect", help=PREFECT_HELP),
 ) -> None:
     """The main job on the embedded defaults: no network, GPU or API key. Builds the hotel dataset (a few
     records augmented by SmolLM2 through `transformers serve`), trains a LoRA SFT on the CPU, evaluates base
     and tuned, runs the forgetting check and writes OUT/report.html and OUT/results.json."""
-    from tuneforge.flows.pipeline import pipeline_flow
-
-    pipeline = REPO / "pipelines" / "demo.yaml"
-    if not pipeline.is_file():
-        raise TuneforgeError(f"{pipeline} not found: run the demo from a clone of the tuneforge repository")
+    pipeline = asset("pipelines", "demo.yaml")
     t = time.perf_counter()
     try:
-        res = pipeline_flow(pipeline=str(pipeline), out=str(out), overrides=DEMO_QUICK if quick else None)
+        res = _run(pipeline, out, DEMO_QUICK if quick else None, prefect)
     finally:
         typer.echo(f"demo {'(quick) ' if quick else ''}took {time.perf_counter() - t:.0f} s")
-    gate = res.get("gate") or {}
-    typer.echo(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\n"
-               f"forgetting verdict: {gate.get('verdict')} ({'; '.join(gate.get('reasons', []))})")
+    typer.echo(_summary(out, res, time.perf_counter() - t))
 
 
 def new_domain_command(
     name: str = typer.Argument(..., help="the new domain's name (a folder under datasets/)"),
     root: Path = typer.Option(Path("."), help="the project folder holding datasets/ and pipelines/"),
 ) -> None:
-    """Start a new domain from the commented template: recipe, prompt, eval config and pipeline."""
+    """Start a new domain from the commented template: recipe, prompt, eval, training and forgetting configs
+    (copies of the shipped ones, to edit) and a pipeline naming them."""
     import re
 
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise TuneforgeError("a domain name is lower-case letters, digits and underscores, starting with a letter")
-    template = REPO / "datasets" / "_template"
+    template = asset("datasets", "_template")
     target = root / "datasets" / name
     if target.exists():
         raise TuneforgeError(f"{target} already exists")
     shutil.copytree(template, target)
+    # The pipeline names configs beside the recipe, so the new domain works outside a tuneforge clone.
+    shutil.copyfile(asset("configs", "demo-sft.yaml"), target / "train-sft.yaml")
+    shutil.copyfile(asset("configs", "eval_forgetting.yaml"), target / "forgetting.yaml")
     for f in target.rglob("*"):
         if f.is_file() and f.suffix in (".yaml", ".md", ".jinja"):
             f.write_text(f.read_text(encoding="utf-8").replace("__DOMAIN__", name), encoding="utf-8")

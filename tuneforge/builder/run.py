@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.build.outdir import MANIFEST, OutputDir
-from tuneforge.build.progress import BuildProgress
-from tuneforge.build.tasks import (
+from tuneforge.builder.outdir import MANIFEST, OutputDir
+from tuneforge.builder.progress import BuildProgress
+from tuneforge.builder.tasks import (
     CleanJob,
     ExportJob,
     VerifyJob,
@@ -37,14 +37,15 @@ from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.executor import Executor, importing_main_script, make_executor
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS, SPLIT_KINDS
+from tuneforge.common.results import BuildResult
 from tuneforge.common.shardio import json_line, read_table
 from tuneforge.common.source_hash import BUILD, source_hash
 from tuneforge.ingest import FileJob, Sharding, plan_files, rel_path, shards_of
 from tuneforge.publish.split import SPLITS, GroupUnion, assign_groups
 from tuneforge.recipe import Recipe, load_recipe
 
-log = logging.getLogger("tuneforge.build")
-PRELOAD = ("tuneforge.build.tasks",)
+log = logging.getLogger("tuneforge.builder")
+PRELOAD = ("tuneforge.builder.tasks",)
 
 
 @dataclass
@@ -182,7 +183,7 @@ class Build:
 
     # ------------------------------------------------------------ augment
     def _augment(self, cleaned: list[dict[str, Any]], offsets: np.ndarray, keys: Keys, dedup: Any) -> dict[str, Any]:
-        from tuneforge.build.augment import augment_shards
+        from tuneforge.builder.augment import augment_shards
 
         cfg = self.recipe.augment
         if cfg is None or not cfg.steps:
@@ -472,7 +473,7 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
           llm_base_url: str | None = None, llm_model: str | None = None, augment_limit: int | None = None,
           runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
           executor: Executor | None = None, shard_mb: float | None = None, shard_records: int | None = None,
-          force: bool = False, allow_outside: bool = False, progress: bool = False) -> dict[str, Any]:
+          force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
     """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
 
     Work runs on `executor`, or on the one `runner` names: `auto`/`processes` (one worker process per core),
@@ -497,7 +498,7 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
             ex.close()
     timings = {"timings": b.timings, "executor": ex.describe()}
     write_json(b.out.mark / "timings.json", timings)
-    return manifest
+    return BuildResult(manifest)
 
 
 __all__ = ["Build", "BuildOptions", "build", "json", "rel_path"]

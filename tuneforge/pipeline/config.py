@@ -1,0 +1,177 @@
+"""A pipeline file (`pipelines/<name>.yaml`): which recipe to build, which training stages to run on it,
+how to evaluate, and what the forgetting gate does. Paths in the pipeline are relative to the pipeline file;
+paths inside a config it names are relative to that config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuneforge.common.config import error_lines, read_yaml_mapping
+from tuneforge.common.errors import RecipeError
+from tuneforge.common.io import sha256_file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BuildStep(_Strict):
+    recipe: str
+    runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    augment_limit: int | None = Field(None, ge=0, description="cap every augmentation step's `limit`")
+
+
+class TrainStep(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    config: str = Field(description="a `tuneforge train` config; its `dataset` is replaced by the build")
+    set: dict[str, Any] = Field(default_factory=dict, description="keys merged into the config (deep)")
+    from_previous: bool = Field(False, description="start from the previous stage's merged model")
+    accelerate: str | None = Field(None, description="an accelerate config file: train in a subprocess under "
+                                                     "`accelerate launch` (DDP, FSDP, DeepSpeed; 1 or N GPUs)")
+
+
+class EvaluateStep(_Strict):
+    config: str | None = Field(None, description="eval config: C-Eval-style suites, held-out settings")
+    heldout: dict[str, Any] | None = Field(default_factory=dict,
+                                           description="held-out generation settings on the build's test split; "
+                                                       "null to skip")
+    base: bool = Field(True, description="also evaluate the base model, for the comparison report")
+
+
+class ForgettingStep(_Strict):
+    config: str | None = Field(None, description="eval config naming the general suites")
+    suites: list[str] | None = None
+    gate: Literal["fail", "warn"] = "fail"
+    tolerance: float | None = None
+    alpha: float | None = None
+
+
+class PipelineConfig(_Strict):
+    name: str
+    build: BuildStep
+    train: list[TrainStep] = Field(default_factory=list)
+    evaluate: EvaluateStep | None = None
+    forgetting: ForgettingStep | None = None
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[PipelineConfig, Path]:
+    """The validated pipeline (with `overrides` deep-merged in, as `tuneforge demo --quick` does) and the
+    folder its relative paths resolve against."""
+    p = Path(path)
+    data = deep_merge(read_yaml_mapping(p, "pipeline"), overrides or {})
+    try:
+        return PipelineConfig.model_validate(data), p.parent
+    except ValidationError as e:
+        raise RecipeError(f"{p}: invalid pipeline\n  " + "\n  ".join(error_lines(e))) from None
+
+
+@dataclass
+class TrainStage:
+    """One training stage, its config loaded and checked up front; the build's output and (with
+    `from_previous`) the previous stage's merged model are filled in when it runs."""
+
+    name: str
+    config: Any  # TrainConfig
+    from_previous: bool
+    accelerate: str | None
+    accelerate_sha: str | None
+
+    def config_for(self, previous: dict[str, Any] | None) -> Any:
+        update: dict[str, Any] = {}
+        if self.from_previous and previous is not None:
+            if not previous.get("merged"):
+                raise RecipeError(f"train step {self.name!r}: from_previous needs a merged previous model")
+            update["base_model"] = previous["merged"]
+        return self.config.model_copy(update=update)
+
+
+@dataclass
+class Plan:
+    """A pipeline with every sub-config validated and every path resolved, before any step runs."""
+
+    cfg: PipelineConfig
+    root: Path
+    recipe: Path
+    recipe_fingerprint: str
+    train: list[TrainStage]
+    base_model: str | None
+    eval_config: Any  # EvalConfig | None
+    forgetting_config: Any  # EvalConfig | None
+
+
+def _file(base: Path, rel: str, what: str) -> Path:
+    p = (base / rel).resolve()
+    if not p.is_file():
+        raise RecipeError(f"{what} {rel!r} not found (paths in a pipeline are relative to the pipeline file: {p})")
+    return p
+
+
+def _train_stage(step: TrainStep, base: Path, data_dir: Path) -> TrainStage:
+    from tuneforge.trainers.config import check_paths, load_config
+
+    config_file = _file(base, step.config, f"train step {step.name!r}: config")
+    raw = deep_merge(read_yaml_mapping(config_file, "training config"), step.set)
+    raw["dataset"] = str(data_dir)  # the pipeline's build (made by its first step)
+    try:
+        config = load_config(raw, base_dir=config_file.parent)
+        check_paths(config, skip=("dataset",) + (("base_model",) if step.from_previous else ()))
+    except RecipeError as e:
+        raise RecipeError(f"train step {step.name!r} ({config_file}): {e}") from None
+    accel = _file(base, step.accelerate, f"train step {step.name!r}: accelerate config") if step.accelerate else None
+    return TrainStage(step.name, config, step.from_previous, str(accel) if accel else None,
+                      sha256_file(accel) if accel else None)
+
+
+def _eval_config(base: Path, rel: str | None, what: str, extra: dict[str, Any]) -> Any:
+    from tuneforge.eval.config import check_paths, load_config
+
+    path = _file(base, rel, what) if rel else None
+    raw = deep_merge(read_yaml_mapping(path, "eval config") if path else {}, extra)
+    try:
+        config = load_config(raw, base_dir=path.parent if path else base)
+        check_paths(config)
+    except RecipeError as e:
+        raise RecipeError(f"{what} ({path or 'inline'}): {e}") from None
+    return config
+
+
+def plan_pipeline(path: str | Path, out: str | Path, overrides: dict[str, Any] | None = None) -> Plan:
+    """Load the pipeline and every file it names; fail here, before the first step, on any config error."""
+    from tuneforge.recipe import fingerprint, load_recipe
+
+    cfg, base = load_pipeline(path, overrides)
+    root = Path(out).resolve()
+    data_dir = root / "data"
+    recipe = _file(base, cfg.build.recipe, "build: recipe")
+    load_recipe(recipe)
+    stages = [_train_stage(s, base, data_dir) for s in cfg.train]
+    if sum(s.from_previous for s in stages[:1]):
+        raise RecipeError(f"train step {stages[0].name!r}: from_previous on the first stage has no previous stage")
+    eval_cfg = forgetting_cfg = None
+    if cfg.evaluate is not None:
+        extra = {"heldout": {**cfg.evaluate.heldout, "dataset": str(data_dir)}} \
+            if cfg.evaluate.heldout is not None else {}
+        eval_cfg = _eval_config(base, cfg.evaluate.config, "evaluate: config", extra)
+    if cfg.forgetting is not None:
+        f = cfg.forgetting
+        extra = {"suites": [{"benchmark": s} for s in f.suites]} if f.suites else {}
+        tuning = {k: getattr(f, k) for k in ("tolerance", "alpha") if getattr(f, k) is not None}
+        if tuning:
+            extra["forgetting"] = tuning
+        forgetting_cfg = _eval_config(base, f.config, "forgetting: config", extra)
+    return Plan(cfg, root, recipe, fingerprint(str(recipe)), stages,
+                stages[0].config.base_model if stages else None, eval_cfg, forgetting_cfg)

@@ -1,0 +1,164 @@
+"""The train-then-eval pipeline as a plain function: build → train (stages) → evaluate → forgetting → report.
+
+Every sub-config is loaded and validated (paths resolved against the file that names them and checked)
+before the first step runs. Each step is cached on content (`pipeline/cache.py`), so a re-run with nothing
+changed returns in seconds, a changed eval config re-runs only the evaluation, and an edited stage module
+re-runs the steps that use it. `step` lets an orchestrator (the Prefect flow) run each step as its own task;
+it adds no logic. The forgetting verdict is the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.io import sha256_tree, write_json
+from tuneforge.common.results import PipelineResult
+from tuneforge.pipeline.cache import StepCache, step_key
+from tuneforge.pipeline.config import Plan, plan_pipeline
+
+log = logging.getLogger("tuneforge.pipeline")
+
+# (step name, function, keyword arguments) -> the function's result; the default runs it in this process.
+StepRunner = Callable[[str, Callable[..., dict[str, Any]], dict[str, Any]], dict[str, Any]]
+
+
+def _direct(name: str, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
+    return fn(**kwargs)
+
+
+def _build(recipe: str, out: str, runner: str, dask_address: str | None, llm_base_url: str | None,
+           llm_model: str | None, augment_limit: int | None) -> dict[str, Any]:
+    from tuneforge.builder import build
+
+    m = build(recipe, out, runner="auto" if runner == "local" else runner, dask_address=dask_address,
+              llm_base_url=llm_base_url, llm_model=llm_model, augment_limit=augment_limit, progress=True)
+    return {"out": out, "manifest_sha256": m["sha256"], "template": m["template"], "counts": m["counts"]}
+
+
+def _train(config: Any, out: str, merge: bool, accelerate: str | None) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)  # a cache miss starts the stage afresh
+    if accelerate is None:
+        from tuneforge.trainers import train
+
+        return dict(train(config, out, merge=merge))
+    from tuneforge.trainers.launch import launch
+
+    return dict(launch(config, out, accelerate_config=accelerate, merge=merge))
+
+
+def _evaluate(config: Any, out: str, model: str, adapter: str | None) -> dict[str, Any]:
+    from tuneforge.eval import run_eval
+
+    res = run_eval(config, out=out, model=model, adapter=adapter)
+    return {"out": out, "suites": res.get("suites", {}), "heldout": (res.get("heldout") or {}).get("metrics")}
+
+
+def _forgetting(config: Any, out: str, base: str, tuned: str | None, adapter: str | None) -> dict[str, Any]:
+    from tuneforge.eval import run_forgetting
+
+    res = run_forgetting(base, tuned, adapter=adapter, out=out, config=config)
+    return {"out": out, "forgetting": res["forgetting"]}
+
+
+class _Steps:
+    """Runs one step through the cache and the orchestrator's step runner."""
+
+    def __init__(self, root: Path, runner: StepRunner) -> None:
+        self.cache = StepCache(root)
+        self.runner = runner
+        self.ran: list[str] = []
+        self.reused: list[str] = []
+
+    def __call__(self, name: str, kind: str, fn: Callable[..., dict[str, Any]], output: Path,
+                 key_parts: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        key = step_key(kind, **key_parts)
+        hit = self.cache.get(name, key, output)
+        if hit is not None:
+            log.info("%s: reused (nothing it depends on changed)", name)
+            self.reused.append(name)
+            return hit
+        t = time.perf_counter()
+        result = self.runner(name, fn, kwargs)
+        self.cache.put(name, key, result)
+        self.ran.append(name)
+        log.info("%s: done in %.0f s", name, time.perf_counter() - t)
+        return result
+
+
+def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, Any] | None = None,
+                 step: StepRunner | None = None) -> PipelineResult:
+    """Run a pipeline file end to end into `out` (data/, train/<stage>/, eval/, forgetting/, report.html,
+    results.json); returns results.json's content. Raises TuneforgeError when the gate fails (`gate: fail`)."""
+    from tuneforge.eval.gate import gate_decision
+
+    plan = plan_pipeline(pipeline, out, overrides)
+    root = plan.root
+    steps = _Steps(root, step or _direct)
+    build = steps("build", "build", _build, root / "data" / "manifest.json",
+                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json")},
+                  recipe=str(plan.recipe), out=str(root / "data"), runner=plan.cfg.build.runner,
+                  dask_address=plan.cfg.build.dask_address, llm_base_url=plan.cfg.build.llm_base_url,
+                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit)
+    log.info("build: %s", build["counts"]["splits"])
+
+    tuned, adapter, model_sha, trained = plan.base_model, None, "", []
+    for i, stage in enumerate(plan.train):
+        config = stage.config_for(previous=trained[-1] if trained else None)
+        run_dir = root / "train" / stage.name
+        summary = steps(f"train/{stage.name}", "train", _train, run_dir / "final",
+                        {"config": config.model_dump(mode="json"), "data": build["manifest_sha256"],
+                         "model": model_sha, "accelerate": stage.accelerate_sha},
+                        config=config, out=str(run_dir), merge=i < len(plan.train) - 1,
+                        accelerate=stage.accelerate)
+        trained.append(summary)
+        model_sha = sha256_tree(summary["final"])
+        tuned, adapter = (config.base_model, summary["final"]) if summary["adapter"] else (summary["final"], None)
+
+    results: dict[str, Any] = {"pipeline": plan.cfg.name, "build": build, "train": trained, "evaluations": {}}
+    if plan.eval_config is not None and plan.base_model is not None:
+        models = [("tuned", tuned, adapter, model_sha)]
+        if plan.cfg.evaluate is not None and plan.cfg.evaluate.base:
+            models.insert(0, ("base", plan.base_model, None, "base"))
+        for name, model, adp, sha in models:
+            eo = root / "eval" / name
+            results["evaluations"][name] = steps(
+                f"evaluate/{name}", "evaluate", _evaluate, eo / "results.json",
+                {"config": plan.eval_config.model_dump(mode="json"), "model": model, "adapter": adp, "sha": sha,
+                 "data": build["manifest_sha256"]},
+                config=plan.eval_config, out=str(eo), model=model, adapter=adp)
+    gate = None
+    if plan.forgetting_config is not None and plan.base_model is not None:
+        fo = root / "forgetting"
+        res = steps("forgetting", "forgetting", _forgetting, fo / "results.json",
+                    {"config": plan.forgetting_config.model_dump(mode="json"), "base": plan.base_model,
+                     "tuned": tuned, "adapter": adapter, "sha": model_sha},
+                    config=plan.forgetting_config, out=str(fo), base=plan.base_model,
+                    tuned=tuned if adapter is None else None, adapter=adapter)
+        assert plan.cfg.forgetting is not None
+        gate = gate_decision(res["forgetting"], plan.cfg.forgetting.gate)
+        results["forgetting"] = res["forgetting"]
+        results["gate"] = gate
+    results["steps"] = {"ran": steps.ran, "reused": steps.reused}
+    _report(root, results)
+    if gate is not None and not gate["passed"]:
+        raise TuneforgeError("forgetting gate failed: " + "; ".join(gate["reasons"]) +
+                             f" (see {root / 'report.html'})")
+    if gate is not None and gate["verdict"] == "forgetting":
+        log.warning("forgetting detected (gate is 'warn'): %s", "; ".join(gate["reasons"]))
+    return PipelineResult(results)
+
+
+def _report(root: Path, results: dict[str, Any]) -> None:
+    from tuneforge.eval.pipeline_report import write_pipeline_report
+
+    write_json(root / "results.json", results)
+    write_pipeline_report(str(root), results)
+
+
+__all__ = ["Plan", "StepRunner", "run_pipeline"]
