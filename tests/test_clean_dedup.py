@@ -141,7 +141,7 @@ def test_no_near_duplicates_straddle_splits_after_clean(planted):
     res = run_clean(records, cfg)
     clean_split = split_records(res.kept, SplitConfig(stratify=False), seed=0, clusters=res.clusters)
     report = leakage_report(clean_split.splits, cfg)
-    assert report == {"threshold": 0.8, "checked": len(res.kept), "pairs": [], "n": 0}
+    assert report == {"threshold": 0.8, "checked": len(res.kept), "candidates": 0, "pairs": [], "n": 0}
 
 
 def test_batched_signatures_equal_datasketch_minhash():

@@ -130,7 +130,9 @@ class _UnionFind:
 
 def near_duplicates(keys: Keys, pairs: np.ndarray, sims: np.ndarray, threshold: float,
                     exclude: Iterable[int] = ()) -> dict[int, Duplicate]:
-    """Clusters of same-kind pairs at or above `threshold`; every member but the first is a duplicate."""
+    """Clusters (union-find) of same-kind pairs at or above `threshold`; every member but the first is a
+    duplicate of it, except members of the first's own group (records derived from one input, such as
+    ranked pairs sharing a prompt, are never duplicates of each other)."""
     gone = set(exclude)
     ok = (sims >= threshold) & (keys.kind[pairs[:, 0]] == keys.kind[pairs[:, 1]]) if len(pairs) else np.zeros(0, bool)
     uf = _UnionFind()
@@ -146,7 +148,7 @@ def near_duplicates(keys: Keys, pairs: np.ndarray, sims: np.ndarray, threshold: 
     out: dict[int, Duplicate] = {}
     for b in sorted(uf.parent):
         root = uf.find(b)
-        if root != b:
+        if root != b and keys.group[b] != keys.group[root]:
             j, sim = partner[b]
             out[b] = Duplicate(b, root, j, "minhash", sim)
     return out
@@ -173,5 +175,11 @@ def deduplicate(keys: Keys, exact: bool, near: bool, threshold: float, text_of: 
         sims = verify(pairs, text_of, ngram)
     res.pairs, res.similarity = pairs, sims
     if near:
-        res.dups.update(near_duplicates(keys, pairs, sims, threshold))
+        found = near_duplicates(keys, pairs, sims, threshold)
+        # An exact group whose kept record is itself a near duplicate joins that cluster: its members point
+        # at the record the cluster keeps, never at a removed one.
+        for d in res.dups.values():
+            if d.of in found:
+                d.of = found[d.of].of
+        res.dups.update(found)
     return res
