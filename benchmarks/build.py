@@ -1,11 +1,13 @@
-"""Data-build throughput: tuneforge's ingest → clean → split → publish on a synthetic 200k-record corpus,
-against a plain `json.loads` + `random.shuffle` + write baseline, each in its own subprocess (so peak RSS
-is each one's own), in the same run.
+"""Data-build throughput and memory as a user runs it: the `tuneforge build` CLI on one large alpaca JSONL
+file, against a plain `json.loads` + `random.shuffle` + write-three-JSONL baseline run in the same process
+tree on the same file. Peak RSS is the whole process tree's (the CLI and its worker processes), sampled.
 
-    .venv/bin/python benchmarks/build.py [--records 200000] [--shared ../shared/corpora]
+    .venv/bin/python benchmarks/build.py [--records 200000 1000000] [--near-records 200000] [--dask]
 
 The corpus is real records (alpaca_zh, oaast_sft_zh, ruozhiba from ../shared/corpora) repeated with
-variation: every copy gets a distinct suffix, so exact dedup keeps them all and near-dup work is real.
+variation: every copy gets a distinct tag, so exact dedup keeps them all. For the near-dup run, lightly
+edited copies of 1% of the records are planted (a typo, punctuation, an added phrase): recall and precision
+are measured on them.
 """
 
 from __future__ import annotations
@@ -14,30 +16,58 @@ import argparse
 import json
 import os
 import random
-import resource
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
+import yaml
 from results_md import write_section  # benchmarks/ is on sys.path when a script runs
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+TUNEFORGE = [sys.executable, "-m", "tuneforge.cli"]
 
 
-def make_corpus(shared: Path, n: int, path: Path) -> None:
+def make_corpus(shared: Path, n: int, path: Path, planted: float = 0.0) -> dict[int, int]:
+    """`n` alpaca records in one JSONL file; with `planted`, that share of the lines are edited copies of
+    an earlier line (at most 50k lines back). Returns {copy line: original line} (1-based)."""
     base = []
     for rel in ("llamafactory/alpaca_zh_demo.json", "chatglm-efficient-tuning/oaast_sft_zh.json",
                 "chinese-llama-alpaca-3/ruozhiba_qa2449_gpt4o.json"):
         base += json.loads((shared / rel).read_text(encoding="utf-8"))
     rng = random.Random(0)
+    if planted:  # distinct records (four random real sentences each), so the only near duplicates are planted
+        pool = [x for r in base for x in re.split(r"(?<=[。！？!?])", r["output"]) if len(x) >= 12]
+        instr = [r["instruction"] for r in base]
+    truth: dict[int, int] = {}
+    recent: dict[int, dict] = {}  # unplanted, unused lines of the last 50k, by 0-based line
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
-            r = dict(base[i % len(base)])
-            r["instruction"] = f"{r['instruction']}（第{i}问，编号{rng.randrange(10**9)}）"
+            j = i - rng.randrange(1, 50_000)
+            if planted and rng.random() < planted and j in recent and len(recent[j]["output"]) >= 150:
+                src = recent.pop(j)
+                out = list(src["output"])
+                k = rng.randrange(len(out))
+                out[k] = "的" if out[k] != "的" else "了"
+                f.write(json.dumps({**src, "output": "".join(out).replace("，", ",") + "希望对你有帮助。"},
+                                   ensure_ascii=False) + "\n")
+                truth[i + 1] = j + 1
+                continue
+            if planted:
+                r = {"instruction": f"{rng.choice(instr)}（第{i}问）", "input": "",
+                     "output": "".join(rng.choice(pool) for _ in range(4))}
+            else:
+                r = dict(base[i % len(base)])
+                r["instruction"] = f"{r['instruction']}（第{i}问，编号{rng.randrange(10**9)}）"
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            recent[i] = r
+            recent.pop(i - 50_000, None)
+    return truth
 
 
 def baseline(corpus: Path, out: Path) -> int:
@@ -53,78 +83,155 @@ def baseline(corpus: Path, out: Path) -> int:
     return n
 
 
-def tuneforge_build(corpus: Path, out: Path, near: bool) -> int:
-    import yaml
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run `cmd`; wall seconds and the peak summed RSS of it and all its descendants (sampled every 50 ms)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0]
+    done = threading.Event()
 
-    recipe = out.parent / "bench_recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "bench", "sources": [{"name": "synthetic", "path": str(corpus), "format": "alpaca"}],
+    def sample() -> None:
+        try:
+            p = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not done.is_set():
+            try:
+                total = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                peak[0] = max(peak[0], total)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    done.set()
+    th.join()
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{err[-4000:]}")
+    return {"seconds": time.perf_counter() - t, "peak_mb": peak[0] / 2**20, "stdout": out, "stderr": err}
+
+
+def recipe(tmp: Path, corpus: Path, near: bool) -> Path:
+    p = tmp / f"recipe-{'near' if near else 'plain'}.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "bench", "sources": [{"name": "synthetic", "path": str(corpus), "format": "alpaca",
+                                      "allow_outside": True}],
         "clean": {"dedup": {"near": near}}, "formats": ["openai", "alpaca"], "card": {"tokenizer": None}},
         allow_unicode=True), encoding="utf-8")
-    from tuneforge.clean import run_clean
-    from tuneforge.ingest import ingest
-    from tuneforge.publish import BuildInputs, publish, split_records
-    from tuneforge.recipe import load_recipe
-
-    r, base = load_recipe(recipe)
-    ing = ingest(r.sources, base)
-    cl = run_clean(ing.records, r.clean, recipe_dir=base, num_proc=os.cpu_count() or 1)
-    sp = split_records(cl.kept, r.split, r.seed, cl.clusters)
-    m = publish(out, BuildInputs(recipe=r, recipe_path=recipe, seed=r.seed, ingested=ing.records, records=cl.kept,
-                                 rejects=ing.rejects + cl.rejects, source_stats=ing.sources, inputs=ing.inputs,
-                                 split=sp, stage_counts={"clean": cl.counts}))
-    return m["counts"]["input"]
+    return p
 
 
-def child(which: str, corpus: str, out: str) -> None:
-    t = time.perf_counter()
-    if which == "baseline":
-        n = baseline(Path(corpus), Path(out))
-    else:
-        n = tuneforge_build(Path(corpus), Path(out), near=which == "tuneforge+near")
-    dt = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"which": which, "records": n, "seconds": dt, "peak_mb": peak_mb}))
+def tuneforge_build(rec: Path, out: Path, *extra: str) -> dict:
+    r = measured([*TUNEFORGE, "build", str(rec), "--out", str(out), "--no-prefect", *extra])
+    r["manifest"] = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    r["timings"] = json.loads((out / ".tuneforge" / "timings.json").read_text(encoding="utf-8"))
+    return r
+
+
+def near_quality(out: Path, truth: dict[int, int]) -> dict:
+    """Recall and precision of near-dup removal on the planted pairs: a planted copy must be removed as a
+    duplicate; every removal that is not a planted copy counts against precision."""
+    removed = {}
+    with open(out / "rejects.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["reason"] == "deduplicated":
+                removed[r["line"]] = r
+    hit = sum(1 for c in truth if c in removed)
+    false = sum(1 for line in removed if line not in truth)
+    return {"planted": len(truth), "found": hit, "recall": hit / max(1, len(truth)),
+            "removed": len(removed), "precision": (len(removed) - false) / max(1, len(removed))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--records", type=int, nargs="+", default=[200_000, 1_000_000])
+    ap.add_argument("--near-records", type=int, default=200_000)
+    ap.add_argument("--dask", action="store_true", help="also the largest build on a Dask LocalCluster, 1 and 2 workers")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "corpora")
-    ap.add_argument("--child", nargs=3)
     args = ap.parse_args()
-    if args.child:
-        child(*args.child)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpus.jsonl"
-        make_corpus(args.shared, args.records, corpus)
-        results = {}
-        for which in ("baseline", "tuneforge", "tuneforge+near"):
-            proc = subprocess.run([sys.executable, __file__, "--child", which, str(corpus), str(Path(tmp) / which)],
-                                  capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            if proc.returncode:
-                sys.exit(proc.stderr[-4000:])
-            results[which] = json.loads(proc.stdout.strip().splitlines()[-1])
-    b = results["baseline"]
-    rows = []
-    for which, r in results.items():
-        rps = r["records"] / r["seconds"]
-        rows.append((which, r["records"], r["seconds"], rps, r["peak_mb"], rps / (b["records"] / b["seconds"]),
-                     r["peak_mb"] / b["peak_mb"]))
-    head = "| run | records | seconds | records/s | peak RSS MB | speed vs baseline | memory vs baseline |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {w} | {n:,} | {s:.1f} | {rps:,.0f} | {mb:,.0f} | {sr:.2f}x | {mr:.2f}x |"
-              for w, n, s, rps, mb, sr, mr in rows]
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        per_shard = None
+        for n in args.records:
+            corpus = tmp / f"corpus-{n}.jsonl"
+            make_corpus(args.shared, n, corpus)
+            mb = corpus.stat().st_size / 2**20
+            b = measured([sys.executable, "-c", BASELINE, str(corpus), str(tmp / f"base-{n}")])
+            t = tuneforge_build(recipe(tmp, corpus, False), tmp / f"tf-{n}")
+            assert t["manifest"]["counts"]["input"] == n
+            rows.append((f"baseline, {n:,} records ({mb:,.0f} MB)", n, b, b))
+            rows.append((f"tuneforge build, {n:,} records, near-dup off", n, t, b))
+            shards = t["timings"]["timings"].get("shards") or 1
+            per_shard = (t["seconds"], shards, n, os.cpu_count())
+            if args.dask and n == max(args.records):
+                for w in (1, 2):
+                    d = tuneforge_build(recipe(tmp, corpus, False), tmp / f"dask{w}-{n}", "--runner", "dask",
+                                        "--workers", str(w))
+                    same = _same_bytes(tmp / f"tf-{n}", tmp / f"dask{w}-{n}")
+                    rows.append((f"tuneforge build on Dask LocalCluster, {w} worker(s), {n:,} records", n, d, b))
+                    notes.append(f"Dask {w} worker(s): output {'byte-identical to' if same else 'DIFFERS from'} "
+                                 f"the local build.")
+            for p in (tmp / f"tf-{n}", tmp / f"base-{n}"):
+                subprocess.run(["rm", "-rf", str(p)], check=False)
+            corpus.unlink()
+        n = args.near_records
+        corpus = tmp / f"near-{n}.jsonl"
+        truth = make_corpus(args.shared, n, corpus, planted=0.01)
+        b = measured([sys.executable, "-c", BASELINE, str(corpus), str(tmp / "base-near")])
+        t = tuneforge_build(recipe(tmp, corpus, True), tmp / "tf-near")
+        q = near_quality(tmp / "tf-near", truth)
+        rows.append((f"baseline, {n:,} records", n, b, b))
+        rows.append((f"tuneforge build, {n:,} records, near-dup on", n, t, b))
+        notes.append(f"Near-dup on {n:,} records with {q['planted']} planted edited copies: recall "
+                     f"{q['recall']:.3f} ({q['found']}/{q['planted']}), precision {q['precision']:.3f} "
+                     f"({q['removed']} removed).")
+    head = "| run | records/s | seconds | peak RSS MB (process tree) | speed vs baseline | memory vs baseline |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    for name, n, r, base in rows:
+        rps, brps = n / r["seconds"], n / base["seconds"]
+        lines.append(f"| {name} | {rps:,.0f} | {r['seconds']:.1f} | {r['peak_mb']:,.0f} | {rps / brps:.2f}x | "
+                     f"{r['peak_mb'] / base['peak_mb']:.2f}x |")
+    plain = [(n, r) for name, n, r, _ in rows if "near-dup off" in name]
+    if len(plain) >= 2:
+        (n0, r0), (n1, r1) = plain[0], plain[-1]
+        notes.append(f"Peak RSS at {n1:,} records is {r1['peak_mb'] / r0['peak_mb']:.2f}x its {n0:,} figure.")
+    if per_shard:
+        secs, shards, n, cpus = per_shard
+        cost = secs * cpus / shards  # core-seconds per shard, startup and global steps included
+        notes.append(f"Per shard: {cost:.1f} core-seconds ({n / shards:,.0f} records a shard, {shards} shards on "
+                     f"{cpus} cores, global steps included). A 100M-record build is {100e6 / (n / shards):,.0f} "
+                     f"shards: at this cost, about {100e6 / (n / shards) * cost / 32 / 3600:.1f} h on 32 workers, "
+                     f"if the global steps (dedup keys, split) stay the small share they are here.")
     table = "\n".join(lines)
     print(table)
-    section = (f"## build\n\n`benchmarks/build.py --records {args.records}` (synthetic corpus of real alpaca_zh, "
-               "oaast_sft_zh and ruozhiba records repeated with variation; each run in its own subprocess on this "
-               "2-core machine; `tuneforge` = ingest → clean (normalise, filters, exact dedup) → split → publish "
-               "(Arrow datasets + openai/alpaca exports + manifest + card, no tokenizer); `tuneforge+near` adds "
-               "MinHash near-duplicate removal; baseline = json.loads + random.shuffle + write 3 JSONL files).\n\n"
-               f"{table}\n")
+    print("\n".join(notes))
+    section = (f"## build\n\n`benchmarks/build.py --records {' '.join(map(str, args.records))} --near-records "
+               f"{args.near_records}{' --dask' if args.dask else ''}` on this machine ({os.cpu_count()} cores): "
+               "the `tuneforge build` CLI (no Prefect; worker processes, one per core) on one alpaca JSONL file "
+               "of real records repeated with variation (exports openai + alpaca, card without tokenizer), "
+               "against json.loads + random.shuffle + three JSONL writes of the same file, each run a child of "
+               "this script; peak RSS summed over each run's process tree.\n\n"
+               f"{table}\n\n" + "\n".join(f"- {x}" for x in notes) + "\n")
     write_section(HERE / "RESULTS.md", "build", section)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and ".tuneforge" not in p.parts)
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and ".tuneforge" not in p.parts)
+    return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+
+
+BASELINE = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+from pathlib import Path
+from build import baseline
+baseline(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tuneforge.augment import AugmentConfig
+from tuneforge.augment.config import AugmentConfig
 from tuneforge.clean import CleanConfig
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError

@@ -113,6 +113,7 @@ class Build:
         self.bar.stage(stage, len(items))
         out = self.ex.map(fn, items, stage=stage, on_done=lambda i, r: self.bar.advance(stage, records_of(r)))
         self.timings[stage] = round(time.monotonic() - t, 3)
+        self.timings.setdefault("reused", {})[stage] = sum(1 for r in out if isinstance(r, dict) and r.get("cached"))
         return out
 
     def _unit(self, stage: str, key: str) -> str:

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from typing import Any
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 _STRIP = re.compile(r"[\W_]+")
 SCHEME = "affine32"
@@ -69,7 +69,10 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def base_minhash(num_perm: int, seed: int) -> MinHash:
+def base_minhash(num_perm: int, seed: int) -> Any:
+    """datasketch's own MinHash with our n-gram hash: what `signatures` must equal (tests compare them)."""
+    from datasketch import MinHash  # datasketch imports scipy: only when it is needed
+
     return MinHash(num_perm=num_perm, seed=seed, hashfunc=shingle_hash, scheme=SCHEME)
 
 
@@ -132,30 +135,3 @@ def signatures(texts: list[str], n: int, num_perm: int, seed: int,
     if pool is None or len(chunks) == 1:
         return np.concatenate([_chunk_signatures(c) for c in chunks])
     return np.concatenate(list(pool.map(_chunk_signatures, chunks)))
-
-
-class Sketch:
-    """The part of a MinHash that MinHashLSH reads; building a full MinHash per lookup costs more than the lookup."""
-
-    __slots__ = ("hashvalues",)
-    scheme = SCHEME
-
-    def __init__(self, hashvalues: np.ndarray) -> None:
-        self.hashvalues = hashvalues
-
-    def __len__(self) -> int:
-        return len(self.hashvalues)
-
-
-class Index:
-    """An LSH index over signatures that finds candidates below the threshold, to be checked exactly."""
-
-    def __init__(self, threshold: float, margin: float, num_perm: int) -> None:
-        self.candidate_threshold = max(0.05, threshold - margin)
-        self.lsh = MinHashLSH(threshold=self.candidate_threshold, num_perm=num_perm)
-
-    def insert(self, key: int, sig: np.ndarray) -> None:
-        self.lsh.insert(key, Sketch(sig), check_duplication=False)
-
-    def query(self, sig: np.ndarray) -> list[int]:
-        return sorted(self.lsh.query(Sketch(sig)))

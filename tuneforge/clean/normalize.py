@@ -49,6 +49,8 @@ _SKIP_TAGS = {"script", "style", "head", "noscript"}
 
 def _nfkc(text: str) -> str:
     """NFKC everywhere except full-width punctuation, which `_fullwidth` decides on by context."""
+    if text.isascii() or unicodedata.is_normalized("NFKC", _FW_PUNCT.sub("", text)):
+        return text  # every part between the marks is already normal (the common case, decided in C)
     parts = _FW_PUNCT.split(text)
     marks = _FW_PUNCT.findall(text)
     out = [unicodedata.normalize("NFKC", parts[0])]
