@@ -85,7 +85,7 @@ def _big_corpus(path: Path, shared: Path, n: int) -> None:
 @pytest.mark.slow
 def test_kill_9_leaves_nothing_complete_and_resumes_from_finished_shards(shared, tmp_path):
     (tmp_path / "data").mkdir()
-    _big_corpus(tmp_path / "data" / "big.jsonl", shared, 60_000)
+    _big_corpus(tmp_path / "data" / "big.jsonl", shared, 20_000)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"name": "big", "sources": [{"name": "big", "path": "data/big.jsonl"}],
                                       "clean": {"dedup": {"near": False}}, "card": {"tokenizer": None}}),
@@ -124,8 +124,11 @@ def test_out_never_deletes_what_the_build_did_not_write(shared, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text(
         "\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(20)), encoding="utf-8")
+    (tmp_path / "d" / "docs").mkdir()
+    (tmp_path / "d" / "docs" / "x.txt").write_text("一段文字。\n另一段。\n", encoding="utf-8")
     recipe = tmp_path / "d" / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "safe", "sources": [{"name": "a", "path": "a.jsonl"}],
+    recipe.write_text(yaml.safe_dump({"name": "safe", "sources": [{"name": "a", "path": "a.jsonl"},
+                                                                   {"name": "docs", "path": "docs"}],
                                       "card": {"tokenizer": None}}), encoding="utf-8")
     # A file.
     f = tmp_path / "file.txt"
@@ -144,8 +147,8 @@ def test_out_never_deletes_what_the_build_did_not_write(shared, tmp_path):
     with pytest.raises(TuneforgeError):
         build(recipe, tmp_path / "d", runner="serial")
     assert (tmp_path / "d" / "a.jsonl").is_file() and recipe.is_file()
-    with pytest.raises(TuneforgeError):
-        build(recipe, tmp_path / "d" / "sub", runner="serial")
+    with pytest.raises(TuneforgeError, match="overlaps the input"):
+        build(recipe, tmp_path / "d" / "docs" / "out", runner="serial")
     # An earlier output of the same recipe is rebuilt in place; of another recipe only with force.
     out = tmp_path / "out"
     build(recipe, out, runner="serial")
@@ -155,7 +158,7 @@ def test_out_never_deletes_what_the_build_did_not_write(shared, tmp_path):
                             encoding="utf-8")
     with pytest.raises(TuneforgeError, match="--force"):
         build(other_recipe, out, runner="serial")
-    assert build(other_recipe, out, runner="serial", force=True).counts["input"] == 20
+    assert build(other_recipe, out, runner="serial", force=True).counts["input"] == 22
     # Sources outside the recipe folder need allow_outside, and are then listed in the manifest.
     outside = tmp_path / "outside.jsonl"
     outside.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n", encoding="utf-8")

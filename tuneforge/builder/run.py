@@ -86,7 +86,10 @@ class Build:
     def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
         jobs = plan_files(self.recipe.sources, self.base, self.opts.sharding, self.opts.allow_outside)
-        self.out.check([Path(j.path) for j in jobs])
+        folders = [q for src in self.recipe.sources
+                   for q in ((self.base / x) for x in ([src.path] if isinstance(src.path, str) else src.path))
+                   if q.is_dir()]  # a source folder: an OUT inside it would be read as input next time
+        self.out.check([Path(j.path) for j in jobs] + folders)
         self.out.claim()
         try:
             with BuildProgress(self.opts.progress) as bar:
