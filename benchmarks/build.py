@@ -42,8 +42,7 @@ def make_corpus(shared: Path, n: int, path: Path, planted: float = 0.0) -> dict[
         base += json.loads((shared / rel).read_text(encoding="utf-8"))
     rng = random.Random(0)
     if planted:  # distinct records (four random real sentences each), so the only near duplicates are planted
-        pool = [x for r in base for x in re.split(r"(?<=[。！？!?])", r["output"]) if len(x) >= 12]
-        instr = [r["instruction"] for r in base]
+        pool = [x for r in base for x in re.split(r"(?<=[。！？!?])", r["output"]) if 12 <= len(x.strip()) <= 60]
     truth: dict[int, int] = {}
     recent: dict[int, dict] = {}  # unplanted, unused lines of the last 50k, by 0-based line
     with open(path, "w", encoding="utf-8") as f:
@@ -59,7 +58,7 @@ def make_corpus(shared: Path, n: int, path: Path, planted: float = 0.0) -> dict[
                 truth[i + 1] = j + 1
                 continue
             if planted:
-                r = {"instruction": f"{rng.choice(instr)}（第{i}问）", "input": "",
+                r = {"instruction": f"{rng.choice(pool)}（第{i}问）", "input": "",
                      "output": "".join(rng.choice(pool) for _ in range(4))}
             else:
                 r = dict(base[i % len(base)])

@@ -13,8 +13,12 @@ import time
 import traceback
 from pathlib import Path
 
-import click
 import typer
+
+try:  # typer >= 0.22 carries its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click import ClickException
 from rich.console import Console
 
 from tuneforge.common.errors import TuneforgeError
@@ -53,8 +57,8 @@ def build(
     runner: str = typer.Option("auto", help="auto/processes (one worker process per core), threads, serial, dask"),
     workers: int | None = typer.Option(None, help="worker processes (default: one per core)"),
     dask_address: str | None = typer.Option(None, help="an existing Dask scheduler, e.g. tcp://host:8786"),
-    shard_mb: float | None = typer.Option(None, help="target shard size in MiB for line files (default 32)"),
-    shard_records: int | None = typer.Option(None, help="target records per shard for CSV/Parquet (default 50000)"),
+    shard_mb: float | None = typer.Option(None, help="target shard size in MiB for line files (default 8)"),
+    shard_records: int | None = typer.Option(None, help="target records per shard for CSV/Parquet (default 20000)"),
     force: bool = typer.Option(False, help="replace an earlier output of another recipe in --out"),
     allow_outside: bool = typer.Option(False, help="allow source paths outside the recipe's folder"),
     prefect: bool | None = typer.Option(None, "--prefect/--no-prefect",
@@ -104,12 +108,12 @@ def main() -> None:
     try:
         code = command.main(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as e:
+    except ClickException as e:  # a usage error: a missing file, an unknown option
         e.show()
         sys.exit(2)
     except TuneforgeError as e:

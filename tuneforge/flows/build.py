@@ -66,7 +66,7 @@ def with_runner(runner: str = "auto", dask_address: str | None = None, workers: 
     """The build flow on a task runner: worker processes (`auto`/`processes`), threads, or Dask (a
     LocalCluster, or the scheduler at `dask_address`, e.g. tcp://10.0.0.5:8786)."""
     n = workers or os.cpu_count() or 1
-    if runner in ("auto", "processes") and not dask_address:
+    if runner in ("auto", "local", "processes") and not dask_address:
         from prefect.task_runners import ProcessPoolTaskRunner
 
         return build_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=n))

@@ -30,8 +30,8 @@ class Sharding:
     """How big a unit of work is: a part ends at the first cut point after `target_bytes` (byte-cut files)
     or after `target_records` rows (CSV, Parquet, saved datasets)."""
 
-    target_bytes: int = 32 << 20
-    target_records: int = 50_000
+    target_bytes: int = 8 << 20
+    target_records: int = 20_000
 
 
 @dataclass
