@@ -83,3 +83,10 @@ def test_tagged_transcript_with_bracket_tags_and_an_untagged_turn(tmp_path):
     res = ingest([cfg], tmp_path)
     assert len(res.records) == 1 and len(res.rejects) == 1
     assert res.rejects[0]["line"] == 2 and "speaker tag" in res.rejects[0]["reason"]
+
+
+def test_readme_shows_the_record_kinds_table():
+    from tuneforge.common.records import kinds_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert kinds_table() in readme
