@@ -90,6 +90,7 @@ class Build:
                    for q in ((self.base / x) for x in ([src.path] if isinstance(src.path, str) else src.path))
                    if q.is_dir()]  # a source folder: an OUT inside it would be read as input next time
         self.out.check([Path(j.path) for j in jobs] + folders)
+        self.ex.expect(sum(_size(Path(j.path)) for j in jobs))
         self.out.claim()
         try:
             with BuildProgress(self.opts.progress) as bar:
@@ -187,11 +188,10 @@ class Build:
 
     # ------------------------------------------------------------ augment
     def _augment(self, cleaned: list[dict[str, Any]], offsets: np.ndarray, keys: Keys, dedup: Any) -> dict[str, Any]:
-        from tuneforge.builder.augment import augment_shards
-
         cfg = self.recipe.augment
         if cfg is None or not cfg.steps:
             return {"files": {}, "counts": {}, "usage": None, "failures": [], "generated": {}, "deltas": {}}
+        from tuneforge.builder.augment import augment_shards  # the LLM client: only when there are steps
         t = time.monotonic()
         units = [self._clean_unit(s) for s in cleaned]
         res = augment_shards(cfg, self.base, units, offsets, keys, dedup, self.seed, self.out.work / "augment",
@@ -471,6 +471,12 @@ class Build:
             out["leakage"] = {"checked": 0, "skipped": "near-duplicate detection is off (clean.dedup.near: false); "
                                                       "set clean.leakage: true to check anyway"}
         return out
+
+
+def _size(p: Path) -> int:
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 
 def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, strict: bool = False,

@@ -4,7 +4,9 @@ alone, never on the records."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 from functools import lru_cache
 
 import numpy as np
@@ -28,10 +30,29 @@ def exact_key(rec: Record, key: str | None = None) -> bytes:
 @lru_cache(maxsize=16)
 def lsh_params(threshold: float, margin: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) that datasketch's MinHashLSH would choose for the candidate threshold
-    `threshold - margin` (false positives and negatives weighed equally); candidates are checked exactly."""
+    `threshold - margin` (false positives and negatives weighed equally); candidates are checked exactly.
+
+    datasketch finds them by numerical integration (importing it costs seconds, in every build worker), so
+    the answer is kept in $TUNEFORGE_HOME, keyed by the arguments and datasketch's version."""
+    from importlib.metadata import version
+
+    from tuneforge.common.home import tuneforge_home
+    from tuneforge.common.io import write_json
+
+    key = f"{threshold}:{margin}:{num_perm}:datasketch-{version('datasketch')}"
+    path = tuneforge_home() / "cache" / "lsh_params.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return tuple(known[key])  # type: ignore[return-value]
     from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=max(0.05, threshold - margin), num_perm=num_perm)
+    known[key] = [lsh.b, lsh.r]
+    with contextlib.suppress(OSError):
+        write_json(path, known)
     return lsh.b, lsh.r
 
 

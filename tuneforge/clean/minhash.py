@@ -8,9 +8,11 @@ fork of the caller, because the build may run inside a threaded Prefect task.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from multiprocessing import get_context
 from typing import Any
 
@@ -76,6 +78,27 @@ def base_minhash(num_perm: int, seed: int) -> Any:
     return MinHash(num_perm=num_perm, seed=seed, hashfunc=shingle_hash, scheme=SCHEME)
 
 
+@lru_cache(maxsize=8)
+def permutations(num_perm: int, seed: int) -> np.ndarray:
+    """datasketch's MinHash permutation parameters (2, num_perm) for this seed. Importing datasketch costs
+    seconds in every build worker, so they are kept in $TUNEFORGE_HOME, keyed by datasketch's version."""
+    from importlib.metadata import version
+
+    from tuneforge.common.home import tuneforge_home
+
+    path = tuneforge_home() / "cache" / f"minhash-{SCHEME}-{num_perm}-{seed}-datasketch-{version('datasketch')}.npy"
+    with contextlib.suppress(OSError, ValueError):
+        return np.load(path)
+    perms = np.asarray(base_minhash(num_perm, seed).permutations)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        with open(tmp, "wb") as f:
+            np.save(f, perms)
+        os.replace(tmp, path)  # atomic: a concurrent worker reads the old file or the whole new one
+    return perms
+
+
 def _chunk_signatures(args: tuple[list[str], int, int, int]) -> np.ndarray:
     """datasketch MinHash values (affine32) for each text, with the permutations applied to many texts at once.
 
@@ -84,7 +107,7 @@ def _chunk_signatures(args: tuple[list[str], int, int, int]) -> np.ndarray:
     are computed over one concatenated code-point array, keeping only windows inside one text.
     """
     texts, n, num_perm, seed = args
-    a, b = base_minhash(num_perm, seed).permutations
+    a, b = permutations(num_perm, seed)
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     short = lengths <= n

@@ -17,6 +17,7 @@ from typing import Any
 from tuneforge.common.errors import TuneforgeError
 
 OnDone = Callable[[int, Any], None]
+AUTO_SERIAL_BYTES = 16 << 20  # `auto` builds smaller inputs in-process: worker start-up would cost more
 
 
 class Executor:
@@ -34,6 +35,9 @@ class Executor:
                 on_done(i, r)
             out.append(r)
         return out
+
+    def expect(self, total_bytes: int) -> None:
+        """How much input the work covers (an executor may choose to stay in this process for little)."""
 
     def close(self) -> None:
         """Release workers; the executor is unusable afterwards."""
@@ -101,10 +105,19 @@ class ProcessExecutor(Executor):
 
     name = "processes"
 
-    def __init__(self, workers: int | None = None, preload: tuple[str, ...] = ()) -> None:
+    def __init__(self, workers: int | None = None, preload: tuple[str, ...] = (), serial_below: int = 0) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.preload = list(preload)
+        self.serial_below = serial_below
+        self.serial = False
         self._pool: cf.ProcessPoolExecutor | None = None
+
+    def expect(self, total_bytes: int) -> None:
+        # Starting workers costs seconds (each imports tuneforge); below the threshold this process is faster.
+        self.serial = total_bytes < self.serial_below
+
+    def describe(self) -> str:
+        return "serial (small input)" if self.serial else super().describe()
 
     def _get(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
@@ -114,7 +127,7 @@ class ProcessExecutor(Executor):
         return self._pool
 
     def map(self, fn, items, *, stage, on_done=None):  # type: ignore[override]
-        if len(items) <= 1:
+        if len(items) <= 1 or self.serial:
             return super().map(fn, items, stage=stage, on_done=on_done)
         try:
             return _gather([self._get().submit(fn, it) for it in items], on_done)
@@ -188,7 +201,8 @@ RUNNERS = ("auto", "serial", "threads", "processes", "dask")
 
 def make_executor(runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
                   preload: tuple[str, ...] = ()) -> Executor:
-    """An executor by name; `auto` is worker processes, one per core (a single-core machine runs serially)."""
+    """An executor by name; `auto` is worker processes, one per core (a single-core machine, or an input under
+    AUTO_SERIAL_BYTES, runs in this process); `processes` always starts workers."""
     if runner not in RUNNERS:
         raise TuneforgeError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
     if dask_address and runner in ("auto", "dask"):
@@ -200,4 +214,4 @@ def make_executor(runner: str = "auto", workers: int | None = None, dask_address
     n = workers or os.cpu_count() or 1
     if runner == "serial" or n == 1:
         return Executor()
-    return ProcessExecutor(n, preload)
+    return ProcessExecutor(n, preload, serial_below=AUTO_SERIAL_BYTES if runner == "auto" else 0)
