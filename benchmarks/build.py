@@ -13,6 +13,7 @@ are measured on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -87,6 +88,7 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = [0]
+    per_child: dict[int, int] = {}  # peak RSS of each descendant (a worker's share)
     done = threading.Event()
 
     def sample() -> None:
@@ -96,7 +98,12 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
             return
         while not done.is_set():
             try:
-                total = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                total = p.memory_info().rss
+                for c in p.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        rss = c.memory_info().rss
+                        total += rss
+                        per_child[c.pid] = max(per_child.get(c.pid, 0), rss)
                 peak[0] = max(peak[0], total)
             except psutil.Error:
                 pass
@@ -109,7 +116,8 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     th.join()
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{err[-4000:]}")
-    return {"seconds": time.perf_counter() - t, "peak_mb": peak[0] / 2**20, "stdout": out, "stderr": err}
+    return {"seconds": time.perf_counter() - t, "peak_mb": peak[0] / 2**20, "stdout": out, "stderr": err,
+            "child_peaks_mb": sorted((v / 2**20 for v in per_child.values()), reverse=True)}
 
 
 def recipe(tmp: Path, corpus: Path, near: bool) -> Path:
@@ -155,6 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         per_shard = None
+        dask_1 = 0.0
         for n in args.records:
             corpus = tmp / f"corpus-{n}.jsonl"
             make_corpus(args.shared, n, corpus)
@@ -172,8 +181,12 @@ def main() -> None:
                                         "--workers", str(w))
                     same = _same_bytes(tmp / f"tf-{n}", tmp / f"dask{w}-{n}")
                     rows.append((f"tuneforge build on Dask LocalCluster, {w} worker(s), {n:,} records", n, d, b))
-                    notes.append(f"Dask {w} worker(s): output {'byte-identical to' if same else 'DIFFERS from'} "
-                                 f"the local build.")
+                    biggest = ", ".join(f"{x:,.0f}" for x in d["child_peaks_mb"][:w])
+                    notes.append(f"Dask {w} worker(s): {t['seconds'] / d['seconds']:.2f}x the local build's speed, "
+                                 f"{(dask_1 or d['seconds']) / d['seconds']:.2f}x the 1-worker "
+                                 f"Dask run; largest worker processes peaked at {biggest} MB RSS; output "
+                                 f"{'byte-identical to' if same else 'DIFFERS from'} the local build.")
+                    dask_1 = dask_1 or d["seconds"]
             for p in (tmp / f"tf-{n}", tmp / f"base-{n}"):
                 subprocess.run(["rm", "-rf", str(p)], check=False)
             corpus.unlink()
