@@ -108,12 +108,12 @@ def test_sft_mask_is_the_templates(built, smollm2_path):
     from tuneforge.templates import get_template
     from tuneforge.trainers import load_config
     from tuneforge.trainers.models import load_tokenizer_and_template
-    from tuneforge.trainers.stages import _sft_tokenize
+    from tuneforge.trainers.stages import prepare_sft
 
     cfg = load_config(_cfg(built, "sft"))
     tok, tpl = load_tokenizer_and_template(cfg, "chatml")
     data = load_stage_data(cfg)
-    rows = _sft_tokenize(data["train"], tok, tpl, cfg)
+    rows = prepare_sft(cfg, data, tok, tpl).train
     ref = get_template("chatml").tokenize(tok, data["train"][0]["messages"], max_length=128)
     assert rows[0]["input_ids"] == ref["input_ids"] and rows[0]["labels"] == ref["labels"]
     assert -100 in rows[0]["labels"] and any(t != -100 for t in rows[0]["labels"])
