@@ -8,6 +8,7 @@ reachable without this module mirroring them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -280,7 +281,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 def _path(p: str | Path, base: Path) -> str:
     q = Path(p).expanduser()
-    return str(q if q.is_absolute() else base / q)
+    return os.path.normpath(q if q.is_absolute() else base / q)
 
 
 def _model_ref(ref: str, base: Path) -> str:
@@ -290,9 +291,9 @@ def _model_ref(ref: str, base: Path) -> str:
         return ref
     q = Path(ref).expanduser()
     if q.is_absolute():
-        return str(q)
+        return os.path.normpath(q)
     if (base / q).exists() or ref.startswith((".", "~")) or not _HUB_ID.match(ref):
-        return str(base / q)
+        return os.path.normpath(base / q)
     return ref
 
 

@@ -95,8 +95,6 @@ def _last_run_start(labels: list[int]) -> int:
 def fit_sft(messages: list[dict], tokenizer: Any, template: Any, max_length: int,
             train_on: str = "all") -> dict[str, Any]:
     """input_ids + labels within max_length, and how they were obtained (STATUS, REASON)."""
-    from tuneforge.templates.masking import encode_with_offsets
-
     def enc(msgs: list[dict]) -> dict[str, list[int]]:
         return template.tokenize(tokenizer, msgs, train_on=train_on)
 
@@ -129,27 +127,33 @@ def fit_sft(messages: list[dict], tokenizer: Any, template: Any, max_length: int
         return out(None, DROPPED, "no trained token (train_on leaves nothing)")
     src, _ = infer_seqlen(start, len(ids) - start, max_length)
     cut = start - src
-    if cut > 0:
-        user = next((m for m in shortest if m["role"] == "user"), None)
-        text = template.render(shortest)
-        c0 = text.find(user["content"]) if user and user["content"] else -1
-        if c0 < 0:
-            return out(None, DROPPED, f"prompt of {start} tokens leaves no room for the reply in {max_length}")
-        c1 = c0 + len(user["content"])
-        _, offsets = encode_with_offsets(tokenizer, text, template.name)
-        if len(offsets) != len(ids):  # another tokenization than the template's: do not guess
-            return out(None, DROPPED, f"prompt of {start} tokens does not fit max_length {max_length}")
-        inside = [i for i, (a, b) in enumerate(offsets[:start]) if a >= c0 and b <= c1]
-        if len(inside) < cut:
-            return out(None, DROPPED, f"prompt of {start} tokens does not fit max_length {max_length} "
-                                      f"(template markers and other turns alone take {start - len(inside)})")
-        drop = set(inside[:cut])
-        ids = [t for i, t in enumerate(ids) if i not in drop]
-        labels = [t for i, t in enumerate(labels) if i not in drop]
+    if cut > 0:  # take the prompt's share from the start of its user text (template markers stay)
+        drop = _user_text_tokens(shortest, tokenizer, template, start)[:cut]
+        if len(drop) == cut:
+            ids = [t for i, t in enumerate(ids) if i not in set(drop)]
+            labels = [t for i, t in enumerate(labels) if i not in set(drop)]
+        # else: too little user text to cut; the reply gets what the whole prompt leaves
     ids, labels = ids[:max_length], labels[:max_length]
     if not any(t != IGNORE for t in labels):
-        return out(None, DROPPED, f"no reply token left within max_length {max_length}")
+        return out(None, DROPPED, f"the last exchange's prompt alone is {start} tokens (not enough user text to "
+                                  f"cut), max_length {max_length}")
     return out({"input_ids": ids, "labels": labels}, TRUNCATED)
+
+
+def _user_text_tokens(messages: list[dict], tokenizer: Any, template: Any, before: int) -> list[int]:
+    """Indices of the tokens (among the first `before`) that lie inside the first user turn's text."""
+    from tuneforge.templates.masking import encode_with_offsets
+
+    user = next((m for m in messages if m["role"] == "user" and m["content"]), None)
+    if user is None:
+        return []
+    text = template.render(messages)
+    c0 = text.find(user["content"])
+    if c0 < 0:
+        return []
+    c1 = c0 + len(user["content"])
+    _, offsets = encode_with_offsets(tokenizer, text, template.name)
+    return [i for i, (a, b) in enumerate(offsets[:before]) if a >= c0 and b <= c1]
 
 
 # ------------------------------------------------------------------ prompts and pairs
