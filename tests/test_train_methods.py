@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,32 @@ from tuneforge.trainers.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
-N_TRAIN = 2  # one batch: every step sees the same rows, so a few steps overfit them
+N_TRAIN = 2  # kto: one desirable and one undesirable row per batch (its KL term needs batches of 2)
+# sft, orpo, simpo overfit a single row: every step sees the same tokens, so a few steps bring the loss down
+N_SINGLE = 1
+STEPS = 3
 # Adapters trained in this module, reloaded together by the last test (one fresh process for all).
 TRAINED: dict[str, str] = {}
 
 
-def _save(rows: list[dict], folder: Path) -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    """On a CPU shared past its core count, one torch thread runs these tiny steps ~3x faster than two."""
+    import torch
+
+    n = torch.get_num_threads()
+    busy = os.getloadavg()[0] > (os.cpu_count() or 1)
+    if busy:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _save(rows: list[dict], folder: Path, n_train: int) -> None:
     from datasets import Dataset, DatasetDict
 
-    DatasetDict({"train": Dataset.from_list(rows[:N_TRAIN]),
-                 "validation": Dataset.from_list(rows[N_TRAIN:N_TRAIN + 2])}).save_to_disk(str(folder))
+    DatasetDict({"train": Dataset.from_list(rows[:n_train]),
+                 "validation": Dataset.from_list(rows[n_train:n_train + 1])}).save_to_disk(str(folder))
 
 
 def _shortest(rows: list[dict], size: Any, n: int) -> list[dict]:
@@ -38,7 +55,7 @@ def build_folder(shared: Path, out: Path) -> Path:
     preference and unpaired rows: the shortest real records of the LLaMA-Factory demo corpora (CPU time)."""
     lf = shared / "llamafactory"
     meta = json.dumps({"source": "llamafactory-demo"})
-    n = N_TRAIN + 2
+    n = N_TRAIN + 1
     alpaca = _shortest(json.loads((lf / "alpaca_en_demo.json").read_text("utf-8")),
                        lambda r: len(r["instruction"]) + len(r["input"]) + len(r["output"]), n)
     messages = [{"id": f"m{i}", "meta": meta, "messages": [
@@ -53,16 +70,17 @@ def build_folder(shared: Path, out: Path) -> Path:
               "rejected": [{"role": "assistant", "content": r["rejected"]["value"]}]} for i, r in enumerate(dpo)]
     kto = [r for r in json.loads((lf / "kto_en_demo.json").read_text("utf-8")) if len(r["messages"]) == 2]
     size = lambda r: sum(len(m["content"]) for m in r["messages"])  # noqa: E731
-    good = _shortest([r for r in kto if r["label"]], size, n // 2)
-    bad = _shortest([r for r in kto if not r["label"]], size, n - n // 2)
-    mixed = [r for pair in zip(good, bad, strict=True) for r in pair]  # alternate, so every batch has both
+    good = _shortest([r for r in kto if r["label"]], size, 2)
+    bad = _shortest([r for r in kto if not r["label"]], size, 1)
+    mixed = [good[0], bad[0], good[1]]  # the training batch has both labels
     unpaired = [{"id": f"u{i}", "meta": meta, "prompt": r["messages"][:1], "completion": r["messages"][1:],
                  "label": bool(r["label"])} for i, r in enumerate(mixed)]
     assert len(messages) == len(prefs) == len(unpaired) == n
     manifest = {"datasets": {}, "template": "chatml", "sha256": "test-methods"}
-    for kind, rows, name in (("messages", messages, "dataset"), ("preference", prefs, "dataset_preference"),
-                             ("unpaired", unpaired, "dataset_unpaired")):
-        _save(rows, out / name)
+    for kind, rows, name, n_train in (("messages", messages, "dataset", N_SINGLE),
+                                      ("preference", prefs, "dataset_preference", N_SINGLE),
+                                      ("unpaired", unpaired, "dataset_unpaired", N_TRAIN)):
+        _save(rows, out / name, n_train)
         manifest["datasets"][kind] = name
     (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return out
@@ -74,11 +92,11 @@ def built(shared, tmp_path_factory) -> Path:
 
 
 def _cfg(built: Path, stage: str, peft: dict | None, steps: int, **args) -> dict:
-    base = {"max_steps": steps, "per_device_train_batch_size": 2, "logging_steps": 1, "learning_rate": 1e-3,
-            "warmup_steps": 0, "save_strategy": "no", "dataloader_num_workers": 0, "lr_scheduler_type": "constant",
+    base = {"max_steps": steps, "per_device_train_batch_size": N_TRAIN if stage == "kto" else N_SINGLE,
+            "logging_steps": 1, "learning_rate": 1e-3, "warmup_steps": 0, "save_strategy": "no", "dataloader_num_workers": 0, "lr_scheduler_type": "constant",
             "gradient_checkpointing": False}
     base.update(args)
-    cfg = {"base_model": "embedded:smollm2", "dataset": str(built), "stage": stage, "max_length": 128,
+    cfg = {"base_model": "embedded:smollm2", "dataset": str(built), "stage": stage, "max_length": 96,
            "args": base}
     if peft is not None:
         cfg["peft"] = peft
@@ -92,7 +110,7 @@ def _losses(summary: dict) -> list[float]:
 
 def _assert_falls(losses: list[float], steps: int) -> None:
     assert len(losses) == steps and all(math.isfinite(x) for x in losses), losses
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert losses[-1] < losses[0], losses
 
 
 # method -> (peft block, learning rate): the prompt-learning methods train few parameters from scratch
@@ -111,11 +129,11 @@ METHODS = {
 @pytest.mark.parametrize("method", list(METHODS))
 def test_peft_method_overfits_sft(method, built, smollm2_path, tmp_path):
     peft, lr = METHODS[method]
-    steps = 4
+    steps = STEPS
     s = train(_cfg(built, "sft", peft, steps, learning_rate=lr), tmp_path / "run")
     _assert_falls(_losses(s), steps)
     info = json.loads((tmp_path / "run" / "run.json").read_text("utf-8"))
-    assert info["peft_method"] == method and info["train_rows"] == N_TRAIN
+    assert info["peft_method"] == method and info["train_rows"] == N_SINGLE
     adapter = json.loads((Path(s["final"]) / "adapter_config.json").read_text("utf-8"))
     want = {"lora": "LORA", "dora": "LORA", "adalora": "ADALORA", "ia3": "IA3", "prefix": "PREFIX_TUNING",
             "prompt": "PROMPT_TUNING", "p_tuning": "P_TUNING"}[method]
@@ -124,7 +142,7 @@ def test_peft_method_overfits_sft(method, built, smollm2_path, tmp_path):
 
 
 def test_kto_on_unpaired_rows(built, smollm2_path, tmp_path):
-    steps = 4
+    steps = STEPS
     s = train(_cfg(built, "kto", METHODS["lora"][0], steps, learning_rate=1e-3), tmp_path / "run")
     _assert_falls(_losses(s), steps)
     info = json.loads((tmp_path / "run" / "run.json").read_text("utf-8"))
@@ -134,7 +152,7 @@ def test_kto_on_unpaired_rows(built, smollm2_path, tmp_path):
 
 @pytest.mark.parametrize("stage", ["orpo", "simpo"])
 def test_reference_free_preference_stages(stage, built, smollm2_path, tmp_path):
-    steps = 4
+    steps = STEPS
     s = train(_cfg(built, stage, METHODS["lora"][0], steps, learning_rate=1e-3), tmp_path / "run")
     _assert_falls(_losses(s), steps)
     trl_args = json.loads((tmp_path / "run" / "run.json").read_text("utf-8"))["trl_args"]
@@ -166,8 +184,9 @@ print(json.dumps(out))
 def test_every_adapter_reloads_in_a_fresh_process_and_generates():
     if not TRAINED:
         pytest.skip("no adapter was trained in this session (run the module's training tests first)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if os.getloadavg()[0] > (os.cpu_count() or 1) else None
     r = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(TRAINED)], capture_output=True, text=True,
-                       timeout=600)
+                       timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(got) == set(TRAINED)

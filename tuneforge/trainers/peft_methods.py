@@ -281,10 +281,12 @@ def main(argv: list[str] | None = None) -> None:
     ref = args[0] if args else "embedded:smollm2"
     path = resolve_model(ref)
     print(f"| method | trainable parameters | share of {ref} |\n|---|---:|---:|")
-    for name, entry in METHODS.items():
-        spec = entry.spec(method=name)
+    rows = [(f"`{name}`", entry.spec(method=name)) for name, entry in METHODS.items()]
+    rows.append(("`prefix` + `prefix_projection` (512)",
+                 PrefixSpec(method="prefix", prefix_projection=True, encoder_hidden_size=512)))
+    for label, spec in rows:
         trainable, total = trainable_parameters(path, spec)
-        print(f"| `{name}` | {trainable:,} | {100 * trainable / total:.3f}% |", flush=True)
+        print(f"| {label} | {trainable:,} | {100 * trainable / total:.3f}% |", flush=True)
 
 
 if __name__ == "__main__":
