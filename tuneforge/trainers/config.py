@@ -352,7 +352,8 @@ def check_paths(config: TrainConfig, *, skip: tuple[str, ...] | set[str] = ()) -
             continue
         p = Path(value)
         if not p.exists():
-            missing.append(f"{field}: {p} does not exist")
+            hint = " (a `tuneforge build` output folder, with manifest.json)" if field.endswith("dataset") else ""
+            missing.append(f"{field}: {p} does not exist{hint}")
         elif is_model and not p.is_dir():
             missing.append(f"{field}: {p} is not a model folder")
     if config.dataset and "dataset" not in skip and Path(config.dataset).is_dir() \
