@@ -1,8 +1,11 @@
 """The training config: one YAML file per run, validated with pydantic before any model is loaded.
 
-Stage-specific TRL knobs (DPO `beta`/`loss_type`, `packing`, `max_steps`...) go in `args`, which is passed
-through to the stage's TRL config and checked against its fields, so every TRL/transformers argument is
-reachable without this module mirroring them.
+The adapter is `peft: {method: ...}` (see `peft_methods`; `lora: {...}` is its older spelling). The kto, orpo
+and simpo stages have a validated block each, translated into their TRL config's fields. Every other TRL knob
+(DPO `beta`/`loss_type`, `packing`, `max_steps`...) goes in `args`, which is passed through to the stage's TRL
+config and checked against its fields, so every TRL/transformers argument is reachable without this module
+mirroring them. Relative paths resolve against the file that names them (`load_config`), and `check_paths`
+says which do not exist.
 """
 
 from __future__ import annotations

@@ -121,8 +121,18 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
     trainer = build(config, prepared, tokenizer, out)
     kept = prepared.reports[0].kept
     train_rows = _rows_trained(trainer, kept)
-    if train_rows < kept:  # TRL filtered rows our fitting kept: count them, never hide them
-        fitting[prepared.reports[0].split]["dropped_by_trl"] = kept - train_rows
+    if train_rows < kept:  # TRL filtered rows our fitting kept: count them, never hide them, check them too
+        first = prepared.reports[0]
+        fitting[first.split]["dropped_by_trl"] = kept - train_rows
+        lost = first.n_dropped + kept - train_rows
+        if strict or lost / first.rows > config.truncation.max_drop_share:
+            msg = (f"{first.split}: TRL's {type(trainer).__name__} kept {train_rows} of the {kept} rows that fit "
+                   f"max_length {config.max_length} ({lost} of {first.rows} lost in all)")
+            if main:
+                write_json(out / "run.json", {"stage": config.stage, "error": msg, "max_length": config.max_length,
+                                              "truncation": fitting})
+            raise (tr.DroppedRowsError(f"--strict: {msg}") if strict else RecipeError(
+                f"{msg}; that is over truncation.max_drop_share {100 * config.truncation.max_drop_share:g}%"))
     resume_step = int(re.search(r"(\d+)$", ckpt.name).group(1)) if resume and ckpt else None
     metrics_path = out / "metrics.jsonl"
     if main:
