@@ -71,7 +71,10 @@ def merge_adapter(final: Path, target: Path, stage: str, tokenizer: Any) -> Path
 
 
 def _rows_trained(trainer: Any, kept: int) -> int:
+    """Rows the trainer got: its dataset's length, unless packing joined rows into blocks (nothing dropped)."""
     ds = getattr(trainer, "train_dataset", None)
+    if getattr(trainer.args, "packing", False):
+        return kept
     try:
         return len(ds)
     except TypeError:  # an iterable dataset
