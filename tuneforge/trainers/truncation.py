@@ -95,6 +95,7 @@ def _last_run_start(labels: list[int]) -> int:
 def fit_sft(messages: list[dict], tokenizer: Any, template: Any, max_length: int,
             train_on: str = "all") -> dict[str, Any]:
     """input_ids + labels within max_length, and how they were obtained (STATUS, REASON)."""
+
     def enc(msgs: list[dict]) -> dict[str, list[int]]:
         return template.tokenize(tokenizer, msgs, train_on=train_on)
 
@@ -128,10 +129,10 @@ def fit_sft(messages: list[dict], tokenizer: Any, template: Any, max_length: int
     src, _ = infer_seqlen(start, len(ids) - start, max_length)
     cut = start - src
     if cut > 0:  # take the prompt's share from the start of its user text (template markers stay)
-        drop = _user_text_tokens(shortest, tokenizer, template, start)[:cut]
+        drop = set(_user_text_tokens(shortest, tokenizer, template, start)[:cut])
         if len(drop) == cut:
-            ids = [t for i, t in enumerate(ids) if i not in set(drop)]
-            labels = [t for i, t in enumerate(labels) if i not in set(drop)]
+            ids = [t for i, t in enumerate(ids) if i not in drop]
+            labels = [t for i, t in enumerate(labels) if i not in drop]
         # else: too little user text to cut; the reply gets what the whole prompt leaves
     ids, labels = ids[:max_length], labels[:max_length]
     if not any(t != IGNORE for t in labels):
