@@ -131,3 +131,116 @@ def test_every_shipped_training_config_validates():
             load_config(path)
             found += 1
     assert found >= 8
+
+
+# ------------------------------------------------------------------ PEFT methods and the new stages
+
+
+@pytest.mark.parametrize("method, cls, fields", [
+    ("lora", "LoraConfig", {"r": 16, "lora_alpha": 32, "use_dora": False}),
+    ("dora", "LoraConfig", {"r": 16, "use_dora": True}),
+    ("adalora", "AdaLoraConfig", {"init_r": 12, "target_r": 8, "total_step": 50}),
+    ("ia3", "IA3Config", {}),
+    ("prefix", "PrefixTuningConfig", {"num_virtual_tokens": 20, "prefix_projection": False}),
+    ("prompt", "PromptTuningConfig", {"num_virtual_tokens": 20}),
+    ("p_tuning", "PromptEncoderConfig", {"num_virtual_tokens": 20, "encoder_hidden_size": 128}),
+])
+def test_every_peft_method_maps_onto_its_peft_class(method, cls, fields):
+    from tuneforge.trainers.peft_methods import METHODS, peft_config
+
+    c = load_config(base(peft={"method": method}))
+    assert c.peft.method == method and type(c.peft) is METHODS[method].spec
+    pc = peft_config(c.peft, "CAUSAL_LM", {"model_path": "m", "hidden_size": 576, "total_steps": 50})
+    assert type(pc).__name__ == cls and str(pc.task_type) in ("CAUSAL_LM", "TaskType.CAUSAL_LM")
+    for k, v in fields.items():
+        assert getattr(pc, k) == v, k
+    # the resolved config round-trips (launch writes it, the subprocess reads it back)
+    assert load_config(c.model_dump(mode="json")).peft == c.peft
+
+
+def test_peft_method_options_reach_peft():
+    from tuneforge.trainers.peft_methods import peft_config
+
+    ctx = {"model_path": "/models/base", "hidden_size": 576, "total_steps": 10}
+    p = load_config(base(peft={"method": "prefix", "num_virtual_tokens": 8, "prefix_projection": True})).peft
+    pc = peft_config(p, "CAUSAL_LM", ctx)
+    assert pc.prefix_projection and pc.encoder_hidden_size == 576 and pc.num_virtual_tokens == 8
+    p = load_config(base(peft={"method": "prompt", "init": "text", "init_text": "Answer:"})).peft
+    pc = peft_config(p, "CAUSAL_LM", ctx)
+    assert pc.prompt_tuning_init_text == "Answer:" and pc.tokenizer_name_or_path == "/models/base"
+    p = load_config(base(peft={"method": "ia3", "target_modules": ["k_proj", "down_proj"],
+                               "feedforward_modules": ["down_proj"]})).peft
+    assert peft_config(p, "CAUSAL_LM", ctx).feedforward_modules == {"down_proj"}
+    with pytest.raises(RecipeError, match="tinit"):
+        peft_config(load_config(base(peft={"method": "adalora", "tinit": 10})).peft, "CAUSAL_LM", ctx)
+
+
+@pytest.mark.parametrize("cfg, needle", [
+    (base(peft={"method": "prefix", "bogus": 1}), r"peft.bogus: unknown key for method 'prefix' \(its keys: "),
+    (base(peft={"method": "ia3", "qlora": True}), "peft.qlora: unknown key for method 'ia3'"),
+    (base(peft={"method": "nope"}), "unknown method 'nope'; one of lora, dora, adalora, ia3, prefix, prompt"),
+    (base(peft={"method": "adalora", "init_r": 4, "target_r": 8}), "target_r"),
+    (base(peft={"method": "prefix", "encoder_hidden_size": 64}), "prefix_projection"),
+    (base(peft={"method": "prompt", "init": "text"}), "init_text"),
+    (base(peft={"method": "ia3", "target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}), "subset|not in"),
+    (base(peft={"method": "p_tuning", "num_virtual_tokens": 0}), "num_virtual_tokens"),
+    (base(lora={"r": 4}, peft={"method": "lora"}), "either `lora:` or `peft:`"),
+    (base(lora={"method": "prefix"}), "use `peft:"),
+    (base(stage="rm", peft={"method": "prompt"}), "not supported for stage 'rm'"),
+    (base(stage="ppo", ppo={"reward_model": "x"}, peft={"method": "adalora"}), "adalora"),
+    (base(kto={"beta": 0.2}), "only applies to stage 'kto'"),
+    (base(stage="kto", kto={"beta": -1}), "kto.beta"),
+    (base(stage="kto", kto={"bogus": 1}), "kto.bogus"),
+    (base(stage="simpo", simpo={"gamma": -0.1}), "simpo.gamma"),
+    (base(stage="kto", args={"beta": 0.3}), "set by the `kto:` block"),
+    (base(stage="dpo", args={"loss_type": ["simpo"]}), "stage: simpo"),
+    (base(stage="dpo", args={"loss_type": "orpo"}), "stage: orpo"),
+    (base(stage="orpo", args={"loss_type": "x"}), "ORPOConfig"),
+])
+def test_bad_peft_and_stage_blocks_name_the_field(cfg, needle):
+    with pytest.raises(RecipeError, match=needle):
+        load_config(cfg)
+
+
+def test_lora_block_still_works_and_equals_peft_lora():
+    old = load_config(base(lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}))
+    new = load_config(base(peft={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}))
+    assert old.peft == new.peft and old.lora == old.peft and "lora" not in old.model_dump()
+    assert load_config(base(lora={"method": "dora"})).peft.method == "dora"
+    assert load_config(base(peft=False)).peft is None and load_config(base(lora=None)).peft is None
+
+
+def test_stage_blocks_translate_to_trl_fields():
+    from tuneforge.trainers.config import STAGE_KIND, trl_config_class
+
+    kto = load_config(base(stage="kto", kto={"undesirable_weight": 1.5}))
+    assert kto.stage_fields() == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.5,
+                                  "loss_type": "kto"}
+    assert STAGE_KIND["kto"] == ("unpaired",) and trl_config_class("kto").__name__ == "KTOConfig"
+    simpo = load_config(base(stage="simpo"))
+    assert simpo.stage_fields() == {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0}
+    assert trl_config_class("simpo").__name__ == "CPOConfig" and trl_config_class("orpo").__name__ == "ORPOConfig"
+    assert load_config(base(stage="orpo")).stage_fields() == {"beta": 0.1}
+    # every block field is a real field of its TRL config
+    import dataclasses
+
+    for stage, cfg in (("kto", kto), ("simpo", simpo), ("orpo", load_config(base(stage="orpo")))):
+        fields = {f.name for f in dataclasses.fields(trl_config_class(stage))}
+        assert set(cfg.stage_fields()) <= fields, stage
+
+
+def test_learning_rate_defaults_per_method():
+    assert load_config(base(peft={"method": "prefix"})).default_learning_rate() == 1e-2
+    assert load_config(base(peft={"method": "ia3"})).default_learning_rate() == 1e-4
+    assert load_config(base(stage="kto")).default_learning_rate() == pytest.approx(1e-5)
+    assert load_config(base(stage="simpo", peft={"method": "p_tuning"})).default_learning_rate() == \
+        pytest.approx(1e-3)
+
+
+def test_merge_refused_for_virtual_token_methods_before_training(tmp_path):
+    from tuneforge.trainers import train
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(RecipeError, match="cannot be folded"):
+        train(base(dataset=str(tmp_path / "data"), peft={"method": "prefix"}), tmp_path / "run", merge=True)

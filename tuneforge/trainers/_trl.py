@@ -1,12 +1,33 @@
-"""Imports from TRL's experimental namespace (PPO lives there in TRL 1.12), without its warning banner."""
+"""Each stage's TRL trainer and config classes, one table; the experimental ones (PPO, ORPO, CPO for SimPO live
+in `trl.experimental` in TRL 1.12) are imported without their warning banner."""
 
 from __future__ import annotations
 
+import importlib
 import os
+
+# stage -> (module, trainer class, config class)
+STAGE_CLASSES: dict[str, tuple[str, str, str]] = {
+    "pt": ("trl", "SFTTrainer", "SFTConfig"),
+    "sft": ("trl", "SFTTrainer", "SFTConfig"),
+    "rm": ("trl", "RewardTrainer", "RewardConfig"),
+    "dpo": ("trl", "DPOTrainer", "DPOConfig"),
+    "kto": ("trl", "KTOTrainer", "KTOConfig"),
+    "orpo": ("trl.experimental.orpo", "ORPOTrainer", "ORPOConfig"),
+    "simpo": ("trl.experimental.cpo", "CPOTrainer", "CPOConfig"),
+    "ppo": ("trl.experimental.ppo", "PPOTrainer", "PPOConfig"),
+    "grpo": ("trl", "GRPOTrainer", "GRPOConfig"),
+}
+
+
+def stage_classes(stage: str) -> tuple[type, type]:
+    """(trainer class, config class) of a stage."""
+    module, trainer, config = STAGE_CLASSES[stage]
+    if module.startswith("trl.experimental"):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    mod = importlib.import_module(module)
+    return getattr(mod, trainer), getattr(mod, config)
 
 
 def ppo_classes() -> tuple[type, type]:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-    return PPOTrainer, PPOConfig
+    return stage_classes("ppo")

@@ -13,15 +13,27 @@ def train_command(
                                            dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory: final/, metrics.jsonl, checkpoints/")],
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint in --out")] = False,
-    merge: Annotated[bool, typer.Option("--merge", help="also write DIR/merged (LoRA folded in)")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="also write DIR/merged (the adapter folded in)")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="exit 1 before training if any row cannot fit "
+                                                          "max_length (they are listed in DIR/run.json)")] = False,
 ) -> None:
-    """Train a model on a `tuneforge build` dataset: pt, sft, rm, dpo, ppo or grpo, LoRA/QLoRA or full."""
-    from tuneforge.trainers.run import train
+    """Train a model on a `tuneforge build` dataset: pt, sft, rm, dpo, kto, orpo, simpo, ppo or grpo, with a
+    PEFT adapter (lora, dora, adalora, ia3, prefix, prompt, p_tuning), QLoRA, or in full."""
+    from rich.console import Console
 
-    s = train(config, out, resume=resume, merge=merge)
+    from tuneforge.trainers.run import train
+    from tuneforge.trainers.truncation import DroppedRowsError
+
+    try:
+        s = train(config, out, resume=resume, merge=merge, strict=strict or None)
+    except DroppedRowsError as e:
+        Console(stderr=True, highlight=False).print(f"[red]{e}[/red]\nevery dropped row: {out / 'run.json'}")
+        raise typer.Exit(1) from None
+    dropped = sum(r["dropped"] for r in s["rows"].values())
     loss = f"{s['final_loss']:.4f}" if isinstance(s["final_loss"], float) else "n/a"
     typer.echo(f"{s['stage']}: {s['steps']} steps, final loss {loss} -> {s['final']}"
-               + (f" (merged: {s['merged']})" if s["merged"] else ""))
+               + (f" (merged: {s['merged']})" if s["merged"] else "")
+               + (f"; {dropped} rows did not fit max_length, listed in {out / 'run.json'}" if dropped else ""))
 
 
 def main() -> None:

@@ -1,13 +1,18 @@
 """The training config: one YAML file per run, validated with pydantic before any model is loaded.
 
-Stage-specific TRL knobs (DPO `beta`/`loss_type`, `packing`, `max_steps`...) go in `args`, which is passed
-through to the stage's TRL config and checked against its fields, so every TRL/transformers argument is
-reachable without this module mirroring them.
+The adapter is `peft: {method: ...}` (see `peft_methods`; `lora: {...}` is its older spelling). The kto, orpo
+and simpo stages have a validated block each, translated into their TRL config's fields. Every other TRL knob
+(DPO `beta`/`loss_type`, `packing`, `max_steps`...) goes in `args`, which is passed through to the stage's TRL
+config and checked against its fields, so every TRL/transformers argument is reachable without this module
+mirroring them. Relative paths resolve against the file that names them (`load_config`), and `check_paths`
+says which do not exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,38 +20,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
+from tuneforge.trainers.peft_methods import LoraSpec, parse_spec, uses_qlora
 
-Stage = Literal["pt", "sft", "rm", "dpo", "ppo", "grpo"]
-# The dataset kind (see tuneforge.common.records) each stage reads.
+Stage = Literal["pt", "sft", "rm", "dpo", "kto", "orpo", "simpo", "ppo", "grpo"]
+# The dataset kind (see tuneforge.common.records) each stage reads, in order of preference.
 STAGE_KIND: dict[str, tuple[str, ...]] = {
     "pt": ("text",),
     "sft": ("messages",),
     "rm": ("preference",),
     "dpo": ("preference",),
+    "kto": ("unpaired",),
+    "orpo": ("preference",),
+    "simpo": ("preference",),
     "ppo": ("messages", "preference"),
     "grpo": ("messages", "preference"),
 }
+# Preference-style stages train at a tenth of the supervised learning rate by default.
+LOW_LR_STAGES = ("dpo", "kto", "orpo", "simpo", "ppo", "grpo")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class LoraSpec(_Strict):
-    """LoRA adapter settings; `qlora: true` loads the base model in 4-bit NF4 (CUDA + bitsandbytes)."""
-
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "all-linear"
-    qlora: bool = False
-
-    @field_validator("target_modules")
-    @classmethod
-    def _targets(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
-            raise ValueError("target_modules must name at least one module, or be 'all-linear'")
-        return v
 
 
 class ReplaySpec(_Strict):
@@ -88,6 +82,51 @@ class GRPOSpec(_Strict):
     rewards: list[RewardSpec] = Field(min_length=1)
 
 
+# Stage blocks translated to TRL config fields (the TRL style: one validated config per stage). A field set
+# both here and in `args` is an error, so a run has one source for each value.
+class _TRLBlock(_Strict):
+    def trl_fields(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class KTOSpec(_TRLBlock):
+    """KTO on unpaired rows (prompt, completion, label): `desirable_weight`/`undesirable_weight` balance an
+    unequal number of desirable and undesirable completions (TRL warns when they are out of range)."""
+
+    beta: float = Field(0.1, gt=0.0)
+    desirable_weight: float = Field(1.0, gt=0.0)
+    undesirable_weight: float = Field(1.0, gt=0.0)
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+
+
+class ORPOSpec(_TRLBlock):
+    """ORPO (TRL's experimental ORPOTrainer): no reference model; `beta` is the odds-ratio weight (λ)."""
+
+    beta: float = Field(0.1, gt=0.0)
+
+
+class SimPOSpec(_TRLBlock):
+    """SimPO (TRL's experimental CPOTrainer with loss_type simpo): length-normalised reward, no reference model;
+    `gamma` is the target reward margin, `cpo_alpha` > 0 adds CPO's NLL term on the chosen reply (CPO-SimPO)."""
+
+    beta: float = Field(2.0, gt=0.0)
+    gamma: float = Field(0.5, ge=0.0)
+    cpo_alpha: float = Field(0.0, ge=0.0)
+
+    def trl_fields(self) -> dict[str, Any]:
+        return {"loss_type": "simpo", "beta": self.beta, "simpo_gamma": self.gamma, "cpo_alpha": self.cpo_alpha}
+
+
+STAGE_BLOCKS: dict[str, type[_TRLBlock]] = {"kto": KTOSpec, "orpo": ORPOSpec, "simpo": SimPOSpec}
+
+
+class TruncationSpec(_Strict):
+    """What happens to rows longer than `max_length` (see docs/training.md, Truncation)."""
+
+    max_drop_share: float = Field(0.01, ge=0.0, le=1.0)  # more dropped rows than this share fails before training
+    strict: bool = False  # fail on any dropped row (also `tuneforge train --strict`)
+
+
 class TrainConfig(_Strict):
     base_model: str = "embedded:smollm2"
     dataset: Path
@@ -98,19 +137,47 @@ class TrainConfig(_Strict):
     # sdpa (transformers default), varlen (ours: packed rows on the FlashAttention kernel in torch),
     # flash_attention_2 (the flash-attn package), flex_attention, eager
     attn_implementation: str | None = None
-    lora: LoraSpec | None = LoraSpec()  # `lora: false` (or null) means full fine-tuning
+    # the adapter: {method: lora|dora|adalora|ia3|prefix|prompt|p_tuning, ...}; false/null: full fine-tuning.
+    # The older `lora: {...}` block is the same as `peft: {method: lora, ...}`.
+    peft: Any = Field(default_factory=LoraSpec)
+    lora: Any = Field(None, exclude=True)  # the older spelling of `peft: {method: lora}`; read back as the spec
     max_length: int = Field(1024, ge=16)
     train_on: Literal["all", "last"] = "all"  # sft: loss on every assistant reply or only the last
+    truncation: TruncationSpec = TruncationSpec()
     replay: ReplaySpec | None = None
     ppo: PPOSpec | None = None
     grpo: GRPOSpec | None = None
+    kto: KTOSpec | None = None
+    orpo: ORPOSpec | None = None
+    simpo: SimPOSpec | None = None
     seed: int = 42
     args: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _peft(cls, v: Any) -> Any:
+        return parse_spec(v, key="peft")
+
     @field_validator("lora", mode="before")
     @classmethod
-    def _lora_off(cls, v: Any) -> Any:
-        return None if v is False else (LoraSpec() if v is True else v)
+    def _lora(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("method", "lora") not in ("lora", "dora"):
+            raise ValueError("`lora:` takes method lora or dora; use `peft: {method: ...}` for the others")
+        return parse_spec(v, key="lora")
+
+    @model_validator(mode="after")
+    def _lora_alias(self) -> TrainConfig:
+        if "lora" in self.model_fields_set:
+            if "peft" in self.model_fields_set:
+                raise ValueError("give either `lora:` or `peft:`, not both (`lora: {...}` is `peft: {method: lora}`)")
+            object.__setattr__(self, "peft", self.lora)
+        # read back: `config.lora` is the LoRA-family spec (lora, dora, adalora) or None
+        object.__setattr__(self, "lora", self.peft if hasattr(self.peft, "qlora") else None)
+        return self
+
+    @property
+    def qlora(self) -> bool:
+        return uses_qlora(self.peft)
 
     @model_validator(mode="after")
     def _stage_blocks(self) -> TrainConfig:
@@ -118,30 +185,44 @@ class TrainConfig(_Strict):
             raise ValueError("stage 'ppo' needs a `ppo:` block with `reward_model` (an `rm` run's final/ folder)")
         if self.stage == "grpo" and self.grpo is None:
             raise ValueError("stage 'grpo' needs a `grpo:` block with `rewards`")
-        if self.stage == "ppo" and self.lora is not None and self.lora.qlora:
+        if self.stage == "ppo" and self.qlora:
             raise ValueError("QLoRA is not supported for ppo (TRL's PPOTrainer trains the value model in full)")
+        for stage in ("ppo", "grpo", *STAGE_BLOCKS):
+            if getattr(self, stage) is not None and self.stage != stage:
+                raise ValueError(f"a `{stage}:` block only applies to stage {stage!r} (this is {self.stage!r})")
+        if self.stage in STAGE_BLOCKS and getattr(self, self.stage) is None:
+            object.__setattr__(self, self.stage, STAGE_BLOCKS[self.stage]())
+        if self.peft is not None and self.peft.method in ("prefix", "prompt", "p_tuning") \
+                and self.stage in ("rm", "ppo"):
+            raise ValueError(f"peft method {self.peft.method!r} is not supported for stage {self.stage!r} "
+                             "(a scoring head or value model on virtual tokens); use lora, dora, adalora or ia3")
+        if self.peft is not None and self.peft.method == "adalora" and self.stage == "ppo":
+            raise ValueError("peft method 'adalora' is not supported for ppo (TRL's PPOTrainer runs its own loop, "
+                             "so the rank budget would never be reallocated)")
         return self
 
     def default_learning_rate(self) -> float:
-        """2e-5 for full fine-tuning, 1e-4 for LoRA, 2e-4 for QLoRA; DPO/PPO/GRPO a tenth of that."""
-        lr = 2e-5 if self.lora is None else (2e-4 if self.lora.qlora else 1e-4)
-        return lr / 10 if self.stage in ("dpo", "ppo", "grpo") else lr
+        """2e-5 for full fine-tuning, 1e-4 for an adapter, 2e-4 for QLoRA, 1e-2 for prompt-learning methods
+        (prefix/prompt/p_tuning train few parameters from scratch); dpo/kto/orpo/simpo/ppo/grpo a tenth of that."""
+        if self.peft is None:
+            lr = 2e-5
+        elif self.peft.method in ("prefix", "prompt", "p_tuning"):
+            lr = 1e-2
+        else:
+            lr = 2e-4 if self.qlora else 1e-4
+        return lr / 10 if self.stage in LOW_LR_STAGES else lr
+
+    def stage_fields(self) -> dict[str, Any]:
+        """TRL config fields that the stage's block sets (kto/orpo/simpo)."""
+        block = getattr(self, self.stage, None) if self.stage in STAGE_BLOCKS else None
+        return block.trl_fields() if block is not None else {}
 
 
 def trl_config_class(stage: str) -> type:
-    if stage in ("pt", "sft"):
-        from trl import SFTConfig as cls
-    elif stage == "dpo":
-        from trl import DPOConfig as cls
-    elif stage == "rm":
-        from trl import RewardConfig as cls
-    elif stage == "grpo":
-        from trl import GRPOConfig as cls
-    else:
-        from tuneforge.trainers._trl import ppo_classes
+    """The TRL config dataclass of a stage (ORPO, CPO/SimPO and PPO live in `trl.experimental` in TRL 1.12)."""
+    from tuneforge.trainers import _trl
 
-        cls = ppo_classes()[1]
-    return cls
+    return _trl.stage_classes(stage)[1]
 
 
 # Filled in by the trainer itself; a config that sets them would be silently overridden.
@@ -149,7 +230,7 @@ RESERVED_ARGS = {"output_dir", "logging_dir", "resume_from_checkpoint"}
 
 
 def check_args(config: TrainConfig) -> None:
-    """Every key in `args` must be a field of the stage's TRL config."""
+    """Every key in `args` must be a field of the stage's TRL config, and not one the stage block sets."""
     cls = trl_config_class(config.stage)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config.args) - fields)
@@ -158,48 +239,129 @@ def check_args(config: TrainConfig) -> None:
     reserved = sorted(set(config.args) & RESERVED_ARGS)
     if reserved:
         raise RecipeError(f"args: {', '.join(reserved)} is set by `tuneforge train` (use --out / --resume)")
+    block = config.stage_fields()
+    both = sorted(set(config.args) & set(block))
+    if both:
+        raise RecipeError(f"args: {', '.join(both)} is set by the `{config.stage}:` block; set it there only")
+    if config.stage == "dpo":
+        losses = config.args.get("loss_type") or []
+        for loss in [losses] if isinstance(losses, str) else losses:
+            if loss in ("orpo", "simpo", "cpo"):
+                stage = "simpo" if loss == "cpo" else loss
+                raise RecipeError(f"args.loss_type: {loss!r} is not a DPOTrainer loss in TRL 1.12; use `stage: "
+                                  f"{stage}` (TRL's {'ORPOTrainer' if loss == 'orpo' else 'CPOTrainer'})")
 
 
-def load_config(source: str | Path | dict) -> TrainConfig:
-    """Read and validate a config (a YAML path or a dict); relative paths resolve against the YAML's folder."""
-    base = None
+def load_config(source: str | Path | dict | TrainConfig, *, base_dir: str | Path | None = None) -> TrainConfig:
+    """Read and validate a config: a YAML path, or a dict (e.g. from a pipeline file).
+
+    Every relative path in it (dataset, base_model, replay.dataset, ppo.reward_model/value_model, grpo reward
+    paths, a .jinja template, args.deepspeed/fsdp_config files) resolves against the folder of the file that
+    names it: the YAML's folder, or `base_dir` for a dict (default: the working directory). The result holds
+    absolute paths. Existence is checked separately, by `check_paths`, before any model loads."""
+    if isinstance(source, TrainConfig):
+        return source
     if isinstance(source, dict):
         raw = source
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
     else:
         path = Path(source)
         raw = read_yaml_mapping(path, "training config")
-        base = path.resolve().parent
+        base = Path(base_dir) if base_dir is not None else path.parent
     if not isinstance(raw, dict):
         raise RecipeError("config must be a YAML mapping")
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(f"invalid training config: {'; '.join(error_lines(e))}") from None
-    if base is not None:
-        config = _resolve_paths(config, base)
+    config = resolve_paths(config, base.resolve())
     check_args(config)
     return config
 
 
-def _resolve(p: str | Path, base: Path) -> Any:
-    """A relative path that exists beside the YAML wins over the working directory."""
-    q = Path(p)
-    if q.is_absolute() or q.exists() or not (base / q).exists():
-        return p
-    return type(p)(base / q) if isinstance(p, Path) else str(base / q)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-def _resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
-    update: dict[str, Any] = {"dataset": _resolve(config.dataset, base)}
-    if not config.base_model.startswith("embedded:"):
-        update["base_model"] = _resolve(config.base_model, base)
+def _path(p: str | Path, base: Path) -> str:
+    q = Path(p).expanduser()
+    return os.path.normpath(q if q.is_absolute() else base / q)
+
+
+def _model_ref(ref: str, base: Path) -> str:
+    """A model reference: `embedded:NAME` and hub ids (`org/name`, `name`) stay as they are unless a folder of
+    that name exists beside the config; anything else is a path against the config's folder."""
+    if ref.startswith("embedded:"):
+        return ref
+    q = Path(ref).expanduser()
+    if q.is_absolute():
+        return os.path.normpath(q)
+    if (base / q).exists() or ref.startswith((".", "~")) or not _HUB_ID.match(ref):
+        return os.path.normpath(base / q)
+    return ref
+
+
+PATH_ARGS = ("deepspeed", "fsdp_config")
+
+
+def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
+    update: dict[str, Any] = {"dataset": Path(_path(config.dataset, base)),
+                              "base_model": _model_ref(config.base_model, base)}
+    if config.template and config.template.endswith(".jinja"):
+        update["template"] = _path(config.template, base)
     if config.replay:
-        update["replay"] = config.replay.model_copy(update={"dataset": _resolve(config.replay.dataset, base)})
+        update["replay"] = config.replay.model_copy(update={"dataset": Path(_path(config.replay.dataset, base))})
     if config.ppo:
         update["ppo"] = config.ppo.model_copy(update={
-            "reward_model": _resolve(config.ppo.reward_model, base),
-            "value_model": config.ppo.value_model and _resolve(config.ppo.value_model, base)})
+            "reward_model": _model_ref(config.ppo.reward_model, base),
+            "value_model": config.ppo.value_model and _model_ref(config.ppo.value_model, base)})
     if config.grpo:
         update["grpo"] = config.grpo.model_copy(update={"rewards": [
-            r.model_copy(update={"path": r.path and _resolve(r.path, base)}) for r in config.grpo.rewards]})
+            r.model_copy(update={"path": r.path and _model_ref(r.path, base)}) for r in config.grpo.rewards]})
+    args = dict(config.args)
+    for key in PATH_ARGS:
+        if isinstance(args.get(key), str) and args[key].endswith((".json", ".yaml", ".yml")):
+            args[key] = _path(args[key], base)
+    update["args"] = args
     return config.model_copy(update=update)
+
+
+def config_paths(config: TrainConfig) -> list[tuple[str, str, bool]]:
+    """(field, path, is_model_ref) of every path-like value in a resolved config."""
+    out: list[tuple[str, str, bool]] = [("dataset", str(config.dataset), False),
+                                        ("base_model", config.base_model, True)]
+    if config.template and config.template.endswith(".jinja"):
+        out.append(("template", config.template, False))
+    if config.replay:
+        out.append(("replay.dataset", str(config.replay.dataset), False))
+    if config.ppo:
+        out.append(("ppo.reward_model", config.ppo.reward_model, True))
+        if config.ppo.value_model:
+            out.append(("ppo.value_model", config.ppo.value_model, True))
+    if config.grpo:
+        out += [(f"grpo.rewards[{i}].path", r.path, True) for i, r in enumerate(config.grpo.rewards) if r.path]
+    out += [(f"args.{k}", config.args[k], False) for k in PATH_ARGS
+            if isinstance(config.args.get(k), str) and Path(config.args[k]).is_absolute()]
+    return out
+
+
+def check_paths(config: TrainConfig, *, skip: tuple[str, ...] | set[str] = ()) -> None:
+    """Every local path the config names must exist (models: a folder; a hub id is left to transformers).
+
+    Called by `train()` before any model loads, and by a pipeline before its first step (`skip` names fields
+    an earlier step will produce, e.g. {"dataset", "base_model"}). One RecipeError lists every missing path."""
+    missing = []
+    for field, value, is_model in config_paths(config):
+        if field in skip or (is_model and (value.startswith("embedded:") or not Path(value).is_absolute())):
+            continue
+        p = Path(value)
+        if not p.exists():
+            hint = " (a `tuneforge build` output folder, with manifest.json)" if field.endswith("dataset") else ""
+            missing.append(f"{field}: {p} does not exist{hint}")
+        elif is_model and not p.is_dir():
+            missing.append(f"{field}: {p} is not a model folder")
+    if config.dataset and "dataset" not in skip and Path(config.dataset).is_dir() \
+            and not (Path(config.dataset) / "manifest.json").is_file():
+        missing.append(f"dataset: {config.dataset} is not a `tuneforge build` output (no manifest.json)")
+    if missing:
+        raise RecipeError("training config paths (relative paths resolve against the config file's folder): "
+                          + "; ".join(missing))

@@ -41,14 +41,14 @@ def device_dtype() -> tuple[Any, bool]:
 
 
 def quantization_config(config: TrainConfig) -> Any:
-    if config.lora is None or not config.lora.qlora:
+    if not config.qlora:
         return None
     import torch
 
     if not torch.cuda.is_available():
-        raise TuneforgeError("QLoRA (lora.qlora: true) needs a CUDA GPU; none is visible. Set qlora: false.")
+        raise TuneforgeError("QLoRA (peft.qlora: true) needs a CUDA GPU; none is visible. Set qlora: false.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise TuneforgeError("QLoRA (lora.qlora: true) needs bitsandbytes: pip install bitsandbytes")
+        raise TuneforgeError("QLoRA (peft.qlora: true) needs bitsandbytes: pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
 
     dtype, _ = device_dtype()
@@ -131,11 +131,41 @@ def load_scorer(ref: str, config: TrainConfig, tokenizer: Any, train_head: bool 
     return model
 
 
-def peft_config(config: TrainConfig, task_type: str = "CAUSAL_LM") -> Any:
-    if config.lora is None:
-        return None
-    from peft import LoraConfig
+def total_steps(args: Any, n_rows: int) -> int:
+    """Optimizer steps a Trainer run will make (what AdaLoRA's rank schedule is laid out over)."""
+    import math
 
-    spec = config.lora
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type=task_type, bias="none")
+    from accelerate import PartialState
+
+    if getattr(args, "max_steps", -1) and args.max_steps > 0:
+        return int(args.max_steps)
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * PartialState().num_processes
+    return max(1, math.ceil(n_rows / per_step) * math.ceil(args.num_train_epochs))
+
+
+def peft_config(config: TrainConfig, task_type: str = "CAUSAL_LM", model: Any = None,
+                steps: int | None = None) -> Any:
+    """PEFT's config object for the run's `peft` block (None for full fine-tuning)."""
+    if config.peft is None:
+        return None
+    from tuneforge.trainers.peft_methods import peft_config as build
+
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    ctx = {"model_path": resolve_model(config.base_model), "hidden_size": hidden, "total_steps": steps}
+    return build(config.peft, task_type, ctx)
+
+
+def peft_callbacks(config: TrainConfig) -> list[Any]:
+    """Trainer callbacks a PEFT method needs: AdaLoRA reallocates its rank budget after every optimizer step."""
+    if config.peft is None or config.peft.method != "adalora":
+        return []
+    from transformers import TrainerCallback
+
+    class AdaLoraBudget(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            inner = getattr(model, "module", model)  # DDP
+            base = getattr(inner, "base_model", None)
+            if base is not None and hasattr(base, "update_and_allocate"):
+                base.update_and_allocate(state.global_step)
+
+    return [AdaLoraBudget()]

@@ -13,11 +13,13 @@ import yaml
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import sha256_file, write_json, write_text
 from tuneforge.common.models import resolve_model
-from tuneforge.trainers.config import TrainConfig, load_config
+from tuneforge.trainers import truncation as tr
+from tuneforge.trainers.config import TrainConfig, check_paths, load_config
 from tuneforge.trainers.data import load_stage_data
 from tuneforge.trainers.metrics import LossProgress, MetricsLog, plot_loss, read_metrics
 from tuneforge.trainers.models import load_tokenizer_and_template
-from tuneforge.trainers.stages import BUILDERS
+from tuneforge.trainers.peft_methods import METHODS
+from tuneforge.trainers.stages import STAGES
 
 
 def last_checkpoint(out: Path) -> Path | None:
@@ -68,11 +70,30 @@ def merge_adapter(final: Path, target: Path, stage: str, tokenizer: Any) -> Path
     return target
 
 
-def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool = False,
-          merge: bool = False) -> dict[str, Any]:
-    """Train one stage; returns {run_dir, final, merged, metrics, plot, steps, final_loss, ...}."""
-    if not isinstance(config, TrainConfig):
-        config = load_config(config)
+def _rows_trained(trainer: Any, kept: int) -> int:
+    """Rows the trainer got: its dataset's length, unless packing joined rows into blocks (nothing dropped)."""
+    ds = getattr(trainer, "train_dataset", None)
+    if getattr(trainer.args, "packing", False):
+        return kept
+    try:
+        return len(ds)
+    except TypeError:  # an iterable dataset
+        return kept
+
+
+def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool = False, merge: bool = False,
+          *, strict: bool | None = None, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train one stage; returns {run_dir, final, merged, metrics, plot, steps, final_loss, rows, ...}.
+
+    `config` is a YAML path, a dict (its relative paths resolve against `base_dir`, default the working
+    directory) or a TrainConfig. Before any model loads: every path is checked, and every split is fitted into
+    max_length; too many dropped rows (or any, with `strict`) fail here, listed in DIR/run.json."""
+    config = load_config(config, base_dir=base_dir)
+    check_paths(config)
+    strict = config.truncation.strict if strict is None else strict
+    if merge and config.peft is not None and not METHODS[config.peft.method].merges:
+        raise RecipeError(f"--merge: a {config.peft.method!r} adapter (virtual tokens) cannot be folded into the "
+                          "base weights; load DIR/final with peft.AutoPeftModelForCausalLM instead")
     out = Path(out)
     ckpt = last_checkpoint(out)
     if resume and ckpt is None:
@@ -88,8 +109,33 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         raise RecipeError("no `template` in the config and none declared in the dataset manifest")
     tokenizer, template = load_tokenizer_and_template(config, template_name)
 
-    trainer = BUILDERS[config.stage](config, data, tokenizer, template, out)
+    prepare, build = STAGES[config.stage]
+    prepared = prepare(config, data, tokenizer, template)
+    fitting = {r.split: r.to_json() for r in prepared.reports}
     main = _is_main()
+    try:
+        tr.preflight(prepared.reports, config.max_length, config.truncation.max_drop_share, strict)
+    except TuneforgeError as e:
+        if main:
+            write_json(out / "run.json", {"stage": config.stage, "error": str(e), "max_length": config.max_length,
+                                          "truncation": fitting})
+        raise
+
+    trainer = build(config, prepared, tokenizer, out)
+    kept = prepared.reports[0].kept
+    train_rows = _rows_trained(trainer, kept)
+    if train_rows < kept:  # TRL filtered rows our fitting kept: count them, never hide them, check them too
+        first = prepared.reports[0]
+        fitting[first.split]["dropped_by_trl"] = kept - train_rows
+        lost = first.n_dropped + kept - train_rows
+        if strict or lost / first.rows > config.truncation.max_drop_share:
+            msg = (f"{first.split}: TRL's {type(trainer).__name__} kept {train_rows} of the {kept} rows that fit "
+                   f"max_length {config.max_length} ({lost} of {first.rows} lost in all)")
+            if main:
+                write_json(out / "run.json", {"stage": config.stage, "error": msg, "max_length": config.max_length,
+                                              "truncation": fitting})
+            raise (tr.DroppedRowsError(f"--strict: {msg}") if strict else RecipeError(
+                f"{msg}; that is over truncation.max_drop_share {100 * config.truncation.max_drop_share:g}%"))
     resume_step = int(re.search(r"(\d+)$", ckpt.name).group(1)) if resume and ckpt else None
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -100,9 +146,10 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         write_json(out / "run.json", {
             "stage": config.stage, "base_model": config.base_model,
             "base_model_path": resolve_model(config.base_model), "template": template_name,
+            "peft_method": config.peft.method if config.peft is not None else None,
             "dataset": str(config.dataset), "dataset_kind": data["kind"],
             "dataset_manifest_sha256": _manifest_hash(config, data["manifest"]),
-            "train_rows": len(data["train"]),
+            "train_rows": train_rows, "max_length": config.max_length, "truncation": fitting,
             "attn_implementation": getattr(getattr(trainer.model, "config", None), "_attn_implementation", None),
             "resumed_from": str(ckpt) if resume_step is not None else None,
             "trl_args": {k: v for k, v in trainer.args.to_dict().items() if "token" not in k},
@@ -122,7 +169,7 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
     merged = None
     if main:
         tokenizer.save_pretrained(str(final))
-        if merge and config.lora is not None:
+        if merge and config.peft is not None:
             merged = merge_adapter(final, out / "merged", config.stage, tokenizer)
     rows = read_metrics(metrics_path) if main else []
     plot = plot_loss(rows, out / "loss.png") if main else None
@@ -130,10 +177,12 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
     losses = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
     summary = {
         "run_dir": str(out), "stage": config.stage, "final": str(final),
-        "adapter": config.lora is not None, "merged": str(merged) if merged else None,
+        "adapter": config.peft is not None, "peft_method": config.peft.method if config.peft is not None else None,
+        "merged": str(merged) if merged else None,
         "metrics": str(metrics_path), "plot": str(plot) if plot else None,
         "steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else None,
-        "template": template_name,
+        "template": template_name, "train_rows": train_rows,
+        "rows": {split: {k: v for k, v in r.items() if k != "dropped_rows"} for split, r in fitting.items()},
     }
     if main:
         write_json(out / "summary.json", summary)

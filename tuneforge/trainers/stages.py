@@ -1,14 +1,19 @@
-"""One builder per stage: turn the validated config and loaded data into a ready TRL trainer."""
+"""Per stage: `prepare` fits the rows into max_length (tokenizer only, no model), then `build` turns the config
+and the prepared rows into a ready TRL trainer."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.trainers import models
+from tuneforge.trainers import truncation as tr
+from tuneforge.trainers._trl import stage_classes
 from tuneforge.trainers.config import TrainConfig, trl_config_class
 from tuneforge.trainers.data import prompt_and_reference
 
@@ -16,8 +21,17 @@ from tuneforge.trainers.data import prompt_and_reference
 _USER_TB_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")
 
 
+@dataclass
+class Prepared:
+    """The rows a trainer gets, and what fitting them into max_length did to each split."""
+
+    train: Any
+    eval: Any
+    reports: list[tr.SplitReport]
+
+
 def trl_args(config: TrainConfig, out: Path, **stage_defaults: Any) -> Any:
-    """The stage's TRL config: field-sensible defaults, then stage defaults, then the config's `args`."""
+    """The stage's TRL config: field-sensible defaults, then stage defaults, the stage block, the config's `args`."""
     _, bf16 = models.device_dtype()
     tensorboard = importlib.util.find_spec("tensorboard") is not None
     if tensorboard and not _USER_TB_DIR:
@@ -37,6 +51,7 @@ def trl_args(config: TrainConfig, out: Path, **stage_defaults: Any) -> Any:
         "include_num_input_tokens_seen": "non_padding",
     }
     values.update(stage_defaults)
+    values.update(config.stage_fields())
     values.update(config.args)
     values["output_dir"] = str(out / "checkpoints")
     cls = trl_config_class(config.stage)
@@ -46,120 +61,178 @@ def trl_args(config: TrainConfig, out: Path, **stage_defaults: Any) -> Any:
         raise TuneforgeError(f"args: TRL's {cls.__name__} rejected the arguments: {e}") from e
 
 
-def _sft_tokenize(ds: Any, tokenizer: Any, template: Any, config: TrainConfig) -> Any:
-    """input_ids + labels from our template, so the loss mask is exactly the template's assistant mask."""
+# ------------------------------------------------------------------ prepare (no model)
 
-    def encode(row: dict) -> dict:
-        enc = template.tokenize(tokenizer, row["messages"], train_on=config.train_on, max_length=config.max_length)
-        return {"input_ids": list(enc["input_ids"]), "labels": list(enc["labels"])}
 
-    out = ds.map(encode, remove_columns=ds.column_names, desc="Tokenizing with the chat template")
-    out = out.filter(lambda row: any(t != -100 for t in row["labels"]), desc="Dropping rows with no target")
-    if len(out) == 0:
-        raise TuneforgeError("no training row has an assistant token left within max_length")
+def _splits(data: dict) -> list[tuple[str, Any]]:
+    out = [("train", data["train"])]
+    if data["eval"] is not None:
+        out.append(("eval", data["eval"]))
     return out
 
 
-def build_sft(config, data, tokenizer, template, out):
-    from trl import SFTTrainer
+def _fit_all(data: dict, config: TrainConfig, fn: Any, columns: list[str], desc: str) -> Prepared:
+    done, reports = {}, []
+    for name, ds in _splits(data):
+        split = config.splits.train if name == "train" else config.splits.eval
+        kept, report = tr.apply(ds, fn, split, desc)
+        done[name] = kept.select_columns(columns)
+        reports.append(report)
+    return Prepared(done["train"], done.get("eval"), reports)
 
-    train = _sft_tokenize(data["train"], tokenizer, template, config)
-    ev = _sft_tokenize(data["eval"], tokenizer, template, config) if data["eval"] is not None else None
-    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
-    return SFTTrainer(model=models.load_policy(config), args=args, train_dataset=train, eval_dataset=ev,
-                      processing_class=tokenizer, peft_config=models.peft_config(config))
+
+def prepare_sft(config, data, tokenizer, template) -> Prepared:
+    """input_ids + labels from our template (the loss mask is exactly its assistant mask), fitted by the rule
+    in `truncation`."""
+
+    def fit(row: dict) -> dict:
+        return tr.fit_sft(row["messages"], tokenizer, template, config.max_length, config.train_on)
+
+    return _fit_all(data, config, fit, ["input_ids", "labels"], "Fitting conversations into max_length")
 
 
-def build_pt(config, data, tokenizer, template, out):
-    from trl import SFTTrainer
-
-    train = data["train"].select_columns(["text"])
+def prepare_pt(config, data, tokenizer, template) -> Prepared:
     ev = data["eval"].select_columns(["text"]) if data["eval"] is not None else None
+    reports = [tr.untouched(data["train"], config.splits.train)]
+    if ev is not None:
+        reports.append(tr.untouched(ev, config.splits.eval))
+    return Prepared(data["train"].select_columns(["text"]), ev, reports)
+
+
+def _prepare_pairs(config, data, tokenizer, template, completions: tuple[str, ...], extra: tuple[str, ...],
+                   cut_completion: bool) -> Prepared:
+    def fit(row: dict) -> dict:
+        return tr.fit_pair(row, completions, tokenizer, template, config.max_length, cut_completion)
+
+    return _fit_all(data, config, fit, ["prompt", *completions, *extra], "Fitting prompts into max_length")
+
+
+def prepare_preference(config, data, tokenizer, template) -> Prepared:
+    # dpo: TRL keeps the start of a completion that does not fit; rm drops such rows, and ORPO/CPO would cut
+    # replies to nothing, so for those a row must fit whole.
+    return _prepare_pairs(config, data, tokenizer, template, ("chosen", "rejected"), (),
+                          cut_completion=config.stage == "dpo")
+
+
+def prepare_kto(config, data, tokenizer, template) -> Prepared:
+    return _prepare_pairs(config, data, tokenizer, template, ("completion",), ("label",), cut_completion=True)
+
+
+def _fit_prompt_row(row: dict, tokenizer: Any, template: Any, max_length: int, tokenize: bool) -> dict:
+    prompt, ref = prompt_and_reference(row)
+    out = tr.fit_prompt(prompt, tokenizer, template, max_length)
+    if tokenize:
+        ids = [] if out[tr.STATUS] == tr.DROPPED else tokenizer.apply_chat_template(
+            out["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        return {"input_ids": list(ids), tr.STATUS: out[tr.STATUS], tr.REASON: out[tr.REASON]}
+    return {**out, "reference": ref}
+
+
+def prepare_ppo(config, data, tokenizer, template) -> Prepared:
+    """Tokenized prompts (ending in the assistant header) for on-policy generation, oldest turns trimmed."""
+    fit = partial(_fit_prompt_row, tokenizer=tokenizer, template=template, max_length=config.max_length,
+                  tokenize=True)
+    p = _fit_all(data, config, fit, ["input_ids"], "Fitting prompts into max_length")
+    if p.eval is None:  # TRL's PPOTrainer needs an eval set: the training prompts
+        p.eval = p.train
+    return p
+
+
+def prepare_grpo(config, data, tokenizer, template) -> Prepared:
+    fit = partial(_fit_prompt_row, tokenizer=tokenizer, template=template, max_length=config.max_length,
+                  tokenize=False)
+    return _fit_all(data, config, fit, ["prompt", "reference"], "Fitting prompts into max_length")
+
+
+# ------------------------------------------------------------------ build (loads the model)
+
+
+def _peft_for(config, model, p: Prepared, args, task_type: str = "CAUSAL_LM") -> Any:
+    return models.peft_config(config, task_type, model=model, steps=models.total_steps(args, len(p.train)))
+
+
+def _trainer(cls, config, p: Prepared, tokenizer, args, model, **kw) -> Any:
+    return cls(model=model, args=args, train_dataset=p.train, eval_dataset=p.eval, processing_class=tokenizer,
+               peft_config=_peft_for(config, model, p, args), callbacks=models.peft_callbacks(config), **kw)
+
+
+def build_sft(config, p, tokenizer, out):
+    cls, _ = stage_classes("sft")
+    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
+    return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
+
+
+def build_pt(config, p, tokenizer, out):
+    cls, _ = stage_classes("pt")
     args = trl_args(config, out, max_length=config.max_length, dataset_text_field="text", packing=True,
                     packing_strategy="wrapped", eval_strategy="no")
-    return SFTTrainer(model=models.load_policy(config), args=args, train_dataset=train, eval_dataset=ev,
-                      processing_class=tokenizer, peft_config=models.peft_config(config))
+    return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
-def _pairs(ds: Any) -> Any:
-    return None if ds is None else ds.select_columns(["prompt", "chosen", "rejected"])
-
-
-def build_dpo(config, data, tokenizer, template, out):
-    from trl import DPOTrainer
-
+def build_dpo(config, p, tokenizer, out):
+    cls, _ = stage_classes("dpo")
     args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
-    return DPOTrainer(model=models.load_policy(config), args=args, train_dataset=_pairs(data["train"]),
-                      eval_dataset=_pairs(data["eval"]), processing_class=tokenizer,
-                      peft_config=models.peft_config(config))
+    return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
-def build_rm(config, data, tokenizer, template, out):
-    from trl import RewardTrainer
+def build_kto(config, p, tokenizer, out):
+    """KTO: TRL's KTOTrainer on unpaired rows; the KL term needs batches of 2 or more (TRL checks)."""
+    cls, _ = stage_classes("kto")
+    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
+    return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
+
+def build_reference_free(config, p, tokenizer, out):
+    """orpo (ORPOTrainer) and simpo (CPOTrainer, loss_type simpo): preference pairs, no reference model."""
+    cls, _ = stage_classes(config.stage)
+    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no", remove_unused_columns=False)
+    return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
+
+
+def build_rm(config, p, tokenizer, out):
+    cls, _ = stage_classes("rm")
     args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
     model = models.load_scorer(config.base_model, config, tokenizer)
-    return RewardTrainer(model=model, args=args, train_dataset=_pairs(data["train"]),
-                         eval_dataset=_pairs(data["eval"]), processing_class=tokenizer,
-                         peft_config=models.peft_config(config, task_type="SEQ_CLS"))
+    return cls(model=model, args=args, train_dataset=p.train, eval_dataset=p.eval, processing_class=tokenizer,
+               peft_config=_peft_for(config, model, p, args, "SEQ_CLS"), callbacks=models.peft_callbacks(config))
 
 
-def _prompts(ds: Any, tokenizer: Any, max_length: int) -> Any:
-    """Tokenized prompts (ending in the assistant header) for on-policy generation."""
-
-    def encode(row: dict) -> dict:
-        prompt, _ = prompt_and_reference(row)
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return {"input_ids": list(ids["input_ids"])}
-
-    out = ds.map(encode, remove_columns=ds.column_names, desc="Tokenizing prompts")
-    out = out.filter(lambda row: 0 < len(row["input_ids"]) <= max_length)
-    if len(out) == 0:
-        raise TuneforgeError(f"no prompt fits within max_length={max_length}")
-    return out
-
-
-def build_ppo(config, data, tokenizer, template, out):
+def build_ppo(config, p, tokenizer, out):
     import copy
 
-    from tuneforge.trainers._trl import ppo_classes
-
-    trainer_cls, _ = ppo_classes()
-    train = _prompts(data["train"], tokenizer, config.max_length)
-    ev = _prompts(data["eval"], tokenizer, config.max_length) if data["eval"] is not None else train
+    trainer_cls, _ = stage_classes("ppo")
     args = trl_args(config, out, stop_token="eos", eval_strategy="no")
     tokenizer.padding_side = "left"  # queries are batched for generation
     policy = models.load_policy(config)
-    ref = None if config.lora is not None else copy.deepcopy(policy)
+    ref = None if config.peft is not None else copy.deepcopy(policy)
     reward = models.load_scorer(config.ppo.reward_model, config, tokenizer, train_head=False)
     value = models.load_scorer(config.ppo.value_model or config.ppo.reward_model, config, tokenizer,
                                train_head=False)
     return trainer_cls(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
-                       value_model=value, train_dataset=train, eval_dataset=ev,
-                       peft_config=models.peft_config(config))
+                       value_model=value, train_dataset=p.train, eval_dataset=p.eval,
+                       peft_config=models.peft_config(config, model=policy))
 
 
-def _grpo_rows(ds: Any) -> Any:
-    def row(r: dict) -> dict:
-        prompt, ref = prompt_and_reference(r)
-        return {"prompt": prompt, "reference": ref}
-
-    return None if ds is None else ds.map(row, remove_columns=ds.column_names)
-
-
-def build_grpo(config, data, tokenizer, template, out):
-    from trl import GRPOTrainer
-
+def build_grpo(config, p, tokenizer, out):
     from tuneforge.trainers.rewards import build_rewards
 
+    cls, _ = stage_classes("grpo")
     funcs, classes, weights = build_rewards(config, tokenizer)
     # GRPO counts its own tokens (num_tokens); the Trainer's counter cannot see its inputs
     args = trl_args(config, out, reward_weights=weights, eval_strategy="no", include_num_input_tokens_seen="no")
-    return GRPOTrainer(model=models.load_policy(config), reward_funcs=funcs, args=args,
-                       train_dataset=_grpo_rows(data["train"]), eval_dataset=_grpo_rows(data["eval"]),
-                       processing_class=tokenizer, reward_processing_classes=classes,
-                       peft_config=models.peft_config(config))
+    return _trainer(cls, config, p, tokenizer, args, models.load_policy(config), reward_funcs=funcs,
+                    reward_processing_classes=classes)
 
 
-BUILDERS = {"sft": build_sft, "pt": build_pt, "dpo": build_dpo, "rm": build_rm, "ppo": build_ppo,
-            "grpo": build_grpo}
+# stage -> (prepare, build)
+STAGES: dict[str, tuple[Any, Any]] = {
+    "pt": (prepare_pt, build_pt),
+    "sft": (prepare_sft, build_sft),
+    "rm": (prepare_preference, build_rm),
+    "dpo": (prepare_preference, build_dpo),
+    "kto": (prepare_kto, build_kto),
+    "orpo": (prepare_preference, build_reference_free),
+    "simpo": (prepare_preference, build_reference_free),
+    "ppo": (prepare_ppo, build_ppo),
+    "grpo": (prepare_grpo, build_grpo),
+}
