@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.common.config import error_lines, read_yaml_mapping
-from tuneforge.common.errors import RecipeError
+from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import sha256_file
 
 
@@ -137,14 +137,14 @@ def _train_stage(step: TrainStep, base: Path, data_dir: Path) -> TrainStage:
 
 
 def _eval_config(base: Path, rel: str | None, what: str, extra: dict[str, Any]) -> Any:
-    from tuneforge.eval.config import check_paths, load_config
+    from tuneforge.eval.config import check_suite_paths, load_config
 
     path = _file(base, rel, what) if rel else None
     raw = deep_merge(read_yaml_mapping(path, "eval config") if path else {}, extra)
     try:
         config = load_config(raw, base_dir=path.parent if path else base)
-        check_paths(config)
-    except RecipeError as e:
+        check_suite_paths(config)
+    except TuneforgeError as e:
         raise RecipeError(f"{what} ({path or 'inline'}): {e}") from None
     return config
 
