@@ -1,6 +1,7 @@
 """Reading the chosen option out of a generated answer: reasoning stripped, then a fixed cascade of patterns.
 
-The cascade (docs/eval.md) tries, in order, and stops at the first level that finds a letter:
+The cascade (docs/eval.md) tries, in order, and stops at the first level that finds a letter (the end of
+turn markers such as `<|im_end|>` are removed first):
 
 1. `boxed`     — `\\boxed{B}` (the last one);
 2. `statement` — an explicit answer statement, the first one: Chinese `答案是B`, `答案为：B`, `正确答案：(B)`,
@@ -8,9 +9,15 @@ The cascade (docs/eval.md) tries, in order, and stops at the first level that fi
                  `the correct answer is option B`, `I choose B`;
 3. `option`    — `选项B` / `B选项` / `option B` (the first one);
 4. `paren`     — a parenthesised letter `(B)` / `（B）` (the first one);
-5. `letter`    — the last standalone option letter (not part of a word: `B.` and `B、` count, `Bob` does not);
-6. `text`      — the text of exactly one option appears in the output (an option that is a substring of
+5. `lead`      — the output opens with an option label (`B. 北京`, `B、`, `B`) on a line of its own that is
+                 not followed by another label line (an opening "A. …\nB. …" restates the options);
+6. `letter`    — the last standalone option letter (not part of a word: `B.` and `B、` count, `Bob` and the
+                 article in `A cat` do not);
+7. `text`      — the text of exactly one option appears in the output (an option that is a substring of
                  another found option does not count separately).
+
+Levels 6 and 7 are skipped when the output restates the options (label lines of two or more different
+letters, "A. …\nB. …"): an echo of the question is no answer.
 
 Nothing found means `None`: the question counts as wrong and as `unextracted`; nothing is guessed.
 """
@@ -65,6 +72,7 @@ def strip_reasoning(text: str, markers: list[tuple[str, str]] | None = None) -> 
     return text.strip()
 
 
+_END_MARKS = re.compile(r"<\|(?:im_end|endoftext|eot_id|end|end_of_text)\|>|</s>|<end_of_turn>|<eos>")
 _L = "[A-D]"
 _NOT_WORD_BEFORE = r"(?<![A-Za-z])"
 _NOT_WORD_AFTER = r"(?![A-Za-z])"
@@ -74,18 +82,21 @@ _STATEMENT = re.compile(
     r"(?:"
     r"(?:正确)?答案(?:应该|应当|应)?(?:[是为选：:]\s*)+(?:选项|选)?\s*" + _OPEN +
     r"|(?:故|所以|因此|因而|则|应|应当|应该|我)(?:选择|选)\s*(?:选项)?\s*" + _OPEN +
-    r"|(?:^|[\s，。,；;:：])选择\s*" + _OPEN +
+    r"|(?:^|[\s，。,；;:：])选(?:择|中)?[：:]?\s*" + _OPEN +
     r"|(?i:\b(?:final\s+|correct\s+|the\s+)*answer\s*(?:is|:|=|would\s+be|should\s+be)\s*(?:option\s+|choice\s+)?)" + _OPEN +
     r"|(?i:\b(?:I\s+(?:would\s+)?(?:choose|pick|select)|correct\s+(?:option|choice)\s+is)\s*(?:option\s+)?)" + _OPEN +
     r")(" + _L + r")" + _NOT_WORD_AFTER,
     re.M,
 )
-_OPTION = re.compile(r"选项\s*(" + _L + r")" + _NOT_WORD_AFTER + r"|" + _NOT_WORD_BEFORE + r"(" + _L + r")\s*选项"
+_OPTION = re.compile(r"选项(?:字母)?\s*[是为：:]?\s*" + _OPEN + "(" + _L + r")" + _NOT_WORD_AFTER + r"|" +
+                     _NOT_WORD_BEFORE + r"(" + _L + r")\s*选项"
                      r"|(?i:\boption\s+)(" + _L + r")" + _NOT_WORD_AFTER)
+# a line that labels an option: "A. …", "B、…", "C: …", "(D) …"
+_LABEL = re.compile(r"^\s*[\(（]?(" + _L + r")(?:[\.．、:：\)）]|\s*$)", re.M)
 _PAREN = re.compile(r"[\(（]\s*(" + _L + r")\s*[\)）]")
 # not the English article ("A cat"): a letter followed by a lower-case word is prose, not an option
 _LETTER = re.compile(_NOT_WORD_BEFORE + "(" + _L + ")" + _NOT_WORD_AFTER + r"(?!\s+[a-z])")
-LEVELS = ("boxed", "statement", "option", "paren", "letter", "text")
+LEVELS = ("boxed", "statement", "option", "paren", "lead", "letter", "text")
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,7 @@ def _by_text(text: str, options: tuple[str, ...] | list[str] | None) -> str | No
 def extract_answer(output: str, options: tuple[str, ...] | list[str] | None = None,
                    markers: list[tuple[str, str]] | None = None) -> Extraction:
     """The option letter a generated answer gives, and which cascade level found it."""
-    text = strip_reasoning(output, markers)
+    text = strip_reasoning(_END_MARKS.sub("\n", output), markers)
     boxed = _BOXED.findall(text)
     if boxed:
         return Extraction(boxed[-1], "boxed", text)
@@ -125,6 +136,13 @@ def extract_answer(output: str, options: tuple[str, ...] | list[str] | None = No
         got = _first(rx, text)
         if got:
             return Extraction(got, method, text)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    first = _LABEL.match(lines[0]) if lines else None
+    if first and not (len(lines) > 1 and _LABEL.match(lines[1])):
+        return Extraction(first.group(1), "lead", text)
+    # the options restated ("A. …\nB. …"): neither their letters nor their texts are an answer
+    if len(set(_LABEL.findall(text))) >= 2:
+        return Extraction(None, None, text)
     letters = _LETTER.findall(text)
     if letters:
         return Extraction(letters[-1], "letter", text)

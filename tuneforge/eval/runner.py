@@ -62,7 +62,24 @@ def _generation_template(tokenizer: Any, name: str | None) -> tuple[Callable[[li
 
     name = name or "tokenizer"
     tpl = get_template(name, tokenizer=tokenizer) if name == "tokenizer" else get_template(name)
-    return (lambda msgs: tpl.render(msgs, add_generation_prompt=True)), list(tpl.stop_strings)
+    render = lambda msgs: tpl.render(msgs, add_generation_prompt=True)  # noqa: E731
+    return render, list(dict.fromkeys([*tpl.stop_strings, *_end_of_turn(tpl, tokenizer)]))
+
+
+def _end_of_turn(tpl: Any, tokenizer: Any) -> list[str]:
+    """The marker the template writes after an assistant reply (`<|im_end|>`, `<|eot_id|>`), when it is one
+    of the tokenizer's special tokens: the tokenizer's EOS alone does not end a chat turn for every model."""
+    probe = "tuneforge-probe-reply"
+    try:
+        text = tpl.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}])
+    except Exception:
+        return []
+    after = text[text.find(probe) + len(probe):] if probe in text else ""
+    specials = sorted((t for t in getattr(tokenizer, "all_special_tokens", []) or [] if t), key=len, reverse=True)
+    specials += [t.content if hasattr(t, "content") else str(t)
+                 for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()]
+    head = after.lstrip()
+    return [next(t for t in specials if head.startswith(t))] if any(head.startswith(t) for t in specials) else []
 
 
 def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Progress,
