@@ -28,9 +28,9 @@ DEFAULT_PROMPT = (
     "correctness, faithfulness to the request and fluency (the request may be in Chinese; answer in either "
     "language). Do not let the order of the answers or their length decide. If they are equally good, say tie.\n\n"
     "[User request]\n{question}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}\n\n"
-    "Reply with one JSON object: {{\"winner\": \"A\" | \"B\" | \"tie\", \"reason\": \"one sentence\"}}\n"
-    "JSON Schema: " + json.dumps(SCHEMA)
+    "Reply with one JSON object: {{\"winner\": \"A\" | \"B\" | \"tie\", \"reason\": \"one sentence\"}}"
 )
+SCHEMA_LINE = "\nJSON Schema: " + json.dumps(SCHEMA)  # for endpoints that only take json_object
 
 
 def parse_verdict(text: str) -> str | None:
@@ -106,7 +106,8 @@ async def _judge_all(pairs: list[tuple[dict, dict]], jc: Any, cache_file: Path) 
         sampling = llm.sampling()
 
         async def one(question: str, a: str, b: str) -> str | None:
-            msgs = [{"role": "user", "content": template.format(question=question, answer_a=a, answer_b=b)}]
+            text = template.format(question=question, answer_a=a, answer_b=b) + SCHEMA_LINE
+            msgs = [{"role": "user", "content": text}]
             try:
                 reply = await llm.complete(msgs, sampling, template_version=TEMPLATE_VERSION, tally=tally,
                                            item=ItemState(), json_schema=("judgment", SCHEMA))
