@@ -118,11 +118,17 @@ def forgetting_command(
     res = run_forgetting(base, tuned, out=out, adapter=adapter, config=cfg, progress=_progress)
     fg = res["forgetting"]
     for name, s in fg["suites"].items():
-        typer.echo(f"{name}: {s['base_accuracy']:.2f} -> {s['tuned_accuracy']:.2f} ({s['delta']:+.2f} pt, "
-                   f"95% CI [{s['ci_low']:.2f}, {s['ci_high']:.2f}], McNemar p={s['p_value']:.3g}): {s['verdict']}")
+        typer.echo(f"{name} [{s.get('tier', 'critical')}]: {s['base_accuracy']:.2f} -> {s['tuned_accuracy']:.2f} "
+                   f"({s['delta']:+.2f} pt, 95% CI [{s['ci_low']:.2f}, {s['ci_high']:.2f}], McNemar p={s['p_value']:.3g}, "
+                   f"MDE {s.get('mde', float('nan')):.1f} pt): {s['verdict']}"
+                   + (f" ({s['note']})" if s.get("note") else ""))
     if fg.get("perplexity"):
         p = fg["perplexity"]
         typer.echo(f"perplexity: {p['base']} -> {p['tuned']} ({p['change_pct']:+.2f}%)")
+    if res.get("judge"):
+        j = res["judge"]
+        typer.echo(f"judge win rate (tuned vs base): {j['win_rate']}% [{j['ci_low']}, {j['ci_high']}] over {j['n']} "
+                   f"pairs ({j['wins']} wins, {j['ties']} ties, {j['losses']} losses)")
     typer.echo(f"verdict: {fg['verdict']}  -> {out}/results.json, report.html")
     if fail_on_forgetting and fg["verdict"] == "forgetting":
         raise typer.Exit(1)
