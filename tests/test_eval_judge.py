@@ -69,3 +69,36 @@ def test_verdict_parsing_and_scores():
     assert pair_score("A", "A") == 0.5 and pair_score("tie", "B") == 0.75 and pair_score(None, "A") is None
     lo, hi = bootstrap_ci([1.0] * 10)
     assert lo == hi == 100.0
+
+
+def test_forgetting_run_judges_tuned_against_base_on_heldout(smollm2_path, shared, tmp_path):
+    """run_forgetting with `heldout:` and `judge:`: both models generate, the judge compares, the report shows it."""
+    from eval_tiny import tiny_model_dir
+
+    from datasets import Dataset, DatasetDict
+    from tuneforge.eval import run_forgetting
+
+    base = tiny_model_dir(smollm2_path, tmp_path / "base", seed=0)
+    tuned = tiny_model_dir(smollm2_path, tmp_path / "tuned", seed=1)
+    rows = json.loads((shared / "chatglm-efficient-tuning" / "oaast_sft_zh.json").read_text(encoding="utf-8"))[:8]
+    recs = [{"id": str(i), "meta": "{}", "messages": [{"role": "user", "content": r["instruction"]},
+                                                      {"role": "assistant", "content": r["output"]}]}
+            for i, r in enumerate(rows)]
+    build = tmp_path / "build"
+    DatasetDict({"train": Dataset.from_list(recs[:4]), "test": Dataset.from_list(recs[4:])}).save_to_disk(
+        str(build / "dataset"))
+    (build / "manifest.json").write_text(json.dumps({"datasets": {"messages": "dataset"}, "template": "chatml"}),
+                                         encoding="utf-8")
+    srv = FakeOpenAIServer(responder=lambda body: '{"winner": "tie"}').start()
+    try:
+        cfg = {"suites": [{"benchmark": "ceval", "subjects": ["law"], "limit": 2, "shots": 0}],
+               "perplexity": {"limit": 2, "max_length": 32},
+               "heldout": {"dataset": str(build), "max_new_tokens": 6, "batch_size": 4},
+               "judge": {"llm": {"base_url": srv.base_url, "model": "judge"}, "cache": str(tmp_path / "j.sqlite"),
+                         "bootstrap": 200}}
+        res = run_forgetting(str(base), str(tuned), out=tmp_path / "forget", config=cfg)
+    finally:
+        srv.stop()
+    j = res["judge"]
+    assert j["n"] == 4 and j["ties"] == 4 and j["win_rate"] == 50.0 and srv.stats.chat == 8
+    assert "LLM-judge win rate" in (tmp_path / "forget" / "report.md").read_text(encoding="utf-8")
