@@ -128,7 +128,7 @@ class EvalConfig(_Strict):
     samples_in_report: int = 20
 
 
-def _resolve_paths(data: dict, base_dir: Path) -> None:
+def resolve_suite_paths(data: dict, base_dir: Path) -> None:
     """`mcq:FILE` (and `NAME:DIR`) suite paths are relative to the config file, not the working directory."""
     from tuneforge.eval.suites import HUB_IDS
 
@@ -162,7 +162,7 @@ def load_config(source: str | Path | dict | EvalConfig | None, *, base_dir: str 
     data.update({k: v for k, v in overrides.items() if v is not None})
     if base_dir is not None:
         data["suites"] = [dict(sc) if isinstance(sc, dict) else sc for sc in data.get("suites") or []]
-        _resolve_paths(data, Path(base_dir))
+        resolve_suite_paths(data, Path(base_dir))
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as e:

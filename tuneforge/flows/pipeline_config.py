@@ -107,6 +107,10 @@ def forgetting_config(cfg: PipelineConfig, base: Path) -> dict[str, Any]:
     assert cfg.forgetting is not None
     f = cfg.forgetting
     fc = read_yaml_mapping(base / f.config, "eval config") if f.config else {}
+    if f.config:  # mcq:FILE paths in the eval config are relative to that file
+        from tuneforge.eval.config import resolve_suite_paths
+
+        resolve_suite_paths(fc, (base / f.config).resolve().parent)
     if f.suites:
         fc["suites"] = [{"benchmark": s} for s in f.suites]
     for key in ("tolerance", "alpha"):
