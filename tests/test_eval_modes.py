@@ -138,3 +138,19 @@ def test_compare_ranks_only_runs_on_the_same_questions(tmp_path):
     assert "C-Eval Hard" in md.split("## ceval by category")[1]
     assert "not checked" in md and "–" not in md.split("## Leaderboard")[1].split("##")[0]
     assert "Not ranked: other questions" in md
+
+
+def test_eval_cli_mode_generate(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    out = tmp_path / "gen"
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny), "--benchmark", "ceval", "--subjects", "law",
+                                   "--limit", "2", "--shots", "0", "--mode", "generate", "--cot",
+                                   "--max-new-tokens", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "ceval: accuracy" in res.output and "unextracted" in res.output
+    r = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert r["suites"]["ceval"]["mode"] == "generate" and r["suites"]["ceval"]["cot"] is True
+    assert r["config"]["generation"]["max_new_tokens"] == 4
