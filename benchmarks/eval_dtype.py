@@ -15,6 +15,13 @@ tests/data/extraction_outputs.jsonl) when `--extraction-out` is given.
 
     python3 benchmarks/eval_dtype.py --gguf DIR --ceval DIR --mmlu DIR --json OUT.json [--extraction-out F]
     .venv/bin/python benchmarks/eval_dtype.py --update-md OUT.json     # the RESULTS.md section
+    .venv/bin/python benchmarks/eval_dtype.py --device cpu --model-dir DIR --limit 4 ...   # a dry run
+
+On the lent H200 (64 MiB per call) the 98 MB GGUF went in two parts over two calls: the first carried part 0
+(44,000,000 bytes) and the wheels (lm_eval 0.4.13, datasets 5.2.0, dill, multiprocess, xxhash, fsspec,
+sacrebleu, portalocker, tabulate, colorama, lxml, regex, gguf; `pip download --no-deps --only-binary=:all:
+--python-version 3.12 --platform manylinux_2_28_x86_64 ...`) and copied them to /tmp there; the second, on
+the still-warm machine, carried part 1, the sha256, the code and the C-Eval/MMLU folders, and ran this script.
 """
 
 from __future__ import annotations
