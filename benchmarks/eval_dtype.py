@@ -231,6 +231,22 @@ def notes(res: dict) -> str:
     )
 
 
+def runner_notes(chk: dict) -> str:
+    """`benchmarks/eval_runner_check.py`: the same through `run_eval` with its defaults (a later lease)."""
+    f32, b1, b2, g = (chk[k] for k in ("float32", "bf16 default", "bf16 default again", "generate 0-shot answer-only"))
+    return (
+        "\nThrough `run_eval` itself (`benchmarks/eval_runner_check.py`, another H200 lease, no warm-up runs, so "
+        "each first run pays one-time CUDA set-up): `dtype: float32` (run first) "
+        f"{f32['timing']['questions_per_s']} q/s; the CUDA default (bf16, whole prompts, re-scoring "
+        f"{b1['timing']['rescored']} questions in float32) {b1['timing']['questions_per_s']} q/s on its first run "
+        f"and {b2['timing']['questions_per_s']} q/s on a second, agreeing with float32 on "
+        f"{b2['agreement_vs_float32']}% ({b2['agree']}/{f32['timing']['questions']}) of questions; "
+        f"C-Eval average {f32['accuracy']} both ways. Generate mode (0-shot, answer only, 32 new tokens, batches of "
+        f"128): {g['timing']['questions_per_s']} q/s, accuracy {g['accuracy']}, {g['unextracted']} of 1346 answers "
+        f"unextractable (in the hand-read sample of 240, most unextractable answers restated the options); extraction levels {g['extraction']}. Raw: "
+        "`benchmarks/results/runner-check-h200.json`.\n")
+
+
 def update_md(files: list[str]) -> None:
     from results_md import write_section  # type: ignore[import-not-found]
 
@@ -249,7 +265,7 @@ def update_md(files: list[str]) -> None:
             f"bf16 flips (whole prompts, no re-scoring): {len(flips)}; their float32 top-two margins (logits), "
             f"smallest first: {margins or 'none'}. Agreement if questions under a bf16 margin were re-scored in "
             f"float32 (computed from the same runs): {off}\n\n"
-            + notes(res) + "\n")
+            + notes(res) + "\n" + (runner_notes(json.loads(Path(files[1]).read_text())) if len(files) > 1 else ""))
     write_section(REPO / "benchmarks" / "RESULTS.md", SECTION, body)
     print(body)
 
