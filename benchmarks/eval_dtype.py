@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 DEV = "cuda"
 LIMIT: int | None = None
-SECTION = "## Evaluation: native engine in bf16 vs float32, and vs lm-eval"
+SECTION = "Evaluation: native engine in bf16 vs float32, and vs lm-eval"
 
 
 def _sync() -> None:
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
 def table(res: dict) -> str:
     runs = res["runs"]
     base = {"float32": runs["lm-eval fp32"]["qps"], "bfloat16": runs["lm-eval bf16"]["qps"]}
-    lines = ["| run | dtype | q/s | vs lm-eval, same dtype | agreement with native fp32 | flips | accuracy |",
+    lines = ["| run | dtype | q/s | vs lm-eval, same dtype | agreement with native fp32 | flips | accuracy (pooled) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name, r in runs.items():
         lines.append(f"| {name} | {r['dtype']} | {r['qps']} | {r['qps'] / base[r['dtype']]:.2f}x | "
@@ -255,7 +255,7 @@ def update_md(files: list[str]) -> None:
     fl = sorted(flips, key=lambda f: f["fp32_margin"])
     margins = ", ".join(f"{f['fp32_margin']:.3f}" for f in fl[:40])
     off = " ".join(f"{k}: {v['agreement']}% ({v['rescored']} re-scored);" for k, v in res["offline_rescore"].items())
-    body = (f"{SECTION}\n\n"
+    body = (f"## {SECTION}\n\n"
             f"`benchmarks/eval_dtype.py` on one {res['device']} (torch {res['torch']}), {res['model']}, full C-Eval "
             f"val ({res['questions']} questions, {res['subjects']} subjects, {res['shots']}-shot), every run in one "
             "process on the same loaded weights, each after an untimed warm-up. The baseline is lm-eval "
