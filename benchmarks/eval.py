@@ -146,7 +146,7 @@ def update_md(files: list[str]) -> None:
             "`log_softmax` over the vocabulary rounds the letters' scores (~0.06 at these magnitudes) into ties and "
             "flips for this 135M model, whose four letter logits are close; and the native engine is slower in bf16 "
             "than in fp32 (profile: 11.9 of 19.9 s in `scaled_dot_product_attention`, the masked attention of each "
-            "question over the cached prefix), so the speedup is 1.9x. CPU row: this shared 2-core machine with "
+            "question over the cached prefix), so the speedup is 1.9x (the bf16 path has since changed: whole prompts on FlashAttention plus float32 re-scoring of close calls, see the next section). CPU row: this shared 2-core machine with "
             "other jobs running (load average 4-6), 20 questions of art_studies and basic_medicine, so an upper "
             "bound on time. Commands: `python3 benchmarks/eval.py --gguf DIR --ceval .bench_data/ceval --device cuda "
             "--batch-size 64 --max-batch-tokens 65536 [--dtype float32 --lm-eval-batch-size 16] --json OUT` (GPU); "

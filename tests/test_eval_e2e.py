@@ -72,11 +72,13 @@ def test_eval_cli_native_and_lm_eval_runs_then_compare(smollm2_path, tmp_path):
     assert len(read_jsonl(b / "predictions.jsonl")) == 4 and (b / "lm_eval_tasks").is_dir()
     cmp = tmp_path / "compare"
     out = _cli("compare", str(a), str(b), "--out", str(cmp))
-    board = json.loads((cmp / "results.json").read_text(encoding="utf-8"))["leaderboard"]
-    assert {e["run"] for e in board} == {"eval-1shot", "eval-0shot-lm-eval"} and [e["rank"] for e in board] == [1, 2]
-    by = {e["run"]: e for e in board}
-    assert by["eval-1shot"]["suites"]["ceval"] == ce["accuracy"]
-    assert by["eval-0shot-lm-eval"]["suites"]["cmmlu"] is None
+    res_cmp = json.loads((cmp / "results.json").read_text(encoding="utf-8"))
+    # the two runs scored different questions (other subjects, limits, suites): only one is ranked
+    board, others = res_cmp["leaderboard"], res_cmp["not_comparable"]
+    assert [e["path"] for e in board] == [str(a)] and [e["path"] for e in others] == [str(b)]
+    assert board[0]["run"] == f"{smollm2_path.name} (eval-1shot)"  # model name; the folder tells twins apart
+    assert board[0]["suites"]["ceval"] == ce["accuracy"] and board[0]["n"]["ceval"] == 3
+    assert "not ranked (other questions)" in out
     html = (cmp / "report.html").read_text(encoding="utf-8")
     assert "eval-1shot" in html and "data:image/png;base64," in html
     assert "| rank | run |" in (cmp / "report.md").read_text(encoding="utf-8")
@@ -129,9 +131,11 @@ def test_forgetting_cli_with_adapter_and_report_renders_in_chromium(smollm2_path
     res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     fg = res["forgetting"]
     assert res["adapter"] == str(adapter) and fg["base"] == str(smollm2_path)
-    assert set(fg["suites"]) == {"ceval", "mmlu"} and fg["verdict"] in ("forgetting", "no significant change",
-                                                                       "improved")
+    assert set(fg["suites"]) == {"ceval", "mmlu"}
     ce = fg["suites"]["ceval"]
+    # 4 questions cannot show a 1-point drop: under-powered, so inconclusive with the n it would need
+    assert fg["verdict"] == "inconclusive" and ce["verdict"] in ("inconclusive", "forgetting")
+    assert ce["mde"] > 1 and fg["mde"]["ceval"] == ce["mde"] and ce["tier"] == "critical"
     assert ce["n"] == 4 and set(ce["categories"]) == {"Humanities", "Social Science"}
     assert ce["ci_low"] <= ce["delta"] <= ce["ci_high"] and 0 <= ce["p_value"] <= 1
     base = {r["uid"]: r for r in read_jsonl(out / "base" / "predictions.jsonl")}

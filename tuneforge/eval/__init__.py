@@ -5,7 +5,7 @@ The public entry points load lazily so that the engines (native, lm-eval) import
 
 from typing import Any
 
-__all__ = ["compare_runs", "run_eval", "run_forgetting"]
+__all__ = ["compare_runs", "load_config", "run_eval", "run_forgetting"]
 
 
 def __getattr__(name: str) -> Any:
@@ -13,6 +13,10 @@ def __getattr__(name: str) -> Any:
         from tuneforge.eval.compare import compare_runs
 
         return compare_runs
+    if name == "load_config":
+        from tuneforge.eval.config import load_config
+
+        return load_config
     if name in ("run_eval", "run_forgetting"):
         from tuneforge.eval import runner
 

@@ -41,6 +41,10 @@ def eval_command(
     split: str | None = typer.Option(None, "--split", help="val (default) or test (writes the submission JSON)"),
     engine: str | None = typer.Option(None, "--engine", help="native (default) or lm-eval"),
     chat: bool = typer.Option(False, "--chat", help="wrap prompts in the model's chat template"),
+    mode: str | None = typer.Option(None, "--mode", help="logits (default: next-token letter logits) or generate "
+                                    "(the model writes its answer; the letter is extracted)"),
+    cot: bool = typer.Option(False, "--cot", help="generate mode: chain-of-thought instruction"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="generate mode (32; 512 with --cot)"),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda"),
     dtype: str | None = typer.Option(None, "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16"),
     batch_size: int | None = typer.Option(None, "--batch-size"),
@@ -50,7 +54,12 @@ def eval_command(
     from tuneforge.eval.config import load_config
     from tuneforge.eval.runner import run_eval
 
-    cfg = load_config(config, engine=engine, device=device, dtype=dtype, batch_size=batch_size, chat=chat or None)
+    cfg = load_config(config, engine=engine, device=device, dtype=dtype, batch_size=batch_size, chat=chat or None,
+                      mode=mode)
+    if cot:
+        cfg.generation.cot = True
+    if max_new_tokens:
+        cfg.generation.max_new_tokens = max_new_tokens
     subj = _split_csv(subjects)
     cli_suites = _suites_from_cli(benchmark, subj, shots, limit, split)
     if cli_suites is not None:
@@ -61,10 +70,14 @@ def eval_command(
             s.shots = s.shots if shots is None else shots
             s.limit = limit or s.limit
             s.split = split or s.split
+    if mode:  # the command line decides for every suite
+        for s in cfg.suites:
+            s.mode = None
     res = run_eval(cfg, out=out, model=model, adapter=adapter, progress=_progress)
     for name, s in res.get("suites", {}).items():
         hard = f"  hard {s['hard']['accuracy']}" if s.get("hard") else ""
-        typer.echo(f"{name}: accuracy {s['accuracy']} on {s['n']} questions{hard}")
+        unex = f"  unextracted {s['unextracted']}" if s.get("unextracted") is not None else ""
+        typer.echo(f"{name}: accuracy {s['accuracy']} on {s['n']} questions{hard}{unex}")
     if "heldout" in res:
         typer.echo("heldout: " + json.dumps(res["heldout"]["metrics"], ensure_ascii=False))
     if "perplexity" in res:
@@ -105,11 +118,17 @@ def forgetting_command(
     res = run_forgetting(base, tuned, out=out, adapter=adapter, config=cfg, progress=_progress)
     fg = res["forgetting"]
     for name, s in fg["suites"].items():
-        typer.echo(f"{name}: {s['base_accuracy']:.2f} -> {s['tuned_accuracy']:.2f} ({s['delta']:+.2f} pt, "
-                   f"95% CI [{s['ci_low']:.2f}, {s['ci_high']:.2f}], McNemar p={s['p_value']:.3g}): {s['verdict']}")
+        typer.echo(f"{name} [{s.get('tier', 'critical')}]: {s['base_accuracy']:.2f} -> {s['tuned_accuracy']:.2f} "
+                   f"({s['delta']:+.2f} pt, 95% CI [{s['ci_low']:.2f}, {s['ci_high']:.2f}], McNemar p={s['p_value']:.3g}, "
+                   f"MDE {s.get('mde', float('nan')):.1f} pt): {s['verdict']}"
+                   + (f" ({s['note']})" if s.get("note") else ""))
     if fg.get("perplexity"):
         p = fg["perplexity"]
         typer.echo(f"perplexity: {p['base']} -> {p['tuned']} ({p['change_pct']:+.2f}%)")
+    if res.get("judge"):
+        j = res["judge"]
+        typer.echo(f"judge win rate (tuned vs base): {j['win_rate']}% [{j['ci_low']}, {j['ci_high']}] over {j['n']} "
+                   f"pairs ({j['wins']} wins, {j['ties']} ties, {j['losses']} losses)")
     typer.echo(f"verdict: {fg['verdict']}  -> {out}/results.json, report.html")
     if fail_on_forgetting and fg["verdict"] == "forgetting":
         raise typer.Exit(1)
@@ -125,7 +144,10 @@ def compare_command(
     res = compare_runs([str(r) for r in runs], out)
     for e in res["leaderboard"]:
         typer.echo(f"{e['rank']}. {e['run']}: mean {e['mean']}  " +
-                   "  ".join(f"{s} {v}" for s, v in e["suites"].items()))
+                   "  ".join(f"{s} {v} (n={e['n'][s]})" for s, v in e["suites"].items()))
+    for e in res.get("not_comparable", []):
+        typer.echo(f"not ranked (other questions): {e['run']}  " +
+                   "  ".join(f"{s} {v} (n={e['n'][s]})" for s, v in e["suites"].items()))
     typer.echo(f"-> {out}/report.html")
 
 

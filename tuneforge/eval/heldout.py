@@ -91,46 +91,16 @@ def load_examples(dataset: str, split: str, limit: int | None) -> tuple[list[dic
     return out, template
 
 
-def _cut(text: str, stops: list[str]) -> str:
-    idx = [text.find(s) for s in stops if s and s in text]
-    return (text[: min(idx)] if idx else text).strip()
-
-
 def generate(lm: Any, prompts: list[str], cfg: HeldoutConfig, stops: list[str]) -> list[str]:
-    import torch
+    from tuneforge.eval.generate import generate_texts
 
-    tok, model = lm.tokenizer, lm.model
-    torch.manual_seed(cfg.seed)
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    outs: list[str] = []
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    by_index: dict[int, str] = {}
-    try:
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id,
-                                  "do_sample": cfg.do_sample}
-            if cfg.do_sample:
-                kw.update(temperature=cfg.temperature, top_p=cfg.top_p)
-            # Stops that are one token (<|im_end|>, </s>) end generation as EOS ids; only the rest go through
-            # `stop_strings`, whose set-up scans the whole vocabulary.
-            vocab = tok.get_vocab()
-            eos = {tok.eos_token_id} | {vocab[s] for s in stops if s in vocab}
-            kw["eos_token_id"] = sorted(i for i in eos if i is not None)
-            multi = [s for s in stops if s and s not in vocab]
-            if multi:
-                kw.update(stop_strings=multi, tokenizer=tok)
-            with torch.inference_mode():
-                gen = model.generate(**{k: v.to(lm.device) for k, v in enc.items()}, **kw)
-            for row, i in enumerate(idx):
-                by_index[i] = _cut(tok.decode(gen[row, enc.input_ids.shape[1]:], skip_special_tokens=False),
-                                   stops + [t for t in (tok.eos_token, tok.pad_token) if t])
-    finally:
-        tok.padding_side = old_side
-    outs = [by_index[i] for i in range(len(prompts))]
-    return outs
+    return generate_texts(lm.model, lm.tokenizer, lm.device, prompts, max_new_tokens=cfg.max_new_tokens,
+                          batch_size=cfg.batch_size, stops=stops, do_sample=cfg.do_sample,
+                          temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+
+
+def _last_user(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def run_heldout(lm: Any, cfg: HeldoutConfig, out: Path) -> dict:
@@ -142,8 +112,8 @@ def run_heldout(lm: Any, cfg: HeldoutConfig, out: Path) -> dict:
     prompts = [tpl.render(e["prompt"], add_generation_prompt=True) for e in examples]
     outputs = generate(lm, prompts, cfg, list(tpl.stop_strings))
     metrics = score(outputs, [e["reference"] for e in examples], cfg.tokenize, cfg.exact_match_max_chars)
-    rows = [{"id": e["id"], "prompt": prompts[i], "reference": e["reference"], "output": outputs[i]}
-            for i, e in enumerate(examples)]
+    rows = [{"id": e["id"], "prompt": prompts[i], "question": _last_user(e["prompt"]), "reference": e["reference"],
+             "output": outputs[i]} for i, e in enumerate(examples)]
     write_jsonl(out / "heldout_outputs.jsonl", rows)
     decoding = "greedy" if not cfg.do_sample else f"sampling T={cfg.temperature} top_p={cfg.top_p}"
     return {"dataset": cfg.dataset, "split": cfg.split, "template": name, "decoding": decoding,

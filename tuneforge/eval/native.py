@@ -30,6 +30,11 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
+def _margin(lg: list[float]) -> float:
+    top = sorted(lg, reverse=True)
+    return top[0] - top[1]
+
+
 def letter_token_ids(tokenizer: Any, context: str, sep: str) -> list[int]:
     """The token each answer letter becomes right after `context` (joint tokenization, as lm-eval does)."""
     base = tokenizer(context, add_special_tokens=False).input_ids
@@ -46,12 +51,25 @@ def letter_token_ids(tokenizer: Any, context: str, sep: str) -> list[int]:
 class NativeEngine:
     def __init__(self, model: Any, tokenizer: Any, device: str, *, batch_size: int = 16,
                  max_batch_tokens: int = 8192, add_special_tokens: bool = True,
-                 chat: Callable[[list[dict]], str] | None = None) -> None:
+                 chat: Callable[[list[dict]], str] | None = None, prefix_cache: bool | None = None,
+                 rescore_model: Any = None, rescore_margin: float = 0.0) -> None:
+        """`prefix_cache`: run each subject's shared prefix once and reuse its KV cache (None: on, except for
+        half precision on CUDA, where whole prompts on the causal FlashAttention kernel are faster).
+        `rescore_model` (an fp32 copy) re-scores the questions whose top-two letter logits are closer than
+        `rescore_margin`: half-precision rounding only flips such close calls."""
         self.model, self.tok, self.device = model, tokenizer, device
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.add_special_tokens = add_special_tokens
         self.chat = chat
-        self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0}
+        half = str(getattr(model, "dtype", "")) in ("torch.bfloat16", "torch.float16")
+        self.prefix_cache = (not (half and str(device).startswith("cuda"))) if prefix_cache is None else prefix_cache
+        self.rescore = None
+        if rescore_model is not None and rescore_margin > 0:
+            self.rescore = NativeEngine(rescore_model, tokenizer, device, batch_size=batch_size,
+                                        max_batch_tokens=max_batch_tokens, add_special_tokens=add_special_tokens,
+                                        chat=chat, prefix_cache=True)
+        self.rescore_margin = rescore_margin
+        self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0, "rescored": 0}
 
     def prompt(self, suite: Suite, subject: str, shots: list[MCQItem], item: MCQItem) -> str:
         name = suite.subject_name(subject)
@@ -60,7 +78,6 @@ class NativeEngine:
         return completion_prompt(name, shots, item, suite.style)
 
     def score_subject(self, suite: Suite, subject: str, k: int, limit: int | None = None) -> list[dict]:
-        import torch
 
         items = suite.items(subject, limit)
         if not items:
@@ -73,18 +90,45 @@ class NativeEngine:
         ids = self._encode(texts)
         sep = "" if self.chat is not None else suite.style.answer_sep
         letters = letter_token_ids(self.tok, texts[0][-32:], sep)
+        logits_by_item = self.letter_logits(ids, letters)
+        rescored: set[int] = set()
+        if self.rescore is not None:
+            close = [i for i, lg in logits_by_item.items() if _margin(lg) < self.rescore_margin]
+            if close:
+                again = self.rescore.letter_logits([ids[i] for i in close], letters)
+                for j, i in enumerate(close):
+                    logits_by_item[i] = again[j]
+                rescored = set(close)
+                self.stats["rescored"] += len(close)
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["questions"] += len(items)
+        rows = []
+        for i, it in enumerate(items):
+            lg = logits_by_item[i]
+            pred = LETTERS[max(range(4), key=lambda j: lg[j])]
+            rows.append({"suite": suite.name, "subject": subject, "category": suite.category(subject),
+                         "id": it.id, "uid": it.uid, "answer": it.answer, "pred": pred,
+                         "correct": None if it.answer is None else pred == it.answer,
+                         "logits": [round(x, 4) for x in lg], **({"rescored": True} if i in rescored else {})})
+        return rows
+
+    def letter_logits(self, ids: list[list[int]], letters: list[int]) -> dict[int, list[float]]:
+        """The four letter logits of each tokenized prompt (index -> logits)."""
+        import torch
+
+        if not self.prefix_cache and self._decoder() is not None:
+            return self._full_prompts(ids, letters)
         shared = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
         dev = self.device
         cache = None
+        logits_by_item: dict[int, list[float]] = {}
         with torch.inference_mode():
             if shared > 0:
                 _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True)
                 self.stats["forward_tokens"] += shared
-            order = sorted(range(len(items)), key=lambda i: len(ids[i]))
-            logits_by_item: dict[int, list[float]] = {}
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             start = 0
             while start < len(order):
-                width = len(ids[order[start]]) - shared
                 end = start
                 while end < len(order) and end - start < self.batch_size:
                     width = len(ids[order[end]]) - shared
@@ -94,18 +138,37 @@ class NativeEngine:
                 batch = order[start:end]
                 logits_by_item.update(zip(batch, self._forward(batch, ids, shared, cache, letters), strict=True))
                 start = end
-        self.stats["seconds"] += time.perf_counter() - t0
-        self.stats["questions"] += len(items)
-        self.stats["cached_tokens"] += shared * (len(items) - 1)
-        rows = []
-        for i, it in enumerate(items):
-            lg = logits_by_item[i]
-            pred = LETTERS[max(range(4), key=lambda j: lg[j])]
-            rows.append({"suite": suite.name, "subject": subject, "category": suite.category(subject),
-                         "id": it.id, "uid": it.uid, "answer": it.answer, "pred": pred,
-                         "correct": None if it.answer is None else pred == it.answer,
-                         "logits": [round(x, 4) for x in lg]})
-        return rows
+        self.stats["cached_tokens"] += shared * (len(ids) - 1)
+        return logits_by_item
+
+    def _full_prompts(self, ids: list[list[int]], letters: list[int]) -> dict[int, list[float]]:
+        """Whole prompts, right-padded, no attention mask: causal attention alone keeps the pads (after every
+        real token) out, so SDPA takes its causal FlashAttention kernel; the answer slot is each row's last
+        real token."""
+        import torch
+
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        out: dict[int, list[float]] = {}
+        start = 0
+        with torch.inference_mode():
+            while start < len(order):
+                end = start + 1
+                while end < len(order) and end - start < self.batch_size and \
+                        (end - start + 1) * len(ids[order[end]]) <= self.max_batch_tokens:
+                    end += 1
+                batch = order[start:end]
+                width = max(len(ids[i]) for i in batch)
+                inp = torch.full((len(batch), width), pad, dtype=torch.long)
+                for r, i in enumerate(batch):
+                    inp[r, : len(ids[i])] = torch.tensor(ids[i])
+                self.stats["forward_tokens"] += sum(len(ids[i]) for i in batch)
+                hidden, _ = self._run(input_ids=inp.to(self.device), use_cache=False)
+                last = torch.tensor([len(ids[i]) - 1 for i in batch], device=hidden.device)
+                rows = hidden[torch.arange(len(batch), device=hidden.device), last]
+                out.update(zip(batch, self._letter_logits(rows[:, None], letters).cpu().tolist(), strict=True))
+                start = end
+        return out
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Whole prompts, as lm-eval encodes them: the tokenizer's special tokens unless the text already

@@ -103,24 +103,38 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
     if fg:
         s = Section("Catastrophic-forgetting check",
                     text=(f"Base `{fg['base']}` vs tuned on the same questions. Verdict per suite: `forgetting` "
-                          f"when the drop exceeds {fg['tolerance']:g} point(s) and McNemar's exact test gives "
-                          f"p < {fg['alpha']:g}; 95% CI from a paired bootstrap ({fg['bootstrap']} resamples). "
-                          f"Overall verdict: **{fg['verdict']}**."))
+                          f"when the drop exceeds its tier's tolerance and McNemar's exact test gives "
+                          f"p < {fg['alpha']:g}; `inconclusive` when nothing is significant but the run is too "
+                          f"small to see a drop of the tolerance (MDE: the drop detectable at this n with "
+                          f"{100 * fg.get('power', 0.8):.0f}% power, two-sided, in points); 95% CI from a paired "
+                          f"bootstrap ({fg['bootstrap']} resamples); subjects and categories Holm-corrected "
+                          f"within their suite. Overall verdict (gating tiers): **{fg['verdict']}**."))
+        if fg.get("tiers"):
+            s.tables.append(Table(["tier", "suites", "tolerance (pt)", "gates", "verdict"],
+                                  [[t, ", ".join(v["suites"]), v["tolerance"], v["gates"], v["verdict"]]
+                                   for t, v in fg["tiers"].items()], "forgetting-tiers"))
         rws, labels, d, lo, hi = [], [], [], [], []
         for name, r in fg["suites"].items():
-            rws.append([name, "all", r["n"], r["base_accuracy"], r["tuned_accuracy"], r["delta"],
+            rws.append([name, r.get("tier"), "all", r["n"], r["base_accuracy"], r["tuned_accuracy"], r["delta"],
                         f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]", r["lost"], r["gained"], f"{r['p_value']:.3g}",
-                        r["verdict"]])
+                        r.get("mde"), r["verdict"], r.get("note", "")])
             labels.append(name)
             d.append(r["delta"]), lo.append(r["ci_low"]), hi.append(r["ci_high"])
             for cat, c in r["categories"].items():
-                rws.append([name, cat, c["n"], c["base_accuracy"], c["tuned_accuracy"], c["delta"],
+                rws.append([name, r.get("tier"), cat, c["n"], c["base_accuracy"], c["tuned_accuracy"], c["delta"],
                             f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]", c["lost"], c["gained"],
-                            f"{c['p_value']:.3g}", c["verdict"]])
+                            f"{c.get('p_holm', c['p_value']):.3g}", c.get("mde"), c["verdict"], c.get("note", "")])
                 labels.append(f"{name}/{cat}")
                 d.append(c["delta"]), lo.append(c["ci_low"]), hi.append(c["ci_high"])
-        s.tables.append(Table(["suite", "category", "n", "base", "tuned", "delta", "95% CI", "right→wrong",
-                               "wrong→right", "McNemar p", "verdict"], rws, "forgetting"))
+        s.tables.append(Table(["suite", "tier", "category", "n", "base", "tuned", "delta", "95% CI", "right→wrong",
+                               "wrong→right", "p (Holm for categories)", "MDE (pt)", "verdict", "note"], rws,
+                              "forgetting"))
+        subj_rows = [[name, subj, c["n"], c["base_accuracy"], c["tuned_accuracy"], c["delta"], c["lost"], c["gained"],
+                      f"{c['p_raw']:.3g}", f"{c['p_holm']:.3g}", c.get("mde"), c["verdict"]]
+                     for name, r in fg["suites"].items() for subj, c in (r.get("subjects") or {}).items()]
+        if subj_rows:
+            s.tables.append(Table(["suite", "subject", "n", "base", "tuned", "delta", "right→wrong", "wrong→right",
+                                   "McNemar p", "Holm p", "MDE (pt)", "verdict"], subj_rows, "forgetting-subjects"))
         if labels:
             s.images.append(("forgetting_deltas", delta_chart("Accuracy change, tuned vs base", labels, d, lo, hi,
                                                                fg["tolerance"])))
@@ -134,9 +148,26 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
                                   [[f["suite"], f["uid"], f["answer"], f["base"], f["tuned"]] for f in flips[:200]],
                                   "flips"))
         secs.append(s)
+    jd = results.get("judge")
+    if jd:
+        s = Section("LLM-judge win rate, tuned vs base", text=f"Judge `{jd.get('judge')}` at {jd.get('endpoint')}; "
+                    + jd.get("note", ""))
+        s.tables.append(Table(["pairs", "win rate (%)", "95% CI", "wins", "ties", "losses", "failed",
+                               "position consistency (%)", "first answer preferred (%)", "requests", "cached"],
+                              [[jd["n"], jd["win_rate"],
+                                f"[{jd['ci_low']}, {jd['ci_high']}]" if jd.get("ci_low") is not None else None,
+                                jd["wins"], jd["ties"], jd["losses"], jd["failed"], jd.get("position_consistency"),
+                                jd.get("first_position_preferred"), jd.get("requests"), jd.get("cached")]], "judge"))
+        secs.append(s)
     for name, sr in (results.get("suites") or {}).items():
-        s = Section(f"Suite {name}", text=(f"split `{sr.get('split')}`, {sr.get('shots')}-shot, {sr['n']} questions; "
-                                           f"pooled over questions (micro, as lm-eval's group) {_fmt(sr.get('micro_accuracy'))}."))
+        mode = sr.get("mode", "logits")
+        how = ("mode `generate`" + (" with chain of thought" if sr.get("cot") else " (answer only)")
+               + f"; {sr.get('unextracted', 0)} answers unextractable (counted wrong); extraction levels "
+               + ", ".join(f"{k} {v}" for k, v in (sr.get("extraction") or {}).items())
+               if mode == "generate" else "mode `logits`")
+        s = Section(f"Suite {name}", text=(f"split `{sr.get('split')}`, {sr.get('shots')}-shot, {sr['n']} questions, "
+                                           f"{how}; pooled over questions (micro, as lm-eval's group) "
+                                           f"{_fmt(sr.get('micro_accuracy'))}."))
         cats = sr.get("categories") or {}
         crow = [["average (mean over subjects)", sr["accuracy"], sr["n"]]] + [[c, v["accuracy"], v["n"]] for c, v in cats.items()]
         if sr.get("hard"):
@@ -145,9 +176,14 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
         if cats and sr["accuracy"] is not None:
             s.images.append((f"{name}_categories", bar_chart(f"{name}: accuracy per category", list(cats),
                                                              [v["accuracy"] for v in cats.values()])))
-        s.tables.append(Table(["subject", "category", "accuracy", "n"],
-                              [[k, v["category"], v["accuracy"], v["n"]] for k, v in sr["subjects"].items()],
-                              f"{name}-subjects"))
+        if mode == "generate":
+            s.tables.append(Table(["subject", "category", "accuracy", "n", "unextracted"],
+                                  [[k, v["category"], v["accuracy"], v["n"], v.get("unextracted")]
+                                   for k, v in sr["subjects"].items()], f"{name}-subjects"))
+        else:
+            s.tables.append(Table(["subject", "category", "accuracy", "n"],
+                                  [[k, v["category"], v["accuracy"], v["n"]] for k, v in sr["subjects"].items()],
+                                  f"{name}-subjects"))
         secs.append(s)
     if results.get("perplexity") and not fg:
         p = results["perplexity"]
@@ -165,6 +201,13 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
         secs.append(Section("Sample predictions", tables=[Table(
             ["suite", "subject", "id", "answer", "prediction", "correct"],
             [[r["suite"], r["subject"], r["id"], r["answer"], r["pred"], r["correct"]] for r in rows[:samples]])]))
+        gen = [r for r in rows if r.get("mode") == "generate"]
+        if gen:
+            secs.append(Section("Sample generated answers", text="Raw output, the letter read from it and the "
+                                "extraction level (unextracted: counted wrong, never guessed).", tables=[Table(
+                                    ["suite", "subject", "id", "answer", "output", "extracted", "level", "correct"],
+                                    [[r["suite"], r["subject"], r["id"], r["answer"], r["output"][-400:],
+                                      r["extracted"], r["extraction"], r["correct"]] for r in gen[:samples]])]))
     return secs
 
 

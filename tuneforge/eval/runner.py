@@ -9,13 +9,23 @@ from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import write_json, write_jsonl
-from tuneforge.eval.config import EvalConfig, SuiteConfig, load_config
+from tuneforge.eval.config import EvalConfig, SuiteConfig, check_suite_paths, load_config
 from tuneforge.eval.models import LoadedModel, load_for_eval, pick_device
 from tuneforge.eval.scoring import submission, summarize
-from tuneforge.eval.stats import FORGETTING, IMPROVED, NO_CHANGE, compare_paired
+from tuneforge.eval.stats import (
+    FORGETTING,
+    IMPROVED,
+    INCONCLUSIVE,
+    NO_CHANGE,
+    compare_paired,
+    holm,
+    inconclusive_note,
+)
 from tuneforge.eval.suites import Suite, load_suite
 
 Progress = Callable[[str], None] | None
+# benchmarks/RESULTS.md: on C-Eval val every bf16 flip had a bf16 top-two margin under 0.09 logits
+DEFAULT_RESCORE_MARGIN = 0.1
 
 
 def _suites(cfg: EvalConfig) -> list[tuple[SuiteConfig, Suite]]:
@@ -32,11 +42,54 @@ def _suites(cfg: EvalConfig) -> list[tuple[SuiteConfig, Suite]]:
     return out
 
 
-def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Progress) -> tuple[list[dict], dict]:
-    suites = _suites(cfg)
+def _mode(cfg: EvalConfig, sc: SuiteConfig) -> str:
+    return sc.mode or cfg.mode
+
+
+def _question_key(rows: list[dict]) -> str:
+    """A fingerprint of which questions a suite scored (compare ranks only runs that share them)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(str(r["uid"]) for r in rows)).encode()).hexdigest()[:16]
+
+
+def _generation_template(tokenizer: Any, name: str | None) -> tuple[Callable[[list[dict]], str] | None, list[str]]:
+    """The chat renderer and stop strings for generate mode; no renderer for a tokenizer without a chat
+    template and no template named (the completion layout is used)."""
+    if not name and not getattr(tokenizer, "chat_template", None):
+        return None, [t for t in (tokenizer.eos_token,) if t]
+    from tuneforge.templates import get_template
+
+    name = name or "tokenizer"
+    tpl = get_template(name, tokenizer=tokenizer) if name == "tokenizer" else get_template(name)
+    render = lambda msgs: tpl.render(msgs, add_generation_prompt=True)  # noqa: E731
+    return render, list(dict.fromkeys([*tpl.stop_strings, *_end_of_turn(tpl, tokenizer)]))
+
+
+def _end_of_turn(tpl: Any, tokenizer: Any) -> list[str]:
+    """The marker the template writes after an assistant reply (`<|im_end|>`, `<|eot_id|>`), when it is one
+    of the tokenizer's special tokens: the tokenizer's EOS alone does not end a chat turn for every model."""
+    probe = "tuneforge-probe-reply"
+    try:
+        text = tpl.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}])
+    except Exception:
+        return []
+    after = text[text.find(probe) + len(probe):] if probe in text else ""
+    specials = sorted((t for t in getattr(tokenizer, "all_special_tokens", []) or [] if t), key=len, reverse=True)
+    specials += [t.content if hasattr(t, "content") else str(t)
+                 for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()]
+    head = after.lstrip()
+    return [next(t for t in specials if head.startswith(t))] if any(head.startswith(t) for t in specials) else []
+
+
+def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Progress,
+               suites: list[tuple[SuiteConfig, Suite]] | None = None) -> tuple[list[dict], dict]:
+    suites = suites if suites is not None else _suites(cfg)
     rows: list[dict] = []
     timing: dict[str, Any] = {"engine": cfg.engine, "questions": 0, "seconds": 0.0}
     if cfg.engine == "lm-eval":
+        if any(_mode(cfg, sc) == "generate" for sc, _ in suites):
+            raise TuneforgeError("mode: generate runs on the native engine (engine: native)")
         from tuneforge.common.models import resolve_model
         from tuneforge.eval.lmeval import run_lm_eval
 
@@ -51,16 +104,43 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
             timing["questions"] += st["questions"]
             timing["seconds"] += st["seconds"]
     else:
-        from tuneforge.eval.native import NativeEngine
-        from tuneforge.eval.prompts import chat_renderer
-
         assert lm is not None
-        chat = chat_renderer(lm.tokenizer, cfg.chat_template) if cfg.chat else None
-        eng = NativeEngine(lm.model, lm.tokenizer, lm.device, batch_size=cfg.batch_size,
-                           max_batch_tokens=cfg.max_batch_tokens, chat=chat)
-        for sc, suite in suites:
-            rows += eng.score_suite(suite, sc.shots, sc.limit, progress)
-        timing.update({k: eng.stats[k] for k in ("questions", "seconds", "forward_tokens", "cached_tokens")})
+        logit_suites = [(sc, s) for sc, s in suites if _mode(cfg, sc) == "logits"]
+        gen_suites = [(sc, s) for sc, s in suites if _mode(cfg, sc) == "generate"]
+        if logit_suites:
+            from tuneforge.eval.native import NativeEngine
+            from tuneforge.eval.prompts import chat_renderer
+
+            chat = chat_renderer(lm.tokenizer, cfg.chat_template) if cfg.chat else None
+            fp32 = None
+            half = str(lm.model.dtype) in ("torch.bfloat16", "torch.float16")
+            margin = cfg.rescore_margin
+            if margin is None:
+                margin = DEFAULT_RESCORE_MARGIN if half and str(lm.device).startswith("cuda") else 0.0
+            if margin > 0 and half:
+                fp32 = load_for_eval(cfg.model, cfg.adapter, cfg.device, "float32").model
+            eng = NativeEngine(lm.model, lm.tokenizer, lm.device, batch_size=cfg.batch_size,
+                               max_batch_tokens=cfg.max_batch_tokens, chat=chat, prefix_cache=cfg.prefix_cache,
+                               rescore_model=fp32, rescore_margin=margin)
+            for sc, suite in logit_suites:
+                rows += eng.score_suite(suite, sc.shots, sc.limit, progress)
+            timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored")})
+            timing["prefix_cache"] = eng.prefix_cache
+            timing["rescore_margin"] = margin if fp32 is not None else 0.0
+            timing["questions"] += eng.stats["questions"]
+            timing["seconds"] += eng.stats["seconds"]
+        if gen_suites:
+            from tuneforge.eval.generate import GenerativeEngine
+
+            render, stops = _generation_template(lm.tokenizer, cfg.chat_template)
+            geng = GenerativeEngine(lm.model, lm.tokenizer, lm.device, gen=cfg.generation, render=render,
+                                    stops=stops)
+            for sc, suite in gen_suites:
+                cot = cfg.generation.cot if sc.cot is None else sc.cot
+                rows += geng.score_suite(suite, sc.shots if suite.shots_split else 0, sc.limit, cot, progress)
+            timing["questions"] += geng.stats["questions"]
+            timing["seconds"] += geng.stats["seconds"]
+            timing["generate_questions"] = geng.stats["questions"]
     timing["questions_per_s"] = round(timing["questions"] / timing["seconds"], 3) if timing["seconds"] else None
     timing["seconds"] = round(timing["seconds"], 3)
     layouts = {s.name: (s, sc) for sc, s in suites}
@@ -69,7 +149,11 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
         srows = [r for r in rows if r["suite"] == name]
         summary[name] = {**summarize(srows, suite.bench.layout), "split": suite.split,
                          "shots": sc.shots if suite.shots_split else 0,
-                         "layout": suite.bench.layout, "limit": sc.limit}
+                         "layout": suite.bench.layout, "limit": sc.limit, "tier": sc.tier,
+                         "mode": _mode(cfg, sc) if cfg.engine == "native" else "logits",
+                         "questions": _question_key(srows)}
+        if summary[name]["mode"] == "generate":
+            summary[name]["cot"] = cfg.generation.cot if sc.cot is None else sc.cot
         if suite.split == "test" and suite.bench.layout == "ceval":
             write_json(out / f"submission_{name}.json", submission(srows))
             summary[name]["submission"] = f"submission_{name}.json"
@@ -86,15 +170,17 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
         raise TuneforgeError("no model: pass --model (embedded:smollm2, a local folder or a hub id)")
     if not cfg.suites and not cfg.heldout and not cfg.perplexity:
         raise TuneforgeError("nothing to evaluate: name suites (--benchmark) or held-out data in the config")
+    check_suite_paths(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    suites_loaded = _suites(cfg) if cfg.suites else []  # every suite file is read before the model loads
     needs_model = cfg.engine == "native" or cfg.heldout or cfg.perplexity
     lm = load_for_eval(cfg.model, cfg.adapter, cfg.device, cfg.dtype) if needs_model else None
     results: dict[str, Any] = {"model": cfg.model, "adapter": cfg.adapter, "engine": cfg.engine, "suites": {}}
     rows: list[dict] = []
     if cfg.suites:
-        rows, mcq = _score_mcq(cfg, lm, out, progress)
+        rows, mcq = _score_mcq(cfg, lm, out, progress, suites_loaded)
         results.update(mcq)
         write_jsonl(out / "predictions.jsonl", rows)
     if cfg.perplexity:
@@ -125,9 +211,35 @@ def _flips(base_rows: dict[str, dict], tuned_rows: dict[str, dict], uids: list[s
             for u in uids if base_rows[u]["correct"] and not tuned_rows[u]["correct"]]
 
 
+def _group_compare(b: dict, t: dict, uids: list[str], key: str, kw: dict) -> dict[str, dict]:
+    """Per subject or category: paired comparison with Holm-adjusted p-values (within the suite)."""
+    groups = sorted({b[u][key] for u in uids})
+    if not groups:
+        return {}
+    raw = {}
+    for g in groups:
+        gu = [u for u in uids if b[u][key] == g]
+        raw[g] = ([b[u]["correct"] for u in gu], [t[u]["correct"] for u in gu])
+    p = {g: compare_paired(*raw[g], **{**kw, "power": None}).p_value for g in groups}
+    adj = dict(zip(groups, holm([p[g] for g in groups]), strict=True))
+    out = {}
+    for g in groups:
+        r = compare_paired(*raw[g], **kw, p_value=adj[g]).as_dict()
+        r["p_raw"] = round(p[g], 4)
+        r["p_holm"] = round(adj[g], 4)
+        if r["verdict"] == INCONCLUSIVE:
+            r["note"] = inconclusive_note(r)
+        out[g] = r
+    return out
+
+
 def forgetting_block(base: dict, tuned: dict, base_rows: list[dict], tuned_rows: list[dict],
-                     fc: Any) -> dict:
-    """Per suite and category: delta, bootstrap CI, McNemar p, verdict and the flipped questions."""
+                     fc: Any, tiers: dict[str, str] | None = None) -> dict:
+    """Per suite, category and subject: delta, bootstrap CI, McNemar p (Holm across a suite's categories
+    and subjects), the minimum detectable effect, verdict and the flipped questions; suites grouped in
+    gate tiers (`critical`, `supporting`, `advisory`) with their own tolerances."""
+    tiers = tiers or {}
+    power = getattr(fc, "power", 0.8)
     suites: dict[str, Any] = {}
     for name in tuned["suites"]:
         b = {r["uid"]: r for r in base_rows if r["suite"] == name and r["correct"] is not None}
@@ -135,18 +247,36 @@ def forgetting_block(base: dict, tuned: dict, base_rows: list[dict], tuned_rows:
         uids = sorted(set(b) & set(t))
         if not uids:
             continue
-        kw = {"tolerance": fc.tolerance, "alpha": fc.alpha, "iters": fc.bootstrap, "seed": fc.seed}
-        overall = compare_paired([b[u]["correct"] for u in uids], [t[u]["correct"] for u in uids], **kw)
-        cats = {}
-        for cat in sorted({b[u]["category"] for u in uids}):
-            cu = [u for u in uids if b[u]["category"] == cat]
-            cats[cat] = compare_paired([b[u]["correct"] for u in cu], [t[u]["correct"] for u in cu], **kw).as_dict()
-        suites[name] = {**overall.as_dict(), "categories": cats, "flips": _flips(b, t, uids)}
+        tier = tiers.get(name, "critical")
+        tol = fc.tier_tolerance(tier) if hasattr(fc, "tier_tolerance") else fc.tolerance
+        kw = {"tolerance": tol, "alpha": fc.alpha, "iters": fc.bootstrap, "seed": fc.seed, "power": power}
+        overall = compare_paired([b[u]["correct"] for u in uids], [t[u]["correct"] for u in uids], **kw).as_dict()
+        if overall["verdict"] == INCONCLUSIVE:
+            overall["note"] = inconclusive_note(overall)
+        kw_groups = {**kw, "iters": min(fc.bootstrap, 2000)}
+        suites[name] = {**overall, "tier": tier,
+                        "gates": fc.tier_gates(tier) if hasattr(fc, "tier_gates") else True,
+                        "categories": _group_compare(b, t, uids, "category", kw_groups),
+                        "subjects": _group_compare(b, t, uids, "subject", kw_groups),
+                        "flips": _flips(b, t, uids)}
+    gating = [s["verdict"] for s in suites.values() if s["gates"]]
     verdicts = [s["verdict"] for s in suites.values()]
+    overall_verdict = (FORGETTING if FORGETTING in gating else INCONCLUSIVE if INCONCLUSIVE in gating
+                       else IMPROVED if IMPROVED in verdicts else NO_CHANGE)
+    tier_block = {}
+    for tier in ("critical", "supporting", "advisory"):
+        names = [n for n, s in suites.items() if s["tier"] == tier]
+        if not names:
+            continue
+        tv = [suites[n]["verdict"] for n in names]
+        tier_block[tier] = {"suites": names, "tolerance": suites[names[0]]["tolerance"],
+                            "gates": suites[names[0]]["gates"],
+                            "verdict": next((v for v in (FORGETTING, INCONCLUSIVE, IMPROVED) if v in tv), NO_CHANGE)}
     block: dict[str, Any] = {
         "base": base["model"], "base_adapter": base.get("adapter"), "tolerance": fc.tolerance, "alpha": fc.alpha,
-        "bootstrap": fc.bootstrap, "suites": suites,
-        "verdict": FORGETTING if FORGETTING in verdicts else IMPROVED if IMPROVED in verdicts else NO_CHANGE,
+        "power": power, "bootstrap": fc.bootstrap, "suites": suites, "tiers": tier_block,
+        "mde": {n: s["mde"] for n, s in suites.items()},
+        "verdict": overall_verdict,
     }
     if "perplexity" in base and "perplexity" in tuned:
         bp, tp = base["perplexity"]["perplexity"], tuned["perplexity"]["perplexity"]
@@ -172,7 +302,8 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
         from tuneforge.eval.config import PerplexityConfig
 
         cfg.perplexity = PerplexityConfig()
-    cfg.heldout = None
+    if cfg.judge is None:
+        cfg.heldout = None  # held-out generation only feeds the judge here
     out = Path(out)
     if progress:
         progress(f"base: {base}")
@@ -185,10 +316,19 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
 
     base_rows, tuned_rows = read_jsonl(out / "base" / "predictions.jsonl"), read_jsonl(out / "tuned" / "predictions.jsonl")
     results = dict(tuned_res)
-    results["forgetting"] = forgetting_block(base_res, tuned_res, base_rows, tuned_rows, cfg.forgetting)
+    tiers = {n: s.get("tier", "critical") for n, s in tuned_res["suites"].items()}
+    results["forgetting"] = forgetting_block(base_res, tuned_res, base_rows, tuned_rows, cfg.forgetting, tiers)
     results["base_suites"] = base_res["suites"]
     if "perplexity" in base_res:
         results["base_perplexity"] = base_res["perplexity"]
+    if cfg.judge is not None and cfg.heldout is not None:
+        from tuneforge.eval.judge import judge_win_rate
+
+        if progress:
+            progress("judge: tuned vs base on the held-out prompts")
+        results["judge"] = judge_win_rate(read_jsonl(out / "base" / "heldout_outputs.jsonl"),
+                                          read_jsonl(out / "tuned" / "heldout_outputs.jsonl"), cfg.judge)
+        results["base_heldout"] = {k: v for k, v in base_res.get("heldout", {}).items() if k != "examples"}
     write_json(out / "results.json", results)
     write_jsonl(out / "predictions.jsonl", tuned_rows)
     from tuneforge.eval.report import write_reports

@@ -30,11 +30,15 @@ def summarize(rows: list[dict], layout: str) -> dict:
         by_subject[r["subject"]].append(r)
     subjects = {s: {"accuracy": _acc(rs), "n": len(rs), "category": rs[0]["category"]}
                 for s, rs in sorted(by_subject.items())}
+    generated = any(r.get("mode") == "generate" for r in rows)
+    if generated:  # unextractable answers count as wrong; how many there were is shown per subject
+        for s, rs in by_subject.items():
+            subjects[s]["unextracted"] = sum(r.get("extracted") is None for r in rs)
     by_cat: dict[str, list[str]] = defaultdict(list)
     for s, v in subjects.items():
         by_cat[v["category"]].append(s)
     hard = [s for s in subjects if s in CEVAL_HARD] if layout == "ceval" else []
-    return {
+    out = {
         "accuracy": _mean([v["accuracy"] for v in subjects.values()]),
         "n": len(rows),
         "average": "mean of subject accuracies (C-Eval's official Average); categories and Hard likewise",
@@ -45,11 +49,18 @@ def summarize(rows: list[dict], layout: str) -> dict:
         "hard": ({"accuracy": _mean([subjects[s]["accuracy"] for s in hard]),
                   "n": sum(subjects[s]["n"] for s in hard), "subjects": hard} if hard else None),
     }
+    if generated:
+        out["unextracted"] = sum(v["unextracted"] for v in subjects.values())
+        methods: dict[str, int] = defaultdict(int)
+        for r in rows:
+            methods[r.get("extraction") or "unextracted"] += 1
+        out["extraction"] = dict(sorted(methods.items()))
+    return out
 
 
 def submission(rows: list[dict]) -> dict[str, dict[str, str]]:
     """C-Eval's leaderboard submission layout: subject -> {id: letter}."""
     out: dict[str, dict[str, str]] = defaultdict(dict)
     for r in rows:
-        out[r["subject"]][str(r["id"])] = r["pred"]
+        out[r["subject"]][str(r["id"])] = r["pred"] or ""
     return dict(out)

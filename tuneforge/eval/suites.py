@@ -100,7 +100,8 @@ def load_suite(spec: str, *, subjects: list[str] | None = None, split: str | Non
     if name == "mcq" or (where and Path(where).suffix.lower() in (".csv", ".tsv", ".jsonl")):
         if not where or not Path(where).is_file():
             raise TuneforgeError(f"suite {spec!r}: an MCQ exam needs mcq:PATH to a .csv/.jsonl file")
-        bench = load_mcq_file(where, columns=columns, name=Path(where).stem)
+        # no `subject` column: the file's name is the one subject (not "default")
+        bench = load_mcq_file(where, columns=columns, name=Path(where).stem, subject=Path(where).stem)
         bench.layout = "mcq"
         sty = MMLU_STYLE if style == "mmlu" else CEVAL_STYLE
         suite_name = name if name != "mcq" else Path(where).stem
