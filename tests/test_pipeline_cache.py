@@ -89,3 +89,16 @@ def test_step_keys_follow_config_inputs_and_source(tmp_path, monkeypatch):
     output.mkdir(parents=True)
     assert cache.get("evaluate/tuned", base, output) == {"out": "x"}
     assert cache.get("evaluate/tuned", "other-key", output) is None
+
+
+def test_pipeline_report_shows_the_evaluate_steps_own_suites(tmp_path):
+    from tuneforge.eval.pipeline_report import write_pipeline_report
+
+    for model, acc in (("base", 40.0), ("tuned", 55.0)):
+        d = tmp_path / "eval" / model
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"suites": {"law_exam": {"accuracy": acc, "n": 20}}}),
+                                        encoding="utf-8")
+    write_pipeline_report(tmp_path, {"pipeline": "law", "build": {"counts": {}}, "train": []})
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "law_exam" in md and "55.0" in md and "40.0" in md

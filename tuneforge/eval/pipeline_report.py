@@ -33,6 +33,9 @@ def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
                                  "gate"))
     secs.append(head)
     evals = {name: _load(root / "eval" / name) for name in ("base", "tuned")}
+    mcq = _suite_section(evals)
+    if mcq is not None:
+        secs.append(mcq)
     held = {k: v["heldout"] for k, v in evals.items() if v.get("heldout")}
     if held:
         metrics = [m for m in next(iter(held.values()))["metrics"] if m not in ("tokenize",)]
@@ -57,6 +60,24 @@ def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
         rows = read_jsonl(fo / "predictions.jsonl") if (fo / "predictions.jsonl").is_file() else []
         secs += [s for s in build_sections(forgetting, rows, 10) if s.title != "Run"]
     return secs
+
+
+def _suite_section(evals: dict[str, dict[str, Any]]) -> Section | None:
+    """The evaluate step's own multiple-choice suites (e.g. the domain's exam), base and tuned side by side."""
+    names = sorted({s for ev in evals.values() for s in ev.get("suites") or {}})
+    if not names:
+        return None
+    rows = []
+    for suite in names:
+        row: list[Any] = [suite]
+        for model in ("base", "tuned"):
+            r = (evals.get(model, {}).get("suites") or {}).get(suite) or {}
+            row += [r.get("accuracy"), r.get("n")]
+        rows.append(row)
+    s = Section("Evaluate step: multiple-choice suites, base vs tuned",
+                text="Accuracy (%) and number of questions of each suite of the evaluate step's config.")
+    s.tables.append(Table(["suite", "base accuracy", "base n", "tuned accuracy", "tuned n"], rows, "evaluate-suites"))
+    return s
 
 
 def write_pipeline_report(root: str | Path, summary: dict[str, Any]) -> None:
