@@ -203,3 +203,32 @@ def test_a_missing_template_fails_before_any_request(tmp_path):
                                         "steps": [{"op": "rewrite"}, {"op": "answer", "template": "mine.jinja"}]})
     with pytest.raises(TemplateError, match=r"mine\.jinja"):
         run_augment(_msgs(2), cfg, recipe_dir=tmp_path, progress=False)  # port 9: any request would fail otherwise
+
+
+# -- params registry and the records table ---------------------------------------------------------------
+def test_config_imports_no_operator_and_params_validate_once():
+    import subprocess
+    import sys
+
+    code = ("import sys, tuneforge.augment.config as c; "
+            "assert not [m for m in sys.modules if m.startswith(('tuneforge.augment.ops', 'tuneforge.augment.client'))]; "
+            "s = c.load_config({'steps': [{'op': 'rewrite', 'params': {'turns': 'last'}}]}).steps[0]; "
+            "assert s.op_params.turns == 'last' and s.op_params is s.op_params")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from tuneforge.augment.ops import OPERATORS
+    from tuneforge.augment.params import OPS, PARAMS
+
+    assert tuple(OPERATORS) == OPS and all(OPERATORS[n].Params is PARAMS[n] and OPERATORS[n].name == n for n in OPS)
+
+
+def test_judge_reads_every_kind_from_the_records_table():
+    from tuneforge.augment.ops.judge_filter import record_messages
+
+    meta = provenance("s", "f", 0, 0)
+    u = new_record("unpaired", meta, prompt=[{"role": "user", "content": "q"}],
+                   completion=[{"role": "assistant", "content": "a"}], label=True)
+    assert [m["content"] for m in record_messages(u)] == ["q", "a", "True"]
+    p = new_record("preference", meta, prompt=[{"role": "user", "content": "q"}],
+                   chosen=[{"role": "assistant", "content": "c"}], rejected=[{"role": "assistant", "content": "r"}])
+    assert [m["content"] for m in record_messages(p)] == ["q", "c"]
+    assert record_messages(new_record("text", meta, text="doc")) == [{"role": "document", "content": "doc"}]

@@ -96,7 +96,7 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
                 seed: int, made_by: dict[str, str], input_ids: set[str], repair: Prompt, bar: StepProgress,
                 result: AugmentResult, preselected: set[str] | None = None) -> list[Record]:
     op: Operator = OPERATORS[step.op]
-    params = op.Params.model_validate(step.params)
+    params = step.op_params
     tally = Tally()
     ctx = StepContext(step=step, params=params, llm=llm, sampling=llm.sampling(step.llm), prompt=prompt,
                       repair=repair, seed=seed, tally=tally)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext
+from tuneforge.augment.params import ExtendParams
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 
@@ -20,13 +21,7 @@ class Extension(BaseModel):
     closing: Exchange | None = None
 
 
-class ExtendParams(OpParams):
-    followups: int = Field(1, ge=0, le=5)
-    closing: bool = True
-
-
 class ExtendTurns(Operator):
-    name = "extend_turns"
     Params = ExtendParams
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:

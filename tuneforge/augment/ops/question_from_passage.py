@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext
+from tuneforge.augment.params import QuestionParams
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 
@@ -19,14 +20,7 @@ class QAList(BaseModel):
     pairs: list[QA] = Field(min_length=1)
 
 
-class QuestionParams(OpParams):
-    n: int = Field(3, ge=1, le=20)
-    max_chars: int = Field(3000, ge=100)
-    min_chars: int = Field(30, ge=0)
-
-
 class QuestionFromPassage(Operator):
-    name = "question_from_passage"
     Params = QuestionParams
     default_kinds = ("text",)
 
