@@ -26,11 +26,13 @@ class LLMConfig(_Strict):
     max_tokens: int = Field(512, ge=1)
     # How a JSON reply is asked for: auto (probe the endpoint on first contact: json_schema, else json_object,
     # else the instruction in the prompt with one repair round), or one of them pinned.
-    response_format: Literal["auto"] | ResponseFormat = "json_object"
+    response_format: Literal["auto"] | ResponseFormat = "auto"
     concurrency: int = Field(8, ge=1, le=1024)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
     timeout_s: float = Field(60.0, gt=0)
+    # Hedge an attempt running past the p95 of finished ones (None: on, except for the embedded server).
+    hedge: bool | None = None
     max_attempts: int = Field(5, ge=1)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)

@@ -21,6 +21,17 @@ class Extension(BaseModel):
     closing: Exchange | None = None
 
 
+def wire_schema(followups: int, closing: bool) -> dict:
+    """Extension with exactly `followups` exchanges and the closing one required when asked for, so a
+    grammar-constrained endpoint cannot produce a reply the step's check would refuse."""
+    schema = Extension.model_json_schema()
+    schema["properties"]["followups"].update(minItems=followups, maxItems=followups)
+    if closing:
+        schema["properties"]["closing"] = {"$ref": "#/$defs/Exchange"}
+        schema["required"] = [*schema.get("required", []), "closing"]
+    return schema
+
+
 class ExtendTurns(Operator):
     Params = ExtendParams
 
@@ -37,7 +48,8 @@ class ExtendTurns(Operator):
                 raise ValueError("the closing exchange is missing")
 
         prompt = ctx.render(messages=msgs, followups=p.followups, closing=p.closing, schema=schema_line(Extension))
-        ext, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=Extension, check=check)
+        ext, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=Extension, check=check,
+                             wire_schema=wire_schema(p.followups, p.closing))
         added = [x for x in ext.followups[:p.followups]] + ([ext.closing] if p.closing else [])
         new = [dict(m) for m in msgs]
         for x in added:

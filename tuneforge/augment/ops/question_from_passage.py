@@ -20,6 +20,13 @@ class QAList(BaseModel):
     pairs: list[QA] = Field(min_length=1)
 
 
+def wire_schema(n: int) -> dict:
+    """QAList with at most `n` pairs: a grammar-constrained endpoint then stops where the step would cut."""
+    schema = QAList.model_json_schema()
+    schema["properties"]["pairs"]["maxItems"] = n
+    return schema
+
+
 class QuestionFromPassage(Operator):
     Params = QuestionParams
     default_kinds = ("text",)
@@ -36,7 +43,8 @@ class QuestionFromPassage(Operator):
                     raise ValueError("an answer repeats its question; answer it from the passage")
 
         prompt = ctx.render(passage=passage, n=p.n, schema=schema_line(QAList))
-        qa, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=QAList, check=check)
+        qa, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=QAList, check=check,
+                            wire_schema=wire_schema(p.n))
         entry = ctx.op_entry([key])
         created = [ctx.derive(rec, "messages", k, entry, messages=[
             {"role": "user", "content": x.question.strip()}, {"role": "assistant", "content": x.answer.strip()}])
