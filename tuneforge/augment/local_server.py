@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request  # module level: FastAPI resolves the handler's annotations against these globals
+
 log = logging.getLogger("tuneforge.augment.local_server")
 # JSON escapes a reply may use: no \u (a small model spells garbage control characters with it), no \b \f \r.
 _ESCAPES = 'nt"\\'
@@ -284,7 +286,7 @@ def _set(fut: asyncio.Future, value: Any) -> None:
 
 
 def create_app(engine: Engine, model_name: str, max_batch: int = 8) -> Any:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="tuneforge embedded endpoint", docs_url=None, redoc_url=None, openapi_url=None)

@@ -196,7 +196,8 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
         counts["created"] += len(o.created)
     result.failures.sort(key=lambda f: (f["step"], f["record_id"]))
     counts.update(requested=tally.requested, cached=tally.cached, attempts=tally.attempts, retries=tally.retries,
-                  hedges=tally.hedges, invalid_replies=ctx.invalid, prompt_tokens=tally.prompt_tokens,
+                  hedges=tally.hedges, invalid_replies=ctx.invalid, json_valid=ctx.json_replies,
+                  json_invalid=ctx.schema_invalid, prompt_tokens=tally.prompt_tokens,
                   completion_tokens=tally.completion_tokens)
     result.counts[step.name] = {"op": step.op, **counts,
                                 "cost_usd": cost_usd(cfg, tally.prompt_tokens, tally.completion_tokens)}

@@ -89,7 +89,14 @@ async def ask(ctx: Any, item: Any, messages: list[dict], *, schema: type[BaseMod
         if schema is not None and ctx.llm.structured == "prompted" and sampling.response_format == "auto":
             rounds = max(rounds, 2)
         try:
-            value = parse_json(reply.content, schema) if schema else clean_text(reply.content)
+            try:
+                value = parse_json(reply.content, schema) if schema else clean_text(reply.content)
+            except (ValueError, ValidationError):
+                if schema is not None:
+                    ctx.schema_invalid += 1  # not JSON, or not an instance of the schema
+                raise
+            if schema is not None:
+                ctx.json_replies += 1
             if check is not None:
                 check(value)
             return value, reply.key

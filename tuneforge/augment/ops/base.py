@@ -55,7 +55,9 @@ class StepContext:
     seed: int
     tally: Tally
     extra: dict[str, Any] = field(default_factory=dict)
-    invalid: int = 0
+    invalid: int = 0  # replies that failed validation or the operator's checks
+    schema_invalid: int = 0  # JSON replies that did not parse or did not match the schema
+    json_replies: int = 0  # JSON replies that matched the schema
 
     @property
     def template_version(self) -> str:
