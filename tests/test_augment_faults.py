@@ -378,23 +378,23 @@ def test_pinned_format_is_not_probed(server, tmp_path):
 
 # -- speed under faults ------------------------------------------------------------------------------------
 def test_hung_attempts_are_hedged_not_waited_out(server, tmp_path):
-    server.plan.update({"latency": 0.02, "fault_rate": 0.05, "faults": ["hang"], "hang_s": 5.0})
+    server.plan.update({"latency": 0.02, "fault_rate": 0.05, "faults": ["hang"], "hang_s": 10.0})
     t = time.monotonic()
-    res = run_augment(convs(200), config(server.base_url, tmp_path, [{"op": "rewrite"}], timeout_s=5.0,
+    res = run_augment(convs(200), config(server.base_url, tmp_path, [{"op": "rewrite"}], timeout_s=10.0,
                                          concurrency=8), progress=False)
     dt = time.monotonic() - t
     c = res.counts["rewrite"]
-    # ~10 hangs of 5 s each: waiting one out would take 5 s; the window is always full here, so no copy is
-    # sent, and each hung attempt is cut at its deadline (4x the hedge point) and retried
-    assert c["done"] == 200 and c["retries"] >= 5 and c["hedges"] == 0
-    assert dt < 4.0, (dt, c)
+    # ~10 hangs of 10 s each: waiting one out takes 10 s. The window is nearly always full here, so few copies
+    # are sent; a hung attempt is cut at its deadline (4x the hedge point) and retried
+    assert c["done"] == 200 and c["retries"] >= 5
+    assert dt < 5.0, (dt, c)
     # with free slots, a slow attempt gets a copy; the loser is cancelled and the window stays bounded
     server.plan.update({"fault_rate": 0.1})
     t = time.monotonic()
-    res = run_augment(convs(60), config(server.base_url, tmp_path / "b", [{"op": "rewrite"}], timeout_s=5.0,
-                                         concurrency=80), progress=False)
+    res = run_augment(convs(60), config(server.base_url, tmp_path / "b", [{"op": "rewrite"}], timeout_s=10.0,
+                                        concurrency=80), progress=False)
     c = res.counts["rewrite"]
-    assert c["done"] == 60 and c["hedges"] >= 1 and time.monotonic() - t < 4.0, c
+    assert c["done"] == 60 and c["hedges"] >= 1 and time.monotonic() - t < 5.0, c
 
 
 def test_token_usage_and_cost_per_step_and_op(server, tmp_path):
