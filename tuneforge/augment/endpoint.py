@@ -82,9 +82,11 @@ class EmbeddedServer:
 
     structured_output = "json_schema"  # what it supports: no probe needed
 
-    def __init__(self, name: str, max_batch: int = 8) -> None:
+    def __init__(self, name: str, max_batch: int = 8,
+                 presence_penalty: float = float(os.environ.get("TUNEFORGE_EMBEDDED_PRESENCE_PENALTY", 1.0))) -> None:
         self.name = name
         self.max_batch = max_batch
+        self.presence_penalty = presence_penalty
         self.proc: subprocess.Popen | None = None
         self.log_path = tuneforge_home() / "augment" / "local-server.log"
 
@@ -96,6 +98,7 @@ class EmbeddedServer:
         port = _free_port()
         cmd = [sys.executable, "-m", "tuneforge.augment.local_server", path, "--host", "127.0.0.1",
                "--port", str(port), "--name", f"{EMBEDDED_PREFIX}{self.name}", "--max-batch", str(self.max_batch),
+               "--presence-penalty", str(self.presence_penalty),
                "--log-level", "warning"]
         env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")

@@ -9,8 +9,11 @@ It stays an HTTP server (FastAPI on uvicorn, both already installed with Prefect
 exactly as to any other endpoint, and any other client can use it too.
 
 A schema says nothing about length, so a small model can ramble inside a string until `max_tokens` cuts the
-JSON off. In the last `wrap_up` tokens of a request's budget the mask is narrowed further to tokens that close
-something (a quote, a bracket, a brace) wherever the grammar allows one, so the reply ends as valid JSON.
+JSON off. Near the end of a request's budget the server looks ahead on a copy of the grammar state: how many
+tokens the shortest way to a complete reply takes (end the string, close the brackets, write the required keys
+left). Once the budget left is within `margin` tokens of that, the mask narrows further, wherever the grammar
+allows, to tokens that start with a quote (ending a string) and else to tokens that start with `}` or `]`: the
+reply ends as valid JSON within `max_tokens` whenever the schema's shortest instance fits in it.
 
 Requests that arrive together are decoded as one batch (left-padded, one grammar matcher per row, rows
 finishing independently), which is what makes several workers faster than one on a CPU.
@@ -54,6 +57,8 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     prompt_ids: list[int] = field(default_factory=list)
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every word token already in the reply
+    frequency_penalty: float = 0.0  # ... times the number of times it occurs
 
 
 def grammar_for(response_format: dict | None) -> str | None:
@@ -99,7 +104,7 @@ def closed(schema: Any) -> Any:
 class Engine:
     """The model, its tokenizer and the grammar machinery; `generate` runs one batch (in a worker thread)."""
 
-    def __init__(self, path: str, wrap_up: int = 0) -> None:
+    def __init__(self, path: str, margin: int = 12, lookahead: int = 64) -> None:
         import llguidance
         import llguidance.hf
         import torch
@@ -116,18 +121,24 @@ class Engine:
         self.vocab = self.model.get_output_embeddings().weight.shape[0]
         self.eos = self.tok.eos_token_id
         self.ll_tok = llguidance.hf.from_tokenizer(self.tok, n_vocab=self.vocab)
-        self.wrap_up = wrap_up
-        # Near the budget's end the mask narrows, where the grammar allows, first to tokens that start with a
-        # quote (inside a string: end it), else to tokens that start with `}` or `]` (end an object or array).
+        self.margin = margin  # tokens kept in hand beyond the shortest completion (one token may open an item)
+        self.lookahead = lookahead  # how close to the end of the budget the look-ahead starts
+        # Near the budget's end the mask narrows, where the grammar allows, to tokens made only of closing
+        # characters: first those that start with a quote (inside a string: end it), else `}`/`]` runs. (A token
+        # like `"},{"` also starts with a quote, but opens the next item: it is not among them.)
         quote = torch.zeros(self.vocab, dtype=torch.bool)
         close = torch.zeros(self.vocab, dtype=torch.bool)
         pieces = self.tok.convert_ids_to_tokens(list(range(min(self.vocab, len(self.tok)))))
         for tid, piece in enumerate(pieces):  # byte-level pieces: ASCII punctuation stands for itself
-            if piece:
+            if piece and set(piece) <= set('"}]:'):  # `":"` ends a key and opens its string value
                 quote[tid] = piece[0] == '"'
                 close[tid] = piece[0] in "}]"
         close[self.eos] = True
+        self.piece_len = torch.tensor([len(p or "") for p in pieces] + [0] * (self.vocab - len(pieces)))
         self.wrap_sets = (quote, close)
+        # Penalties apply to word tokens only: JSON's punctuation repeats by design.
+        self.penalised = torch.tensor([bool(p) and any(ch.isalnum() for ch in p) for p in pieces]
+                                      + [False] * (self.vocab - len(pieces)), dtype=torch.bool)
         self._grammars: dict[str, Any] = {}
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -136,8 +147,31 @@ class Engine:
             ids = ids["input_ids"]
         return list(ids)
 
-    def _wrap_up_for(self, job: Job) -> int:
-        return self.wrap_up or max(12, min(64, job.max_tokens // 4))
+    def _narrow(self, allowed: Any) -> Any:
+        for prefer in self.wrap_sets:
+            narrowed = allowed & prefer
+            if bool(narrowed.any()):
+                return narrowed
+        return allowed
+
+    def shortest_completion(self, matcher: Any, cap: int) -> int:
+        """Tokens to a complete reply from this grammar state, taking the closing path; `cap` if longer."""
+        from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+
+        m = matcher.deep_copy()
+        mask = allocate_token_bitmask(1, self.vocab)
+        for k in range(cap):
+            if m.is_accepting():
+                return k
+            fill_next_token_bitmask(m, mask, 0)
+            allowed = self._narrow(_unpack(self.torch, mask[0], self.vocab))
+            allowed[self.eos] = False
+            if not bool(allowed.any()):
+                return cap
+            tok = int(torch_where_max(self.torch, allowed, self.piece_len))  # the longest: fewest tokens
+            if not m.consume_token(tok):
+                return cap
+        return cap
 
     def generate(self, jobs: list[Job]) -> list[tuple[str, int, str]]:
         """(text, completion tokens, finish_reason) per job. Rows share temperature/top_p (the batcher groups)."""
@@ -160,6 +194,7 @@ class Engine:
         bitmask = allocate_token_bitmask(n, self.vocab)
         out: list[list[int]] = [[] for _ in jobs]
         done = [False] * n
+        check_at = [10**9] * n  # budget left at which to look ahead again
         finish = ["length"] * n
         temperature, top_p = jobs[0].temperature, jobs[0].top_p
         gen = torch.Generator().manual_seed(jobs[0].seed if jobs[0].seed is not None else int(time.time_ns() % 2**31))
@@ -168,11 +203,16 @@ class Engine:
         step_ids, step_pos = ids, positions
         steps = max(j.max_tokens for j in jobs)
         with torch.inference_mode():
-            for t in range(steps):
+            for _ in range(steps):
                 res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
                                  past_key_values=past, use_cache=True)
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float()
+                for r, j in enumerate(jobs):
+                    if (j.presence_penalty or j.frequency_penalty) and out[r] and not done[r]:
+                        counts = torch.bincount(torch.tensor(out[r]), minlength=self.vocab)[: self.vocab].float()
+                        counts *= self.penalised
+                        logits[r] -= j.presence_penalty * (counts > 0) + j.frequency_penalty * counts
                 for r, j in enumerate(jobs):
                     if done[r]:
                         continue
@@ -181,12 +221,13 @@ class Engine:
                         continue
                     fill_next_token_bitmask(m, bitmask, r)
                     allowed = _unpack(torch, bitmask[r], self.vocab)
-                    if j.max_tokens - t <= self._wrap_up_for(j):
-                        for prefer in self.wrap_sets:
-                            narrowed = allowed & prefer
-                            if bool(narrowed.any()):
-                                allowed = narrowed
-                                break
+                    left = j.max_tokens - len(out[r])
+                    if left <= self.lookahead and not m.is_accepting() and left <= check_at[r]:
+                        slack = left - self.shortest_completion(m, left) - self.margin
+                        if slack <= 0:
+                            allowed = self._narrow(allowed)
+                        else:  # the shortest completion grows by a token or two a step: look again later
+                            check_at[r] = left - max(1, slack // 3)
                     logits[r].masked_fill_(~allowed, float("-inf"))
                 nxt = _sample(torch, logits, temperature, top_p, gen)
                 for r, j in enumerate(jobs):
@@ -203,12 +244,19 @@ class Engine:
                         done[r], finish[r] = True, "stop"
                     elif len(out[r]) >= j.max_tokens:
                         done[r] = True
+                        if m is not None and m.is_accepting():
+                            finish[r] = "stop"  # complete, with no room left for the end-of-sequence token
                 if all(done):
                     break
                 step_ids = nxt.view(n, 1)
                 attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype)], dim=1)
                 step_pos = step_pos[:, -1:] + 1
         return [(self.tok.decode(o, skip_special_tokens=True), len(o), finish[r]) for r, o in enumerate(out)]
+
+
+def torch_where_max(torch: Any, allowed: Any, score: Any) -> Any:
+    """The index of the highest `score` among `allowed`."""
+    return torch.where(allowed, score, torch.full_like(score, -1)).argmax()
 
 
 def _unpack(torch: Any, words: Any, vocab: int) -> Any:
@@ -285,7 +333,9 @@ def _set(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-def create_app(engine: Engine, model_name: str, max_batch: int = 8) -> Any:
+def create_app(engine: Engine, model_name: str, max_batch: int = 8, default_presence: float = 0.0) -> Any:
+    """`default_presence`: the presence penalty of a request that sets none (OpenAI's default is 0; a 135M model
+    copies its question into its answer less with some)."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
@@ -323,7 +373,9 @@ def create_app(engine: Engine, model_name: str, max_batch: int = 8) -> Any:
                                             4096)),
                       temperature=float(body.get("temperature", 1.0) or 0.0),
                       top_p=float(top_p) if top_p is not None else 1.0, grammar=grammar,
-                      seed=body.get("seed"), future=loop.create_future(), loop=loop)
+                      seed=body.get("seed"), future=loop.create_future(), loop=loop,
+                      presence_penalty=float(body.get("presence_penalty", default_presence) or 0.0),
+                      frequency_penalty=float(body.get("frequency_penalty") or 0.0))
             job.prompt_ids = engine.prompt_ids(job.messages)
         except (BadRequest, KeyError, TypeError, ValueError) as e:
             return error(400, f"{type(e).__name__}: {e}")
@@ -352,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--name", default=None, help="the model id /v1/models lists (default: the folder)")
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--presence-penalty", type=float, default=0.0,
+                    help="presence penalty for requests that set none (OpenAI's semantics, word tokens only)")
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
     import torch
@@ -360,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(ValueError):
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
     engine = Engine(a.model)
-    app = create_app(engine, a.name or a.model, a.max_batch)
+    app = create_app(engine, a.name or a.model, a.max_batch, a.presence_penalty)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
 
 
