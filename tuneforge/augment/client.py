@@ -328,7 +328,7 @@ class LLM:
         return Reply(resp.content, key, False)
 
     async def _post(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
-                    sent: list[float]) -> dict:
+                    sent: list[float], deadline: float | None = None) -> dict:
         """One HTTP attempt inside the in-flight window; counted once it holds a slot (it is then sent)."""
         async with self.window:
             await self.limiter.wait_pause()
@@ -338,14 +338,14 @@ class LLM:
             t0 = time.monotonic()
             sent.append(t0)
             try:
-                raw = await asyncio.wait_for(client.post("/chat/completions", cast_to=httpx2.Response, body=body),
-                                             self.cfg.timeout_s + 5)
+                async with asyncio.timeout(deadline or self.cfg.timeout_s + 5):  # no extra task, unlike wait_for
+                    raw = await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+                    data = json.loads(await raw.aread())
             except openai.APIStatusError as e:
                 scope = parse_key_exhausted(e.response.headers) if e.status_code == 429 else None
                 if scope is not None:  # the whole key is spent: every worker waits until it resets (set
                     self.limiter.pause(scope)  # before this slot is free, so no other request slips out)
                 raise
-            data = json.loads(await raw.aread())
             self.latency.observe(time.monotonic() - t0)
             return data
 
@@ -363,9 +363,14 @@ class LLM:
         second copy races it if the window has a free slot (a copy never queues behind other requests); the
         first answer wins and the loser is cancelled."""
         sent: list[float] = []  # when the primary got its slot and was sent
-        primary = asyncio.ensure_future(self._post(client, body, tally, item, sent))
         if not self.hedging:
-            return await primary
+            return await self._post(client, body, tally, item, sent)
+        if self.window.locked() and self.latency.hedge_after() is not None:
+            # A full window leaves no slot for a copy: no race to run, just the deadline, read now, with no task
+            # of its own (the CPU-cheap common path under load). Before the first samples the loop below runs,
+            # which re-reads the deadline as they arrive.
+            return await self._post(client, body, tally, item, sent, self.deadline(attempt))
+        primary = asyncio.ensure_future(self._post(client, body, tally, item, sent))
         pending: set[asyncio.Future] = {primary}
         hedged = False
         error: BaseException | None = None

@@ -136,6 +136,8 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
     slots = asyncio.Semaphore(max(1, 2 * cfg.llm.concurrency))
     tasks: set[asyncio.Task] = set()
     failure: list[BaseException] = []
+    left = [len(chosen)]
+    finished = asyncio.Event()  # set when every item is done, or one failed the whole step
 
     async def one(i: int, item: ItemState) -> None:
         try:
@@ -151,6 +153,9 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
             failure.append(e)
         finally:
             slots.release()
+            left[0] -= 1
+            if left[0] == 0 or failure:
+                finished.set()
         cost = (tally.prompt_tokens * price[0] + tally.completion_tokens * price[1]) / 1000
         bar.update(counts["done"], counts["failed"], tally.cached, tally.attempts, cost)
 
@@ -162,8 +167,8 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
             t = asyncio.create_task(one(i, ItemState(slot=slots)))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
-        while tasks and not failure:
-            await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+        if chosen:
+            await finished.wait()
         if failure:
             raise failure[0]
     except BaseException:  # EndpointFailed, Ctrl-C: stop the other items too
