@@ -40,12 +40,14 @@ class Plan:
     retry_after: float = 0.05
     hang_s: float = 30.0
     seed: int = 0
+    key_exhausted: bool = False  # a 429 also says the whole key is spent (x-ratelimit-remaining-requests: 0)
+    reject_formats: tuple[str, ...] = ()  # response_format types answered with 400 (an endpoint without them)
 
     def update(self, d: dict) -> None:
         for k, v in d.items():
             if not hasattr(self, k):
                 raise KeyError(k)
-            setattr(self, k, tuple(v) if k == "faults" else v)
+            setattr(self, k, tuple(v) if k in ("faults", "reject_formats") else v)
 
 
 @dataclass
@@ -198,7 +200,7 @@ class FakeOpenAIServer:
                     extra: dict | None = None, length: int | None = None) -> None:
         data = payload if isinstance(payload, bytes) else (
             payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)).encode()
-        reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
         head = [f"HTTP/1.1 {status} {reason.get(status, 'X')}", "Content-Type: application/json",
                 f"Content-Length: {len(data) if length is None else length}"]
         head += [f"{k}: {v}" for k, v in (extra or {}).items()]
@@ -244,9 +246,18 @@ class FakeOpenAIServer:
             await asyncio.sleep(plan.latency)
         if fault:
             self.stats.faults[fault] += 1
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt and fmt in plan.reject_formats:
+            self.stats.faults[f"rejected_{fmt}"] += 1
+            await self._send(writer, 400, {"error": {"message": f"response_format {fmt} is not supported",
+                                                     "type": "invalid_request_error", "param": "response_format"}})
+            return True
         if fault == "429":
-            await self._send(writer, 429, {"error": {"message": "rate limited", "type": "rate_limit"}},
-                             {"Retry-After": f"{plan.retry_after:g}"})
+            headers_429 = {"Retry-After": f"{plan.retry_after:g}"}
+            if plan.key_exhausted:
+                headers_429.update({"x-ratelimit-remaining-requests": "0",
+                                    "x-ratelimit-reset-requests": f"{plan.retry_after:g}s"})
+            await self._send(writer, 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, headers_429)
             return True
         if fault == "401":  # not among the default faults: a wrong key fails every request
             await self._send(writer, 401, {"error": {"message": "invalid api key", "type": "auth"}})

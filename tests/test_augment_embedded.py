@@ -1,4 +1,5 @@
-"""The embedded default end to end: no endpoint configured, so `transformers serve` runs the real SmolLM2."""
+"""The embedded default end to end: no endpoint configured, so our local server runs the real SmolLM2, with
+grammar-constrained JSON."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def test_embedded_smollm2_end_to_end(smollm2_path, shared, tmp_path, monkeypatch
     monkeypatch.setattr(endpoint_mod.EmbeddedServer, "start", spy)
     res = run_augment(recs, cfg, seed=1, progress=False)
     assert len(started) == 1 and started[0].proc.poll() is not None  # started once, stopped at the end
-    assert res.usage["endpoint"] == "embedded:transformers-serve" and res.usage["model"] == "embedded:smollm2"
+    assert res.usage["endpoint"] == "embedded:local-server" and res.usage["model"] == "embedded:smollm2"
+    assert res.structured_output == "json_schema" and res.endpoint["hedging"] is False
     assert res.usage["requests"] >= 3 and res.usage["completion_tokens"] > 0
     rw = res.counts["rewrite"]
     assert rw["selected"] == 2 and rw["done"] + rw["failed"] == 2
@@ -53,3 +55,23 @@ def test_embedded_smollm2_end_to_end(smollm2_path, shared, tmp_path, monkeypatch
     again = run_augment(recs, cfg, seed=1, progress=False)
     assert len(started) == 1 and again.usage["requests"] == 0
     assert json.dumps(again.records, sort_keys=True) == json.dumps(res.records, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_embedded_json_is_valid_without_repairs(smollm2_path, shared, tmp_path, monkeypatch):
+    """Issue 15's acceptance: question_from_passage over 30 real passages, no repair round, >= 29 done."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    lines = (shared / "llamafactory" / "wiki_demo.txt").read_text(encoding="utf-8").splitlines()
+    docs = [new_record("text", provenance("wiki_demo", "wiki_demo.txt", i, i), text=t)
+            for i, t in enumerate(lines[:30]) if t.strip()]
+    assert len(docs) == 30
+    cfg = AugmentConfig.model_validate({
+        "llm": {"max_tokens": 96, "temperature": 0.7, "concurrency": 8, "timeout_s": 900, "max_attempts": 2,
+                "repair_attempts": 0},
+        "cache": str(tmp_path / "cache.sqlite"),
+        "steps": [{"op": "question_from_passage", "lang": "en", "params": {"n": 1, "max_chars": 500}}]})
+    res = run_augment(docs, cfg, seed=1, progress=False)
+    c = res.counts["question_from_passage"]
+    assert res.structured_output == "json_schema"
+    assert c["selected"] == 30 and c["done"] >= 29 and c["invalid_replies"] <= 1, (c, res.failures)
+    assert c["created"] == c["done"] and c["completion_tokens"] > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fake_openai_server import FakeOpenAIServer, Plan  # tests/ is on sys.path under pytest
+from fake_openai_server import default_responder as fake_default
 
 from tuneforge.augment import AugmentConfig, run_augment
 from tuneforge.common.errors import TuneforgeError
@@ -95,8 +96,27 @@ def test_retry_after_is_honoured(server, tmp_path):
                                        max_attempts=8, backoff_base_s=0.0, backoff_max_s=0.0), progress=False)
     assert res.counts["rewrite"]["done"] == 8
     log = server.stats.log
-    waits = [b["t"] - a["t"] for a, b in itertools.pairwise(log) if a["fault"] == "429"]
+    waits = []
+    for n, a in enumerate(log):
+        if a["fault"] == "429":
+            retry = next(b for b in log[n + 1:] if b["key"] == a["key"])
+            waits.append(retry["t"] - a["t"])
+            # the 429 is about that request: others go on meanwhile (the window has one slot: it was free)
+            assert any(b["key"] != a["key"] for b in log[n + 1:] if b["t"] < retry["t"]) or retry is log[n + 1]
     assert waits and min(waits) >= 0.28  # backoff is 0 here: only Retry-After can explain the wait
+    others = [b["t"] - a["t"] for a, b in itertools.pairwise(log) if a["fault"] == "429" and b["key"] != a["key"]]
+    assert others and min(others) < 0.1  # and it paused nobody else
+
+
+def test_a_spent_key_pauses_every_worker(server, tmp_path):
+    server.plan.update({"fault_rate": 0.3, "faults": ["429"], "retry_after": 0.3, "key_exhausted": True})
+    res = run_augment(convs(8), config(server.base_url, tmp_path, [{"op": "rewrite"}], concurrency=1,
+                                       max_attempts=10, backoff_base_s=0.0, backoff_max_s=0.0), progress=False)
+    assert res.counts["rewrite"]["done"] == 8
+    log = server.stats.log
+    waits = [b["t"] - a["t"] for a, b in itertools.pairwise(log) if a["fault"] == "429"]
+    # x-ratelimit-remaining-requests: 0 holds every request back until the reset (0.3 s), not just the one
+    assert waits and min(waits) >= 0.25
 
 
 def test_hangs_time_out(server, tmp_path):
@@ -308,3 +328,87 @@ def test_a_new_domain_is_a_template_and_params(server, tmp_path):
     assert res.counts["rewrite"]["done"] == 3
     assert all(e["template"] == "law_rewrite.jinja" for r in res.records for e in r["meta"]["ops"])
     assert res.records[0]["messages"][0]["content"] == convs(3)[0]["messages"][0]["content"][-8:]  # label stripped
+
+
+# -- structured output: what the endpoint accepts, found on first contact -------------------------------------
+def _docs(n: int) -> list[dict]:
+    return [new_record("text", provenance("doc", "t.txt", i, i), text=f"{PLAIN} 第{i}段：北京有故宫和天坛。" * 3)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(("rejected", "used"), [((), "json_schema"), (("json_schema",), "json_object"),
+                                                (("json_schema", "json_object"), "prompted")])
+def test_capability_probe_picks_what_the_endpoint_accepts(server, tmp_path, rejected, used):
+    server.plan.update({"reject_formats": list(rejected)})
+    plain_json = json.dumps({"pairs": [{"question": "故宫在哪里？", "answer": "北京"}]}, ensure_ascii=False)
+
+    def responder(body: dict) -> str:  # prompted: a first reply in prose, valid JSON once repaired
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt == "json_schema":
+            return fake_default(body)  # an instance of the schema it was sent
+        if fmt == "json_object":
+            return plain_json
+        return plain_json if len(body["messages"]) > 1 else "好的，问题是：故宫在哪里？"
+
+    server.responder = responder
+    cfg = config(server.base_url, tmp_path, [{"op": "question_from_passage", "params": {"n": 1}}],
+                 response_format="auto", repair_attempts=0)
+    res = run_augment(_docs(4), cfg, progress=False)
+    c = res.counts["question_from_passage"]
+    assert res.structured_output == used == res.usage["structured_output"] == res.endpoint["structured_output"]
+    assert [p["format"] for p in res.endpoint["probe"]] == [*rejected, *([used] if used != "prompted" else [])]
+    assert c["done"] == 4, res.failures
+    sent = [e for e in server.stats.log if e["fault"] is None]
+    if used == "prompted":  # one repair round even with repair_attempts: 0
+        assert c["invalid_replies"] == 4 and c["attempts"] == 8
+    else:
+        assert c["invalid_replies"] == 0 and c["attempts"] == 4
+    assert len(sent) == c["attempts"] + len(res.endpoint["probe"])  # the probe requests, then the items'
+    # a re-run is answered from the cache: no probe, no request
+    again = run_augment(_docs(4), cfg, progress=False)
+    assert again.usage["requests"] == 0 and again.structured_output is None
+
+
+def test_pinned_format_is_not_probed(server, tmp_path):
+    cfg = config(server.base_url, tmp_path, [{"op": "question_from_passage"}], response_format="json_object")
+    res = run_augment(_docs(2), cfg, progress=False)
+    assert res.structured_output == "json_object" and res.endpoint["probe"] == []
+    assert server.stats.chat == res.counts["question_from_passage"]["attempts"]
+
+
+# -- speed under faults ------------------------------------------------------------------------------------
+def test_hung_attempts_are_hedged_not_waited_out(server, tmp_path):
+    server.plan.update({"latency": 0.02, "fault_rate": 0.05, "faults": ["hang"], "hang_s": 10.0})
+    t = time.monotonic()
+    res = run_augment(convs(200), config(server.base_url, tmp_path, [{"op": "rewrite"}], timeout_s=10.0,
+                                         concurrency=8), progress=False)
+    dt = time.monotonic() - t
+    c = res.counts["rewrite"]
+    # ~10 hangs of 10 s each: waiting one out takes 10 s. The window is nearly always full here, so few copies
+    # are sent; a hung attempt is cut at its deadline (4x the hedge point) and retried
+    assert c["done"] == 200 and c["retries"] >= 5
+    assert dt < 5.0, (dt, c)
+    # with free slots, a slow attempt gets a copy; the loser is cancelled and the window stays bounded
+    server.plan.update({"fault_rate": 0.1})
+    t = time.monotonic()
+    res = run_augment(convs(60), config(server.base_url, tmp_path / "b", [{"op": "rewrite"}], timeout_s=10.0,
+                                        concurrency=80), progress=False)
+    c = res.counts["rewrite"]
+    assert c["done"] == 60 and c["hedges"] >= 1 and time.monotonic() - t < 5.0, c
+
+
+def test_token_usage_and_cost_per_step_and_op(server, tmp_path):
+    steps = [{"op": "rewrite", "limit": 4}, {"op": "judge_filter", "limit": 3, "params": {"threshold": 1}},
+             {"op": "rewrite", "name": "again", "limit": 2}]
+    res = run_augment(convs(6), config(server.base_url, tmp_path, steps, price_per_1k_prompt=1.0,
+                                       price_per_1k_completion=2.0), progress=False)
+    for name in ("rewrite", "judge_filter", "again"):
+        c = res.counts[name]
+        assert c["prompt_tokens"] > 0 and c["completion_tokens"] > 0
+        assert c["cost_usd"] == round((c["prompt_tokens"] + 2 * c["completion_tokens"]) / 1000, 6)
+    by_op = res.usage["by_op"]
+    assert by_op["rewrite"]["steps"] == 2 and by_op["judge_filter"]["steps"] == 1
+    assert by_op["rewrite"]["prompt_tokens"] == res.counts["rewrite"]["prompt_tokens"] + \
+        res.counts["again"]["prompt_tokens"]
+    assert sum(o["prompt_tokens"] for o in by_op.values()) == res.usage["prompt_tokens"]
+    assert abs(sum(o["cost_usd"] for o in by_op.values()) - res.usage["estimated_cost_usd"]) < 1e-5

@@ -203,3 +203,66 @@ def test_a_missing_template_fails_before_any_request(tmp_path):
                                         "steps": [{"op": "rewrite"}, {"op": "answer", "template": "mine.jinja"}]})
     with pytest.raises(TemplateError, match=r"mine\.jinja"):
         run_augment(_msgs(2), cfg, recipe_dir=tmp_path, progress=False)  # port 9: any request would fail otherwise
+
+
+# -- params registry and the records table ---------------------------------------------------------------
+def test_config_imports_no_operator_and_params_validate_once():
+    import subprocess
+    import sys
+
+    code = ("import sys, tuneforge.augment.config as c; "
+            "assert not [m for m in sys.modules if m.startswith(('tuneforge.augment.ops', 'tuneforge.augment.client'))]; "
+            "s = c.load_config({'steps': [{'op': 'rewrite', 'params': {'turns': 'last'}}]}).steps[0]; "
+            "assert s.op_params.turns == 'last' and s.op_params is s.op_params")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from tuneforge.augment.ops import OPERATORS
+    from tuneforge.augment.params import OPS, PARAMS
+
+    assert tuple(OPERATORS) == OPS and all(OPERATORS[n].Params is PARAMS[n] and OPERATORS[n].name == n for n in OPS)
+
+
+def test_judge_reads_every_kind_from_the_records_table():
+    from tuneforge.augment.ops.judge_filter import record_messages
+
+    meta = provenance("s", "f", 0, 0)
+    u = new_record("unpaired", meta, prompt=[{"role": "user", "content": "q"}],
+                   completion=[{"role": "assistant", "content": "a"}], label=True)
+    assert [m["content"] for m in record_messages(u)] == ["q", "a", "True"]
+    p = new_record("preference", meta, prompt=[{"role": "user", "content": "q"}],
+                   chosen=[{"role": "assistant", "content": "c"}], rejected=[{"role": "assistant", "content": "r"}])
+    assert [m["content"] for m in record_messages(p)] == ["q", "c"]
+    assert record_messages(new_record("text", meta, text="doc")) == [{"role": "document", "content": "doc"}]
+
+
+def test_key_exhausted_headers_and_durations():
+    from tuneforge.augment.limits import parse_duration, parse_key_exhausted
+
+    assert parse_duration("6m0s") == 360.0 and parse_duration("20ms") == 0.02 and parse_duration("1.5") == 1.5
+    assert parse_duration("soon") is None
+    assert parse_key_exhausted({"retry-after": "2"}) is None  # a 429 about this request alone
+    assert parse_key_exhausted({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"}) == 1.0
+    assert parse_key_exhausted({"x-ratelimit-remaining-tokens": "0", "retry-after": "3"}) == 3.0
+
+
+def test_progress_projects_time_and_cost_left():
+    from tuneforge.augment.progress import StepProgress, projection
+
+    assert projection(0, 10, 5.0, 0.0) == (None, None)
+    assert projection(5, 20, 10.0, 0.5) == (30.0, 1.5)
+    bar = StepProgress(False)
+    bar.begin("s", 4)
+    assert "left ~" in bar.stats(2, 0, 0, 2, 0.2) and "$0.2000" in bar.stats(2, 0, 0, 2, 0.2)
+
+
+def test_hedge_point_is_p95_with_a_floor():
+    from tuneforge.augment.client import Latency
+
+    lat = Latency()
+    for _ in range(19):
+        lat.observe(0.1)
+    assert lat.hedge_after() is None  # too few samples
+    lat.observe(0.1)
+    assert lat.hedge_after() == pytest.approx(0.15)  # steady latency: 1.5x the median, not the p95
+    for x in [1.0] * 10 + [0.1] * 170:
+        lat.observe(x)
+    assert lat.hedge_after() == pytest.approx(1.0)  # a slow tail: its p95

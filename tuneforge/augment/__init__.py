@@ -1,21 +1,25 @@
 """LLM augmentation: recipe steps that rewrite, extend, generate and judge records through any
 OpenAI-compatible endpoint, with a persistent response cache so nothing is paid for twice.
 
-The names load lazily: a recipe needs only the config, and the client (openai, aiohttp) costs seconds to
-import in every build worker."""
+Exports are lazy: `tuneforge.augment.config` (what a recipe loader needs) loads without the operators,
+the client or the endpoint code.
+"""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneforge.augment.config import AugmentConfig, load_config
+    from tuneforge.augment.run import AugmentResult, run_augment
 
 __all__ = ["AugmentConfig", "AugmentResult", "load_config", "run_augment"]
+_WHERE = {"AugmentConfig": "config", "load_config": "config", "AugmentResult": "run", "run_augment": "run"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("AugmentConfig", "load_config"):
-        from tuneforge.augment import config
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tuneforge.augment' has no attribute {name!r}")
+    import importlib
 
-        return getattr(config, name)
-    if name in ("AugmentResult", "run_augment"):
-        from tuneforge.augment import run
-
-        return getattr(run, name)
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f"tuneforge.augment.{_WHERE[name]}"), name)

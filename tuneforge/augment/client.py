@@ -1,11 +1,21 @@
-"""The request path: cache lookup, pacing, the in-flight window, retries, and usage accounting.
+"""The request path: cache lookup, pacing, the in-flight window, hedging, retries, and usage accounting.
 
-Retries are ours (the openai client runs with `max_retries=0`) so the policy is the one tested: 429 waits for
-`Retry-After` and pauses every worker; 5xx, timeouts, dropped connections and malformed bodies back off
-exponentially with jitter; 401/403/404 stop the run (every other item would fail the same way); other 4xx
-fail the item at once. Requests go through `AsyncOpenAI.post` with the aiohttp transport and a plain dict
-body: the typed `chat.completions.create` spends about a millisecond of CPU per call validating its
-arguments, which alone caps a 2-core machine below the bound concurrency/latency.
+Retries are ours (the openai client runs with `max_retries=0`; tenacity or backoff would do the sleeping but not
+the parts that matter here: a 429's scope, hedged attempts sharing one window, the item's worker slot given
+up while it sleeps, every HTTP attempt counted). The policy: a 429 makes *its own* request wait for
+`Retry-After`; every worker pauses only when the endpoint says the whole key is spent
+(`x-ratelimit-remaining-requests/-tokens: 0`, until `x-ratelimit-reset-*`); 5xx, timeouts, dropped connections
+and malformed bodies back off exponentially with jitter; 401/403/404 stop the run (every other item would fail
+the same way); other 4xx fail the item at once.
+
+Hedging (Dean and Barroso, "The Tail at Scale"): once 20 requests have finished, an attempt still running past
+the p95 of the recent ones gets a second copy; the first answer wins and the other is cancelled, so a hung
+connection costs a p95, not the timeout. Hedges are at most a tenth of the requests, and off for the embedded
+server (one CPU-bound process: a copy would only compete with the original).
+
+Requests go through `AsyncOpenAI.post` with the aiohttp transport and a plain dict body: the typed
+`chat.completions.create` spends about a millisecond of CPU per call validating its arguments, which alone caps
+a 2-core machine below the bound concurrency/latency.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import json
 import logging
 import random
 import re
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +38,22 @@ import openai
 from tuneforge.augment.cache import CachedResponse, ResponseCache, cache_key
 from tuneforge.augment.config import LLMConfig
 from tuneforge.augment.endpoint import EmbeddedServer, EndpointSpec
-from tuneforge.augment.limits import RateLimiter, backoff_delay, estimate_tokens, parse_retry_after
+from tuneforge.augment.limits import (
+    RateLimiter,
+    backoff_delay,
+    estimate_tokens,
+    parse_key_exhausted,
+    parse_retry_after,
+)
 from tuneforge.common.errors import TuneforgeError
 
 log = logging.getLogger("tuneforge.augment")
 _RETRY_STATUS = {408, 409, 425, 429}
 _FATAL_STATUS = {401: "authentication failed", 403: "permission denied", 404: "model or endpoint not found"}
+_FORMAT_REJECT_STATUS = {400, 415, 422, 501}
+# What a run used for JSON replies, in order of preference.
+STRUCTURED_MODES = ("json_schema", "json_object", "prompted")
+_PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
 
 class RequestFailed(Exception):
@@ -40,6 +62,10 @@ class RequestFailed(Exception):
 
 class EndpointFailed(TuneforgeError):
     """The endpoint refuses every request (bad key, unknown model): stop instead of failing each item."""
+
+
+class FormatRejected(Exception):
+    """The endpoint answered 4xx to a request that carried `response_format`."""
 
 
 class Redactor:
@@ -70,19 +96,62 @@ class Sampling:
 
 @dataclass
 class Tally:
-    """Per-step request counters."""
+    """Per-step request counters and what the step's fresh replies cost in tokens."""
 
     requested: int = 0  # logical requests that missed the cache
     cached: int = 0  # logical requests answered from the cache
-    attempts: int = 0  # HTTP attempts
+    attempts: int = 0  # HTTP attempts (hedges included)
     retries: int = 0
+    hedges: int = 0  # second copies sent for a slow attempt
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass
 class ItemState:
-    """What one item has cost so far, for its failure row."""
+    """What one item has cost so far, for its failure row; `slot` is its worker slot, given up while it sleeps."""
 
     attempts: int = 0
+    slot: asyncio.Semaphore | None = None
+    _sleeping: int = 0
+
+    async def sleep(self, seconds: float) -> None:
+        """Back off without holding a worker slot: a retry never stalls the items queued behind it."""
+        first = self._sleeping == 0
+        self._sleeping += 1
+        if first and self.slot is not None:
+            self.slot.release()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._sleeping -= 1
+            if self._sleeping == 0 and self.slot is not None:
+                await self.slot.acquire()
+
+
+class Latency:
+    """Durations of recent successful attempts. The hedge point is their p95, and at least 1.5 times their median:
+    with steady latency the p95 is only jitter above the median, and hedging there would send 5% more requests
+    for nothing."""
+
+    def __init__(self, keep: int = 256, min_samples: int = 20) -> None:
+        self._d: deque[float] = deque(maxlen=keep)
+        self.min_samples = min_samples
+        self._p95: float | None = None
+        self._dirty = 0
+
+    def observe(self, seconds: float) -> None:
+        self._d.append(seconds)
+        self._dirty += 1
+
+    def hedge_after(self) -> float | None:
+        if len(self._d) < self.min_samples:
+            return None
+        if self._p95 is None or self._dirty >= 16:  # re-sorted every 16 samples: cheap at thousands a second
+            xs = sorted(self._d)
+            self._p95 = max(xs[min(len(xs) - 1, int(0.95 * len(xs)))], 1.5 * xs[len(xs) // 2])
+            self._dirty = 0
+        return self._p95
 
 
 @dataclass
@@ -99,6 +168,7 @@ class Usage:
     cached: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    hedges: int = 0
 
 
 class LLM:
@@ -112,6 +182,13 @@ class LLM:
         self.usage = Usage()
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
         self.window = asyncio.Semaphore(cfg.concurrency)
+        self.latency = Latency()
+        self.hedging = cfg.hedge if cfg.hedge is not None else not spec.embedded
+        # How JSON is asked for: pinned by the config, or probed on first contact (`auto`); None until known.
+        self.structured: str | None = None if cfg.response_format == "auto" else (
+            "prompted" if cfg.response_format == "none" else cfg.response_format)
+        self.structured_probe: list[dict] = []  # what the probe saw, for the manifest
+        self._probe_lock = asyncio.Lock()
         self._client: openai.AsyncOpenAI | None = None
         self._embedded: EmbeddedServer | None = None
         self._start_lock = asyncio.Lock()
@@ -123,9 +200,13 @@ class LLM:
             if self._client is not None:
                 return self._client
             if self.spec.embedded:
-                self._embedded = EmbeddedServer(self.spec.embedded)
-                log.info("no endpoint configured: starting transformers serve with embedded:%s", self.spec.embedded)
+                self._embedded = EmbeddedServer(self.spec.embedded, max_batch=min(8, self.cfg.concurrency))
+                log.info("no endpoint configured: starting the embedded server with embedded:%s", self.spec.embedded)
                 self.spec.base_url, self.spec.model = await self._embedded.start()
+                if self.structured is None:
+                    self.structured = EmbeddedServer.structured_output
+                    self.structured_probe.append({"format": self.structured, "accepted": True,
+                                                  "why": "the embedded server constrains decoding"})
             self._client = openai.AsyncOpenAI(
                 base_url=self.spec.base_url, api_key=self.spec.api_key, max_retries=0,
                 timeout=self.cfg.timeout_s, http_client=openai.DefaultAioHttpClient(timeout=self.cfg.timeout_s))
@@ -171,11 +252,48 @@ class LLM:
             max_tokens=o.max_tokens if o and o.max_tokens else c.max_tokens,
             response_format=o.response_format if o and o.response_format else c.response_format)
 
+    async def structured_mode(self) -> str:
+        """How JSON replies are asked for; with `auto`, decided once by probing the endpoint on first contact:
+        json_schema if it accepts one, else json_object, else the instruction in the prompt (`prompted`)."""
+        if self.structured is not None:
+            return self.structured
+        async with self._probe_lock:
+            if self.structured is not None:
+                return self.structured
+            client = await self._connect()
+            if self.structured is not None:  # the embedded server said what it supports
+                return self.structured
+            mode = "prompted"
+            for fmt in ("json_schema", "json_object"):
+                body = {"model": self.spec.model, "max_tokens": 16, "temperature": 0,
+                        "messages": [{"role": "user", "content": 'Reply with the JSON object {"ok": true}.'}],
+                        "response_format": {"type": "json_object"} if fmt == "json_object" else
+                        {"type": "json_schema", "json_schema": {"name": "probe", "schema": _PROBE_SCHEMA}}}
+                try:
+                    await self._send(client, body, Tally(), ItemState(), probe=True)
+                except (FormatRejected, RequestFailed) as e:
+                    self.structured_probe.append({"format": fmt, "accepted": False, "why": str(e)[:200]})
+                    continue
+                self.structured_probe.append({"format": fmt, "accepted": True})
+                mode = fmt
+                break
+            log.info("structured output on %s: %s", self.spec.public_url, mode)
+            self.structured = mode
+            return mode
+
+    def downgrade(self, rejected: str, why: str) -> None:
+        """An endpoint that passed the probe but rejects a real request's format: use the next mode."""
+        if self.structured == rejected:
+            nxt = STRUCTURED_MODES[STRUCTURED_MODES.index(rejected) + 1]
+            log.warning("%s rejected response_format %s (%s); using %s", self.spec.public_url, rejected, why, nxt)
+            self.structured_probe.append({"format": rejected, "accepted": False, "why": why[:200]})
+            self.structured = nxt
+
     async def complete(self, messages: list[dict], sampling: Sampling, *, template_version: str, tally: Tally,
                        item: ItemState, json_schema: tuple[str, dict] | None = None, sample: int = 0) -> Reply:
-        fmt = sampling.response_format if json_schema else "none"
+        asked = sampling.response_format if json_schema else "none"
         params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
-                  "response_format": fmt, "sample": sample}
+                  "response_format": asked, "sample": sample}
         key = cache_key(sampling.label, messages, params, template_version)
         hit = self.cache.get(key)
         if hit is not None:
@@ -188,33 +306,115 @@ class LLM:
                                 "temperature": sampling.temperature, "max_tokens": sampling.max_tokens}
         if sampling.top_p is not None:
             body["top_p"] = sampling.top_p
-        if fmt == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        elif fmt == "json_schema" and json_schema:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": json_schema[0], "schema": json_schema[1]}}
         if sample and sampling.temperature > 0:
             body["seed"] = sample  # a hint only; the cache key already tells samples apart
-        resp = await self._send(client, body, tally, item)
+        while True:
+            fmt = asked
+            if asked == "auto":
+                fmt = await self.structured_mode()
+            if fmt == "json_object":
+                body["response_format"] = {"type": "json_object"}
+            elif fmt == "json_schema" and json_schema:
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": json_schema[0], "schema": json_schema[1]}}
+            else:
+                body.pop("response_format", None)
+            try:
+                resp = await self._send(client, body, tally, item, format_errors=asked == "auto")
+                break
+            except FormatRejected as e:
+                self.downgrade(fmt, str(e))
         self.cache.put(key, sampling.label, resp)
         return Reply(resp.content, key, False)
 
-    async def _send(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState) -> CachedResponse:
+    async def _post(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
+                    sent: list[float], deadline: float | None = None) -> dict:
+        """One HTTP attempt inside the in-flight window; counted once it holds a slot (it is then sent)."""
+        async with self.window:
+            await self.limiter.wait_pause()
+            tally.attempts += 1
+            item.attempts += 1
+            self.usage.requests += 1
+            t0 = time.monotonic()
+            sent.append(t0)
+            try:
+                async with asyncio.timeout(deadline or self.cfg.timeout_s + 5):  # no extra task, unlike wait_for
+                    raw = await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
+                    data = json.loads(await raw.aread())
+            except openai.APIStatusError as e:
+                scope = parse_key_exhausted(e.response.headers) if e.status_code == 429 else None
+                if scope is not None:  # the whole key is spent: every worker waits until it resets (set
+                    self.limiter.pause(scope)  # before this slot is free, so no other request slips out)
+                raise
+            self.latency.observe(time.monotonic() - t0)
+            return data
+
+    def deadline(self, attempt: int) -> float:
+        """An attempt's deadline: `timeout_s`, or, once latency is known, 4x the hedge point, doubling with each
+        retry of the same request (a long generation is cut once, not every time) and never for the last one."""
+        hp = self.latency.hedge_after() if self.hedging else None
+        if hp is None or attempt >= self.cfg.max_attempts:
+            return self.cfg.timeout_s
+        return min(self.cfg.timeout_s, 4 * hp * 2 ** (attempt - 1))
+
+    async def _attempt(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
+                       attempt: int = 1) -> dict:
+        """One attempt under its deadline (re-read as latency samples arrive), hedged: past the hedge point a
+        second copy races it if the window has a free slot (a copy never queues behind other requests); the
+        first answer wins and the loser is cancelled."""
+        sent: list[float] = []  # when the primary got its slot and was sent
+        if not self.hedging:
+            return await self._post(client, body, tally, item, sent)
+        if self.window.locked() and self.latency.hedge_after() is not None:
+            # A full window leaves no slot for a copy: no race to run, just the deadline, read now, with no task
+            # of its own (the CPU-cheap common path under load). Before the first samples the loop below runs,
+            # which re-reads the deadline as they arrive.
+            return await self._post(client, body, tally, item, sent, self.deadline(attempt))
+        primary = asyncio.ensure_future(self._post(client, body, tally, item, sent))
+        pending: set[asyncio.Future] = {primary}
+        hedged = False
+        error: BaseException | None = None
+        try:
+            while pending:
+                wait = 0.5  # re-read the deadline at least this often: the first samples arrive meanwhile
+                after = self.latency.hedge_after()
+                if sent:
+                    elapsed = time.monotonic() - sent[0]
+                    deadline = self.deadline(attempt)
+                    if elapsed >= deadline:
+                        raise TimeoutError(f"past the deadline {deadline:.3g}s")
+                    wait = min(wait, deadline - elapsed)
+                    if after is not None and not hedged:
+                        if elapsed >= after and not self.window.locked() and \
+                                self.usage.hedges <= 0.1 * self.usage.requests:
+                            hedged = True
+                            tally.hedges += 1
+                            self.usage.hedges += 1
+                            pending.add(asyncio.ensure_future(self._post(client, body, tally, item, [])))
+                        elif elapsed < after:
+                            wait = min(wait, after - elapsed)
+                done, pending = await asyncio.wait(pending, timeout=max(0.005, wait),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.exception() is None:
+                        return t.result()
+                    error = error or t.exception()
+            raise error  # type: ignore[misc]
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _send(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState, *,
+                    format_errors: bool = False, probe: bool = False) -> CachedResponse:
         estimate = estimate_tokens(body["messages"], body["max_tokens"])
         last = "no attempt made"
         for attempt in range(1, self.cfg.max_attempts + 1):
             await self.limiter.acquire(estimate)
-            tally.attempts += 1
-            item.attempts += 1
-            self.usage.requests += 1
             delay: float | None = None
             try:
-                async with self.window:
-                    await self.limiter.wait_pause()
-                    raw = await asyncio.wait_for(
-                        client.post("/chat/completions", cast_to=httpx2.Response, body=body),
-                        self.cfg.timeout_s + 5)
-                    data = json.loads(await raw.aread())
+                data = await self._attempt(client, body, tally, item, attempt)
                 choice = data["choices"][0]
                 content = choice["message"].get("content")
                 if not isinstance(content, str):
@@ -225,21 +425,23 @@ class LLM:
                 self.usage.completions += 1
                 self.usage.prompt_tokens += pt
                 self.usage.completion_tokens += ct
+                tally.prompt_tokens += pt
+                tally.completion_tokens += ct
                 return CachedResponse(content, pt, ct, choice.get("finish_reason"))
             except openai.APIStatusError as e:
                 status = e.status_code
                 last = f"HTTP {status}: {self.redact(str(e))[:300]}"
-                if status in _FATAL_STATUS:
+                if status in _FATAL_STATUS and not probe:
                     raise EndpointFailed(f"{self.spec.public_url}: {_FATAL_STATUS[status]} ({last}); check the "
                                          f"model name and ${self.cfg.api_key_env}") from None
-                if status == 429:
+                if status in _FORMAT_REJECT_STATUS and "response_format" in body and (format_errors or probe):
+                    raise FormatRejected(last) from None
+                if status == 429:  # this request waits for Retry-After; a spent key paused everyone in _post
                     delay = parse_retry_after(e.response.headers)
-                    if delay is not None:
-                        self.limiter.pause(delay)
                 elif status < 500 and status not in _RETRY_STATUS:
                     raise RequestFailed(last) from None
             except (openai.APITimeoutError, TimeoutError):
-                last = f"timeout after {self.cfg.timeout_s:g}s"
+                last = f"timeout after {self.deadline(attempt):.3g}s"
             except openai.APIConnectionError as e:
                 last = f"connection error: {self.redact(str(e.__cause__ or e))[:300]}"
             except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -252,5 +454,5 @@ class LLM:
             if delay is None:
                 delay = backoff_delay(attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s, self._rng)
             log.debug("attempt %d failed (%s); retrying in %.2fs", attempt, last, delay)
-            await asyncio.sleep(delay)
+            await item.sleep(delay)
         raise RequestFailed(f"{last} (after {self.cfg.max_attempts} attempts)")

@@ -8,26 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
+from tuneforge.augment.params import OPS, PARAMS, OpParams, ResponseFormat, SamplingOverride, _Strict
 from tuneforge.common.errors import RecipeError
 
-OPS = ("question_from_passage", "answer", "rewrite", "extend_turns", "kb_queries", "preference", "judge_filter")
-ResponseFormat = Literal["json_object", "json_schema", "none"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SamplingOverride(_Strict):
-    """What a step may change for its own requests (the endpoint stays the run's)."""
-
-    model: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    response_format: ResponseFormat | None = None
+__all__ = ["OPS", "AugmentConfig", "LLMConfig", "ResponseFormat", "SamplingOverride", "SelectConfig", "StepConfig",
+           "cache_path", "load_config"]
 
 
 class LLMConfig(_Strict):
@@ -37,13 +24,15 @@ class LLMConfig(_Strict):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int = Field(512, ge=1)
-    # How a JSON reply is asked for: json_object (OpenAI, DeepSeek, DashScope, vLLM, Ollama),
-    # json_schema (OpenAI structured outputs, vLLM), or none (only the instruction in the prompt).
-    response_format: ResponseFormat = "json_object"
+    # How a JSON reply is asked for: auto (probe the endpoint on first contact: json_schema, else json_object,
+    # else the instruction in the prompt with one repair round), or one of them pinned.
+    response_format: Literal["auto"] | ResponseFormat = "auto"
     concurrency: int = Field(8, ge=1, le=1024)
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
     timeout_s: float = Field(60.0, gt=0)
+    # Hedge an attempt running past the p95 of finished ones (None: on, except for the embedded server).
+    hedge: bool | None = None
     max_attempts: int = Field(5, ge=1)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
@@ -70,6 +59,14 @@ class StepConfig(_Strict):
     lang: Literal["zh", "en"] = "zh"
     params: dict[str, Any] = Field(default_factory=dict)
     llm: SamplingOverride | None = None
+    _parsed: OpParams | None = PrivateAttr(None)
+
+    @property
+    def op_params(self) -> OpParams:
+        """The validated params (validated once, when the recipe is loaded)."""
+        if self._parsed is None:
+            self._parsed = PARAMS[self.op].model_validate(self.params)
+        return self._parsed
 
 
 class AugmentConfig(_Strict):
@@ -81,8 +78,6 @@ class AugmentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_steps(self) -> AugmentConfig:
-        from tuneforge.augment.ops import params_model
-
         seen: set[str] = set()
         for i, step in enumerate(self.steps):
             if step.name is None:
@@ -94,7 +89,7 @@ class AugmentConfig(_Strict):
                     raise ValueError(f"steps[{i}].select.from_steps: {src!r} is not an earlier step")
             seen.add(step.name)
             try:
-                params_model(step.op).model_validate(step.params)
+                step._parsed = PARAMS[step.op].model_validate(step.params)
             except ValidationError as e:
                 first = e.errors()[0]
                 loc = ".".join(str(p) for p in first["loc"])

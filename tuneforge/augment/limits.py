@@ -1,10 +1,15 @@
-"""Client-side pacing: requests- and tokens-per-minute buckets, a shared pause after a 429, and backoff."""
+"""Client-side pacing: requests- and tokens-per-minute buckets, a shared pause when a 429 says the key is spent,
+and backoff.
+
+The buckets are ours rather than aiolimiter's: the TPM bucket takes an estimate before a request and is
+corrected by the real usage after it (`settle`), which a plain leaky bucket cannot express."""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import random
+import re
 import time
 
 
@@ -28,7 +33,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Paces request starts; `pause(s)` holds every worker back (a 429's Retry-After applies to all)."""
+    """Paces request starts; `pause(s)` holds every worker back (a 429 that says the whole key is spent)."""
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
         self._rpm = _Bucket(rpm) if rpm else None
@@ -101,3 +106,34 @@ def estimate_tokens(messages: list[dict], max_tokens: int) -> float:
     """A cheap upper-ish estimate for the TPM bucket: CJK is about a token a character, Latin about four."""
     chars = sum(len(str(m.get("content", ""))) for m in messages)
     return chars / 2 + max_tokens
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float | None:
+    """`1s`, `6m0s`, `20ms`, `0.5` (seconds): the forms of OpenAI's `x-ratelimit-reset-*` headers."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def parse_key_exhausted(headers: object) -> float | None:
+    """Seconds until the key's own budget resets, when a 429 says the whole key is spent
+    (`x-ratelimit-remaining-requests: 0` or `-tokens: 0`); None when the 429 is about this request alone."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    waits = []
+    for kind in ("requests", "tokens"):
+        if str(get(f"x-ratelimit-remaining-{kind}", "")).strip() == "0":
+            reset = parse_duration(str(get(f"x-ratelimit-reset-{kind}", "") or ""))
+            waits.append(reset if reset is not None else parse_retry_after(headers) or 1.0)
+    return max(waits) if waits else None

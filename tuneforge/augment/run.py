@@ -33,6 +33,10 @@ class AugmentResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # How JSON replies were asked for: json_schema | json_object | prompted (None: no JSON request was sent),
+    # and what the capability probe saw.
+    structured_output: str | None = None
+    endpoint: dict[str, Any] = field(default_factory=dict)
 
 
 def run_augment(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None = None, seed: int = 42,
@@ -52,15 +56,32 @@ def run_augment(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | No
         return pool.submit(asyncio.run, coro).result()
 
 
-def _usage(llm: LLM | None, cfg: AugmentConfig | None) -> dict[str, Any]:
+def cost_usd(cfg: AugmentConfig, prompt_tokens: int, completion_tokens: int) -> float:
+    return round((prompt_tokens * cfg.llm.price_per_1k_prompt
+                  + completion_tokens * cfg.llm.price_per_1k_completion) / 1000, 6)
+
+
+def _usage(llm: LLM | None, cfg: AugmentConfig | None, counts: dict[str, dict[str, Any]] | None = None
+           ) -> dict[str, Any]:
     if llm is None or cfg is None:
         return {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                "estimated_cost_usd": 0.0, "endpoint": None, "model": None}
+                "estimated_cost_usd": 0.0, "endpoint": None, "model": None, "structured_output": None,
+                "by_op": {}}
     u = llm.usage
-    cost = (u.prompt_tokens * cfg.llm.price_per_1k_prompt + u.completion_tokens * cfg.llm.price_per_1k_completion) / 1000
-    return {"requests": u.requests, "completions": u.completions, "cached": u.cached,
+    by_op: dict[str, dict[str, Any]] = {}
+    for c in (counts or {}).values():
+        o = by_op.setdefault(c["op"], {"steps": 0, "requests": 0, "cached": 0, "prompt_tokens": 0,
+                                       "completion_tokens": 0, "cost_usd": 0.0})
+        o["steps"] += 1
+        for k in ("cached", "prompt_tokens", "completion_tokens"):
+            o[k] += c[k]
+        o["requests"] += c["attempts"]
+        o["cost_usd"] = round(o["cost_usd"] + c["cost_usd"], 6)
+    return {"requests": u.requests, "completions": u.completions, "cached": u.cached, "hedges": u.hedges,
             "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "estimated_cost_usd": round(cost, 6), "endpoint": llm.spec.public_url, "model": llm.spec.label}
+            "estimated_cost_usd": cost_usd(cfg, u.prompt_tokens, u.completion_tokens),
+            "endpoint": llm.spec.public_url, "model": llm.spec.label, "structured_output": llm.structured,
+            "by_op": by_op}
 
 
 async def _run(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None, seed: int,
@@ -87,7 +108,10 @@ async def _run(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | Non
         await llm.aclose()
         cache.close()
     result.records = records
-    result.usage = _usage(llm, cfg)
+    result.usage = _usage(llm, cfg, result.counts)
+    result.structured_output = llm.structured
+    result.endpoint = {"url": llm.spec.public_url, "model": llm.spec.label, "structured_output": llm.structured,
+                       "configured": cfg.llm.response_format, "probe": llm.structured_probe, "hedging": llm.hedging}
     result.seconds = round(time.monotonic() - t0, 3)
     return result
 
@@ -96,8 +120,9 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
                 seed: int, made_by: dict[str, str], input_ids: set[str], repair: Prompt, bar: StepProgress,
                 result: AugmentResult, preselected: set[str] | None = None) -> list[Record]:
     op: Operator = OPERATORS[step.op]
-    params = op.Params.model_validate(step.params)
+    params = step.op_params
     tally = Tally()
+    price = (cfg.llm.price_per_1k_prompt, cfg.llm.price_per_1k_completion)
     ctx = StepContext(step=step, params=params, llm=llm, sampling=llm.sampling(step.llm), prompt=prompt,
                       repair=repair, seed=seed, tally=tally)
     op.prepare(ctx, records)
@@ -106,35 +131,48 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
     outcomes: dict[int, Outcome] = {}
     bar.begin(step.name, len(chosen))
 
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in chosen:
-        queue.put_nowait(i)
+    # Two item slots per in-flight request: an item waiting on its second request keeps the window full. An
+    # item sleeping before a retry gives its slot up (ItemState.sleep), so retries never stall the queue.
+    slots = asyncio.Semaphore(max(1, 2 * cfg.llm.concurrency))
+    tasks: set[asyncio.Task] = set()
+    failure: list[BaseException] = []
+    left = [len(chosen)]
+    finished = asyncio.Event()  # set when every item is done, or one failed the whole step
 
-    async def worker() -> None:
-        while True:
-            try:
-                i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            item = ItemState()
-            try:
-                outcomes[i] = await op.run(ctx, records[i], item)
-                counts["done"] += 1
-            except (RequestFailed, OutputInvalid) as e:
-                counts["failed"] += 1
-                reason = llm.redact(str(e))
-                counts["failed_invalid" if isinstance(e, OutputInvalid) else "failed_request"] += 1
-                result.failures.append({"step": step.name, "record_id": records[i]["id"], "reason": reason,
-                                        "attempts": item.attempts})
-            bar.update(counts["done"], counts["failed"], tally.cached, tally.attempts)
+    async def one(i: int, item: ItemState) -> None:
+        try:
+            outcomes[i] = await op.run(ctx, records[i], item)
+            counts["done"] += 1
+        except (RequestFailed, OutputInvalid) as e:
+            counts["failed"] += 1
+            reason = llm.redact(str(e))
+            counts["failed_invalid" if isinstance(e, OutputInvalid) else "failed_request"] += 1
+            result.failures.append({"step": step.name, "record_id": records[i]["id"], "reason": reason,
+                                    "attempts": item.attempts})
+        except BaseException as e:  # EndpointFailed, a template error: the step stops
+            failure.append(e)
+        finally:
+            slots.release()
+            left[0] -= 1
+            if left[0] == 0 or failure:
+                finished.set()
+        cost = (tally.prompt_tokens * price[0] + tally.completion_tokens * price[1]) / 1000
+        bar.update(counts["done"], counts["failed"], tally.cached, tally.attempts, cost)
 
-    # Two items per in-flight slot: an item waiting on its second request keeps the window full.
-    n_workers = max(1, min(len(chosen), 2 * cfg.llm.concurrency))
-    tasks = [asyncio.create_task(worker()) for _ in range(n_workers)]
     try:
-        await asyncio.gather(*tasks)
-    except BaseException:  # EndpointFailed, a template error, Ctrl-C: stop the other workers too
-        for t in tasks:
+        for i in chosen:
+            await slots.acquire()
+            if failure:
+                break
+            t = asyncio.create_task(one(i, ItemState(slot=slots)))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+        if chosen:
+            await finished.wait()
+        if failure:
+            raise failure[0]
+    except BaseException:  # EndpointFailed, Ctrl-C: stop the other items too
+        for t in list(tasks):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
@@ -163,7 +201,10 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
         counts["created"] += len(o.created)
     result.failures.sort(key=lambda f: (f["step"], f["record_id"]))
     counts.update(requested=tally.requested, cached=tally.cached, attempts=tally.attempts, retries=tally.retries,
-                  invalid_replies=ctx.invalid)
-    result.counts[step.name] = dict(counts)
+                  hedges=tally.hedges, invalid_replies=ctx.invalid, json_valid=ctx.json_replies,
+                  json_invalid=ctx.schema_invalid, prompt_tokens=tally.prompt_tokens,
+                  completion_tokens=tally.completion_tokens)
+    result.counts[step.name] = {"op": step.op, **counts,
+                                "cost_usd": cost_usd(cfg, tally.prompt_tokens, tally.completion_tokens)}
     log.info("augment step %s: %s", step.name, dict(counts))
     return out

@@ -69,17 +69,34 @@ def describe(e: Exception) -> str:
 
 async def ask(ctx: Any, item: Any, messages: list[dict], *, schema: type[BaseModel] | None = None,
               check: Callable[[Any], None] | None = None, sample: int = 0,
-              sampling: Any = None, template_version: str | None = None) -> tuple[Any, str]:
-    """Send `messages`; return (validated value, cache key of the accepted reply)."""
+              sampling: Any = None, template_version: str | None = None,
+              wire_schema: dict | None = None) -> tuple[Any, str]:
+    """Send `messages`; return (validated value, cache key of the accepted reply).
+
+    `wire_schema` is what the endpoint is sent when it is tighter than the pydantic model (a step's `n` as
+    `maxItems`, say); the reply is still validated with `schema`. When the endpoint takes no `response_format`
+    (`auto` fell back to `prompted`), an invalid reply gets at least one repair round."""
     msgs = list(messages)
     sampling = sampling or ctx.sampling
-    js = (schema.__name__, schema.model_json_schema()) if schema else None
+    js = (schema.__name__, wire_schema or schema.model_json_schema()) if schema else None
     error = ""
-    for _round in range(ctx.llm.cfg.repair_attempts + 1):
+    rounds = ctx.llm.cfg.repair_attempts + 1
+    n = 0
+    while n < rounds:
+        n += 1
         reply = await ctx.llm.complete(msgs, sampling, template_version=template_version or ctx.template_version,
                                        tally=ctx.tally, item=item, json_schema=js, sample=sample)
+        if schema is not None and ctx.llm.structured == "prompted" and sampling.response_format == "auto":
+            rounds = max(rounds, 2)
         try:
-            value = parse_json(reply.content, schema) if schema else clean_text(reply.content)
+            try:
+                value = parse_json(reply.content, schema) if schema else clean_text(reply.content)
+            except (ValueError, ValidationError):
+                if schema is not None:
+                    ctx.schema_invalid += 1  # not JSON, or not an instance of the schema
+                raise
+            if schema is not None:
+                ctx.json_replies += 1
             if check is not None:
                 check(value)
             return value, reply.key
@@ -88,4 +105,4 @@ async def ask(ctx: Any, item: Any, messages: list[dict], *, schema: type[BaseMod
             ctx.tally_invalid()
             repair = ctx.render_repair(error=error, expects_json=schema is not None)
             msgs = [*msgs, {"role": "assistant", "content": reply.content}, {"role": "user", "content": repair}]
-    raise OutputInvalid(f"invalid output after {ctx.llm.cfg.repair_attempts + 1} tries: {error}"[:500])
+    raise OutputInvalid(f"invalid output after {n} tries: {error}"[:500])

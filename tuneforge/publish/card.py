@@ -79,6 +79,7 @@ def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[
         block = manifest["counts"]["stages"].get(key)
         if block:
             out += ["", f"## {title}", "", "```json", json.dumps(block, ensure_ascii=False, indent=2), "```"]
+    out += _llm_usage(manifest)
     for title, key in (("Leakage check", "leakage"), ("Benchmark contamination", "contamination")):
         block = manifest.get(key)
         if block:
@@ -92,3 +93,26 @@ def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[
             f"ds = load_from_disk(\"{manifest['datasets'].get('messages') or next(iter(manifest['datasets'].values()), 'dataset')}\")",
             "```", ""]
     return "\n".join(out)
+
+
+def _llm_usage(manifest: dict[str, Any]) -> list[str]:
+    """Tokens and cost of the augment stage, per step and per operator (from the manifest's augment section)."""
+    steps = manifest["counts"]["stages"].get("augment") or {}
+    usage = manifest.get("augment_usage") or {}
+    if not steps:
+        return []
+    out = ["", "## LLM tokens and cost", "",
+           f"Endpoint {usage.get('endpoint')}, model {usage.get('model')}, JSON asked for by "
+           f"{usage.get('structured_output') or 'no JSON request'}; tokens paid for (cached replies cost nothing).",
+           "", "| step | op | requests | cached | prompt tokens | completion tokens | cost (USD) |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for name, c in steps.items():
+        out.append(f"| {name} | {c.get('op', '')} | {c.get('attempts', 0)} | {c.get('cached', 0)} | "
+                   f"{c.get('prompt_tokens', 0)} | {c.get('completion_tokens', 0)} | {c.get('cost_usd', 0.0):.4f} |")
+    for op, o in (usage.get("by_op") or {}).items():
+        out.append(f"| (all {op}) | {op} | {o['requests']} | {o['cached']} | {o['prompt_tokens']} | "
+                   f"{o['completion_tokens']} | {o['cost_usd']:.4f} |")
+    out.append(f"| **total** | | {usage.get('requests', 0)} | {usage.get('cached', 0)} | "
+               f"{usage.get('prompt_tokens', 0)} | {usage.get('completion_tokens', 0)} | "
+               f"{usage.get('estimated_cost_usd', 0.0):.4f} |")
+    return out

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext, gather_all
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext, gather_all
+from tuneforge.augment.params import AnswerParams
 from tuneforge.augment.structured import ask
 from tuneforge.common.records import Record
 
 
-class AnswerParams(OpParams):
-    mode: Literal["fill", "regenerate"] = "fill"
-    turns: Literal["last", "all"] = "last"
-    system: str | None = None  # replaces the template's default system prompt
-
-
 class Answer(Operator):
-    name = "answer"
     Params = AnswerParams
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:

@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tuneforge.augment.client import LLM, ItemState, Sampling, Tally
 from tuneforge.augment.config import StepConfig
-from tuneforge.common.records import Record, new_record
+from tuneforge.augment.params import OpParams
+from tuneforge.common.records import KINDS, Record, new_record
 from tuneforge.templates.loader import load_prompt, prompt_source, render
-
-
-class OpParams(BaseModel):
-    """Base of every operator's params; `vars` passes extra variables to a user's own template."""
-
-    model_config = ConfigDict(extra="forbid")
-    vars: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +55,9 @@ class StepContext:
     seed: int
     tally: Tally
     extra: dict[str, Any] = field(default_factory=dict)
-    invalid: int = 0
+    invalid: int = 0  # replies that failed validation or the operator's checks
+    schema_invalid: int = 0  # JSON replies that did not parse or did not match the schema
+    json_replies: int = 0  # JSON replies that matched the schema
 
     @property
     def template_version(self) -> str:
@@ -103,9 +99,8 @@ class StepContext:
     def modified(self, rec: Record, entry: dict) -> Record:
         """A copy safe to change: messages and meta lists are new, the strings shared."""
         out = dict(rec)
-        for k in ("messages", "prompt", "chosen", "rejected"):
-            if k in out:
-                out[k] = [dict(m) for m in out[k]]
+        for k in KINDS[rec["kind"]].message_fields:
+            out[k] = [dict(m) for m in out[k]]
         meta = out["meta"] = dict(rec["meta"])
         meta["ops"] = [*meta.get("ops", []), entry]
         if "originals" in meta:
@@ -129,14 +124,10 @@ async def gather_all(*aws: Any) -> list[Any]:
     return results
 
 
-def messages_text(messages: list[dict]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
-
 class Operator:
     """An augmentation step: `run` turns one selected record into an Outcome (raising on failure)."""
 
-    name: ClassVar[str]
+    name: str = ""  # set by the registry (ops/__init__.py) from `params.PARAMS`, where op names are listed
     Params: ClassVar[type[OpParams]] = OpParams
     default_kinds: ClassVar[tuple[str, ...]] = ("messages",)
     default_template: ClassVar[str | None] = None  # None: "<op>"; ".<lang>" is appended

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext
+from tuneforge.augment.params import ExtendParams
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 
@@ -20,13 +21,18 @@ class Extension(BaseModel):
     closing: Exchange | None = None
 
 
-class ExtendParams(OpParams):
-    followups: int = Field(1, ge=0, le=5)
-    closing: bool = True
+def wire_schema(followups: int, closing: bool) -> dict:
+    """Extension with exactly `followups` exchanges and the closing one required when asked for, so a
+    grammar-constrained endpoint cannot produce a reply the step's check would refuse."""
+    schema = Extension.model_json_schema()
+    schema["properties"]["followups"].update(minItems=followups, maxItems=followups)
+    if closing:
+        schema["properties"]["closing"] = {"$ref": "#/$defs/Exchange"}
+        schema["required"] = [*schema.get("required", []), "closing"]
+    return schema
 
 
 class ExtendTurns(Operator):
-    name = "extend_turns"
     Params = ExtendParams
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:
@@ -42,7 +48,8 @@ class ExtendTurns(Operator):
                 raise ValueError("the closing exchange is missing")
 
         prompt = ctx.render(messages=msgs, followups=p.followups, closing=p.closing, schema=schema_line(Extension))
-        ext, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=Extension, check=check)
+        ext, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=Extension, check=check,
+                             wire_schema=wire_schema(p.followups, p.closing))
         added = [x for x in ext.followups[:p.followups]] + ([ext.closing] if p.closing else [])
         new = [dict(m) for m in msgs]
         for x in added:

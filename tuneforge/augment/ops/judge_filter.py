@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, Score, StepContext
+from tuneforge.augment.ops.base import Operator, Outcome, Score, StepContext
+from tuneforge.augment.params import JudgeParams
 from tuneforge.augment.structured import ask, schema_line
-from tuneforge.common.records import Record
-
-
-class JudgeParams(OpParams):
-    threshold: float = Field(6, ge=1, le=10)
-    rubric: str | None = None
+from tuneforge.common.records import KINDS, Record
 
 
 def record_messages(rec: Record) -> list[dict]:
-    if rec["kind"] == "messages":
-        return rec["messages"]
-    if rec["kind"] == "preference":
-        return rec["prompt"] + rec["chosen"]
-    if rec["kind"] == "text":
-        return [{"role": "document", "content": rec["text"]}]
-    return [{"role": "row", "content": str(rec.get("row"))}]
+    """What the judge reads, from the records table: every message field except the rejected reply (the
+    judge scores what would be trained on), each text field as a `document` turn, each value as a `row`."""
+    k = KINDS[rec["kind"]]
+    out = [m for f in k.message_fields if f != "rejected" for m in rec[f]]
+    out += [{"role": "document", "content": rec[f]} for f in k.text_fields]
+    out += [{"role": f, "content": str(rec[f])} for f in k.value_fields if f in rec]
+    return out
 
 
 class JudgeFilter(Operator):
-    name = "judge_filter"
     Params = JudgeParams
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:

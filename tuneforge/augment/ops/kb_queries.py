@@ -7,39 +7,14 @@ row does not make is sent back to the model as an error.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext, gather_all
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext, gather_all
 from tuneforge.augment.ops.grounding import Vocabulary, price_cap, rating_floor, short_name, ungrounded
+from tuneforge.augment.params import KBFields, KBParams
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
-
-Constraint = Literal["name", "short_name", "price_cap", "facilities", "rating"]
-
-
-class KBFields(BaseModel):
-    """Which row keys hold what (CrossWOZ hotel_db names by default)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = "名称"
-    price: str = "价格"
-    rating: str = "评分"
-    facilities: str = "酒店设施"
-    categories: list[str] = Field(default_factory=lambda: ["酒店类型"])
-
-
-class KBParams(OpParams):
-    n: int = Field(2, ge=1, le=20)
-    constraints: list[Constraint] = Field(
-        default_factory=lambda: ["name", "short_name", "price_cap", "facilities", "rating"], min_length=1)
-    fields: KBFields = Field(default_factory=KBFields)
-    strip_prefixes: list[str] = Field(default_factory=lambda: ["北京"])
-    # Row keys left out of the prompt (long lists the query is not about); the grounding check sees the whole row.
-    omit_fields: list[str] = Field(default_factory=lambda: ["周边景点", "周边餐馆", "周边酒店"])
-    check_grounding: bool = True
 
 
 class KBQuery(BaseModel):
@@ -70,7 +45,6 @@ def plan_constraint(kind: str, row: dict, p: KBParams, rng) -> dict | None:
 
 
 class KBQueries(Operator):
-    name = "kb_queries"
     Params = KBParams
     default_kinds = ("kb",)
 

@@ -6,35 +6,16 @@ counted, not guessed at.
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.config import SamplingOverride
-from tuneforge.augment.ops.base import (
-    Operator,
-    OpParams,
-    Outcome,
-    Score,
-    StepContext,
-    gather_all,
-)
+from tuneforge.augment.ops.base import Operator, Outcome, Score, StepContext, gather_all
+from tuneforge.augment.params import PreferenceParams
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
-
-
-class PreferenceParams(OpParams):
-    k: int = Field(2, ge=1, le=16)
-    include_original: bool = True
-    margin: float = Field(1.0, ge=0, le=9)
-    rubric: str | None = None
-    system: str | None = None  # a system prompt for sampling (none: the conversation's own)
-    judge: SamplingOverride = Field(default_factory=lambda: SamplingOverride(temperature=0.0))
 
 
 class Preference(Operator):
     """The step's `template` is the judge's prompt (default `preference.<lang>`)."""
 
-    name = "preference"
     Params = PreferenceParams
 
     def prepare(self, ctx: StepContext, records: list[Record]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext
+from tuneforge.augment.params import QuestionParams
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 
@@ -19,14 +20,14 @@ class QAList(BaseModel):
     pairs: list[QA] = Field(min_length=1)
 
 
-class QuestionParams(OpParams):
-    n: int = Field(3, ge=1, le=20)
-    max_chars: int = Field(3000, ge=100)
-    min_chars: int = Field(30, ge=0)
+def wire_schema(n: int) -> dict:
+    """QAList with at most `n` pairs: a grammar-constrained endpoint then stops where the step would cut."""
+    schema = QAList.model_json_schema()
+    schema["properties"]["pairs"]["maxItems"] = n
+    return schema
 
 
 class QuestionFromPassage(Operator):
-    name = "question_from_passage"
     Params = QuestionParams
     default_kinds = ("text",)
 
@@ -42,7 +43,8 @@ class QuestionFromPassage(Operator):
                     raise ValueError("an answer repeats its question; answer it from the passage")
 
         prompt = ctx.render(passage=passage, n=p.n, schema=schema_line(QAList))
-        qa, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=QAList, check=check)
+        qa, key = await ask(ctx, item, [{"role": "user", "content": prompt}], schema=QAList, check=check,
+                            wire_schema=wire_schema(p.n))
         entry = ctx.op_entry([key])
         created = [ctx.derive(rec, "messages", k, entry, messages=[
             {"role": "user", "content": x.question.strip()}, {"role": "assistant", "content": x.answer.strip()}])

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
-
-from pydantic import Field
 
 from tuneforge.augment.client import ItemState
-from tuneforge.augment.ops.base import Operator, OpParams, Outcome, StepContext, gather_all
+from tuneforge.augment.ops.base import Operator, Outcome, StepContext, gather_all
+from tuneforge.augment.params import RewriteParams
 from tuneforge.augment.structured import ask
 from tuneforge.common.records import Record
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-class RewriteParams(OpParams):
-    roles: list[Literal["user", "assistant", "system"]] = Field(default_factory=lambda: ["user"], min_length=1)
-    style: str | None = None  # the template's default style when unset
-    turns: Literal["all", "first", "last"] = "all"
-    context_turns: int = Field(4, ge=0)
 
 
 def check_rewrite(original: str):
@@ -36,7 +27,6 @@ def check_rewrite(original: str):
 
 
 class Rewrite(Operator):
-    name = "rewrite"
     Params = RewriteParams
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:
