@@ -110,7 +110,7 @@ def demo_command(
     prefect: bool | None = typer.Option(None, "--prefect/--no-prefect", help=PREFECT_HELP),
 ) -> None:
     """The main job on the embedded defaults: no network, GPU or API key. Builds the hotel dataset (a few
-    records augmented by SmolLM2 through `transformers serve`), trains a LoRA SFT on the CPU, evaluates base
+    records augmented by SmolLM2 behind the embedded server), trains a LoRA SFT on the CPU, evaluates base
     and tuned, runs the forgetting check and writes OUT/report.html and OUT/results.json."""
     pipeline = asset("pipelines", "demo.yaml")
     t = time.perf_counter()
