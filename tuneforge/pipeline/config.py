@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 from tuneforge.common.io import sha256_file
+from tuneforge.pipeline.search_config import SearchSpec  # search-work: the optional `search:` block
 
 
 class _Strict(BaseModel):
@@ -59,6 +60,8 @@ class PipelineConfig(_Strict):
     train: list[TrainStep] = Field(default_factory=list)
     evaluate: EvaluateStep | None = None
     forgetting: ForgettingStep | None = None
+    # search-work (issue 17): a hyperparameter search over the training stages (tuneforge/pipeline/search.py)
+    search: SearchSpec | None = None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -120,15 +123,29 @@ def _file(base: Path, rel: str, what: str) -> Path:
     return p
 
 
+# search-work compat (remove when the trainers/eval branches are merged): main's pipeline calls
+# `load_config(raw, base_dir=...)` and `check_paths` that only the train-work/eval-work branches define.
+def _compat_load(load: Any, raw: dict[str, Any], base_dir: Path) -> Any:
+    import inspect
+
+    return load(raw, base_dir=base_dir) if "base_dir" in inspect.signature(load).parameters else load(raw)
+
+
+def _compat_check(module: Any, name: str, config: Any, **kw: Any) -> None:
+    check = getattr(module, name, None)
+    if check is not None:
+        check(config, **kw)
+
+
 def _train_stage(step: TrainStep, base: Path, data_dir: Path) -> TrainStage:
-    from tuneforge.trainers.config import check_paths, load_config
+    from tuneforge.trainers import config as tc
 
     config_file = _file(base, step.config, f"train step {step.name!r}: config")
     raw = deep_merge(read_yaml_mapping(config_file, "training config"), step.set)
     raw["dataset"] = str(data_dir)  # the pipeline's build (made by its first step)
     try:
-        config = load_config(raw, base_dir=config_file.parent)
-        check_paths(config, skip=("dataset",) + (("base_model",) if step.from_previous else ()))
+        config = _compat_load(tc.load_config, raw, config_file.parent)
+        _compat_check(tc, "check_paths", config, skip=("dataset",) + (("base_model",) if step.from_previous else ()))
     except RecipeError as e:
         raise RecipeError(f"train step {step.name!r} ({config_file}): {e}") from None
     accel = _file(base, step.accelerate, f"train step {step.name!r}: accelerate config") if step.accelerate else None
@@ -137,13 +154,13 @@ def _train_stage(step: TrainStep, base: Path, data_dir: Path) -> TrainStage:
 
 
 def _eval_config(base: Path, rel: str | None, what: str, extra: dict[str, Any]) -> Any:
-    from tuneforge.eval.config import check_paths, load_config
+    from tuneforge.eval import config as ec
 
     path = _file(base, rel, what) if rel else None
     raw = deep_merge(read_yaml_mapping(path, "eval config") if path else {}, extra)
     try:
-        config = load_config(raw, base_dir=path.parent if path else base)
-        check_paths(config)
+        config = _compat_load(ec.load_config, raw, path.parent if path else base)
+        _compat_check(ec, "check_paths", config)
     except RecipeError as e:
         raise RecipeError(f"{what} ({path or 'inline'}): {e}") from None
     return config
