@@ -317,6 +317,8 @@ def _sampler(spec: SearchSpec) -> Any:
                                            seed=spec.seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
+    if hasattr(optuna.trial.Trial, "set_constraint"):  # Optuna 5: constraints are set on the trial (`_tell`)
+        return optuna.samplers.TPESampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed, constraints_func=lambda t: t.user_attrs.get("constraint", (1.0,)))
 
 
@@ -464,7 +466,9 @@ def _tell(study: Any, t: Any, rec: dict[str, Any], metric: str) -> None:
 
     value = (rec.get("heldout") or {}).get(metric)
     feasible = rec.get("state") == COMPLETE
-    t.set_user_attr("constraint", (-1.0 if feasible else 1.0,))
+    t.set_user_attr("constraint", (-1.0 if feasible else 1.0,))  # <= 0: feasible (the gate passes)
+    if hasattr(t, "set_constraint"):
+        t.set_constraint("forgetting_gate", -1.0 if feasible else 1.0)
     t.set_user_attr("hash", rec["hash"])
     t.set_user_attr("state", rec.get("state"))
     if rec.get("state") == PRUNED:
