@@ -63,6 +63,38 @@ def test_search_block_validation():
     assert cfg.search is not None and cfg.search.budget() == 3 and cfg.search.prune is not None
 
 
+
+def test_pareto_why_and_report_on_synthetic_trials(tmp_path):
+    """Without a model: the Pareto marks, the reasons and the report's scatter."""
+    from tuneforge.pipeline.search import _pareto, _why
+    from tuneforge.pipeline.search_report import write_search_report
+
+    def trial(n, state, gain=None, tuned=None, change=None, reason=None):
+        t = {"number": n, "hash": f"h{n}", "params": {"learning_rate": n}, "state": state, "reason": reason,
+             "general": {"change": change, "ci": [change - 5, change + 5]} if change is not None else {}}
+        if gain is not None:
+            t["domain"] = {"gain": gain, "tuned": tuned, "ci": [gain - 1, gain + 1]}
+        return t
+
+    trials = [trial(0, "complete", 2.0, 12.0, -1.0), trial(1, "complete", 1.0, 11.0, 0.0),
+              trial(2, "complete", 0.5, 10.5, -2.0), trial(3, "failed_gate", 5.0, 15.0, -30.0, "failed the gate"),
+              trial(4, "pruned", change=-40.0, reason="pruned at the cheap forgetting check: ceval")]
+    _pareto(trials)
+    assert [t.get("pareto") for t in trials] == [True, True, False, True, None]
+    chosen = trials[0]
+    for t in trials:
+        t["chosen"] = t is chosen
+        t["why"] = _why(t, chosen, "rougeL")
+    assert trials[1]["why"] == "held-out rougeL 11 below the chosen trial's 12"
+    assert trials[3]["why"] == "failed the gate" and trials[4]["why"].startswith("pruned")
+    results = {"pipeline": "p", "search": {"objective_metric": "rougeL", "sampler_used": "TPESampler", "seed": 0,
+                                           "budget": 5, "prune": None},
+               "trials": trials, "chosen": {"number": 0, "hash": "h0", "params": {}}, "final": "final",
+               "base": {"heldout": {"rougeL": 10.0}}, "steps": {"ran": ["build"], "reused": []}}
+    write_search_report(tmp_path, results)
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert html.count("<tr") == 6 and 'class="chosen"' in html and "data:image/png;base64," in html
+
 # --- one tiny search on the embedded model ------------------------------------------------------------------
 
 PRUNED_POINT = {"learning_rate": 1e-4, "forgetting.tolerance": -1000.0, "forgetting.alpha": 1.01}
@@ -76,6 +108,7 @@ def _pipeline(tmp: Path) -> Path:
     for s in recipe["sources"]:
         s["path"] = str((REPO / "datasets/zh_instruct" / s["path"]).resolve())
         s["limit"] = 40
+        s["allow_outside"] = True
     recipe["card"] = {"tokenizer": None}
     (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     (tmp / "forgetting.yaml").write_text(yaml.safe_dump({
@@ -170,3 +203,32 @@ def test_search_trials_in_worker_processes(searched):
     again = run_search(pipe, out, gpus=2)
     assert again["steps"]["ran"] == [] and again["chosen"] == first["chosen"]
     assert {t["gpu"] for t in again["trials"]} <= {"0", "1"} and all("gpu" in t for t in again["trials"])
+
+
+@pytest.mark.slow
+def test_search_as_prefect_flow_with_trial_subflows(searched):
+    """Under Prefect the search is a flow and each trial a subflow (here on the cached search: no step
+    re-runs, so it is quick); the flow runs are in the API."""
+    import asyncio
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tuneforge.flows.pipeline import search_flow
+
+    pipe, out, first, _ = searched
+    with prefect_test_harness(server_startup_timeout=180):
+        res = search_flow(pipeline=str(pipe), out=str(out))
+
+        async def names() -> list[str]:
+            from prefect.client.orchestration import get_client
+
+            async with get_client() as client:
+                runs = await client.read_flow_runs()
+                flows = {f.id: f.name for f in await client.read_flows()}
+                return sorted(flows[r.flow_id] + ":" + r.name for r in runs)
+
+        runs = asyncio.run(names())
+    assert res["chosen"] == first["chosen"] and res["steps"]["ran"] == []
+    trials = [r for r in runs if r.startswith("tuneforge-search-trial:")]
+    assert len(trials) == 3 and any(r.startswith("tuneforge-search:") for r in runs), runs
+    assert {r.split(":", 1)[1] for r in trials} == {f"trial-{t['number']}-{t['hash']}" for t in first["trials"]}

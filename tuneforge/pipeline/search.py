@@ -432,15 +432,13 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
                     from concurrent.futures import ThreadPoolExecutor
 
                     with ThreadPoolExecutor(len(futures)) as tp:
-                        done = list(tp.map(lambda lf: trial(lf[0], lf[1].result), zip(labels, futures, strict=True)))
+                        done = list(tp.map(lambda lf: trial(lf[0], _waiter(lf[1])), zip(labels, futures, strict=True)))
                 else:
                     done = [f.result() for f in futures]
             else:
                 done = []
                 for n, p in points:
-                    def one(n: int = n, p: dict[str, Any] = p) -> dict[str, Any]:
-                        return run_trial(ctx, n, p, step)
-
+                    one = _caller(ctx, n, p, step)
                     done.append(trial(f"trial-{n}-{params_hash(p)}", one) if trial else one())
             for t, rec in zip(batch, done, strict=True):
                 _tell(study, t, rec, spec.objective.metric)
@@ -459,6 +457,22 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
                              "; ".join(f"trial {r['number']}: {r['state']}" for r in records) +
                              f"); see {root / 'report.html'}")
     return results
+
+
+def _caller(ctx: dict[str, Any], number: int, params: dict[str, Any], step: StepRunner | None
+            ) -> Callable[[], dict[str, Any]]:
+    """The trial as a call without parameters (a Prefect subflow then has none to serialize)."""
+    def trial() -> dict[str, Any]:
+        return run_trial(ctx, number, params, step)
+
+    return trial
+
+
+def _waiter(future: Any) -> Callable[[], dict[str, Any]]:
+    def trial() -> dict[str, Any]:
+        return future.result()
+
+    return trial
 
 
 def _tell(study: Any, t: Any, rec: dict[str, Any], metric: str) -> None:
