@@ -110,13 +110,16 @@ def _pipeline(tmp: Path) -> Path:
         s["limit"] = 40
         s["allow_outside"] = True
     recipe["card"] = {"tokenizer": None}
-    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    # Its own folder: the recipe's fingerprint hashes every *.jinja under the recipe's folder, and the trials'
+    # saved tokenizers (chat_template.jinja) must not land there.
+    (tmp / "recipe").mkdir()
+    (tmp / "recipe" / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     (tmp / "forgetting.yaml").write_text(yaml.safe_dump({
         "suites": [{"benchmark": "ceval", "subjects": ["law", "computer_network"], "shots": 1, "limit": 2},
                    {"benchmark": "cmmlu", "subjects": ["jurisprudence"], "shots": 1, "limit": 2}],
         "perplexity": {"limit": 1, "max_length": 64}}), encoding="utf-8")
     pipe = {
-        "name": "search-test", "build": {"recipe": "recipe.yaml"},
+        "name": "search-test", "build": {"recipe": "recipe/recipe.yaml"},
         "train": [{"name": "sft", "config": str(REPO / "configs/demo-sft.yaml"),
                    "set": {"max_length": 64, "args": {"max_steps": 1, "per_device_train_batch_size": 1,
                                                       "warmup_steps": 0, "save_steps": 100}}}],
