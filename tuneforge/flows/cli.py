@@ -20,7 +20,10 @@ PREFECT_HELP = "run as a Prefect flow (default: only when PREFECT_API_URL is set
 def _run(pipeline: Path, out: Path, overrides: dict | None, prefect: bool | None) -> dict:
     """The pipeline through the plain API, or as a Prefect flow when asked (or PREFECT_API_URL is set)."""
     from tuneforge.cli import use_prefect
+    from tuneforge.pipeline import load_pipeline
 
+    if load_pipeline(pipeline, overrides)[0].search is not None:  # a `search:` block: the trials (issue 17)
+        return _run_search(pipeline, out, overrides, use_prefect(prefect))
     if use_prefect(prefect):
         from tuneforge.flows.pipeline import pipeline_flow
 
@@ -30,7 +33,32 @@ def _run(pipeline: Path, out: Path, overrides: dict | None, prefect: bool | None
     return run_pipeline(pipeline, out, overrides=overrides)
 
 
+def _run_search(pipeline: Path, out: Path, overrides: dict | None, prefect: bool) -> dict:
+    """The pipeline's hyperparameter search (tuneforge/pipeline/search.py), plain or as a flow."""
+    if prefect:
+        from tuneforge.flows.pipeline import search_flow
+
+        return search_flow(pipeline=str(pipeline.resolve()), out=str(out), overrides=overrides)
+    from tuneforge.pipeline.search import run_search
+
+    return run_search(pipeline, out, overrides=overrides)
+
+
+def _search_summary(out: Path, res: dict, seconds: float) -> str:
+    chosen = res.get("chosen") or {}
+    lines = [f"report: {out / 'report.html'}", f"results: {out / 'results.json'}",
+             f"steps: {len(res['steps']['ran'])} ran, {len(res['steps']['reused'])} reused  time: {seconds:.0f} s"]
+    for t in res["trials"]:
+        d, g = t.get("domain") or {}, t.get("general") or {}
+        lines.append(f"trial {t['number']} {t['hash']} {t['state']:<11} {t['params']}  domain gain {d.get('gain')} "
+                     f"general change {g.get('change')}{'  <- chosen' if t.get('chosen') else ''}")
+    lines.append(f"chosen: trial {chosen.get('number')} -> {res.get('final')}")
+    return "\n".join(lines)
+
+
 def _summary(out: Path, res: dict, seconds: float) -> str:
+    if res.get("kind") == "search":
+        return _search_summary(out, res, seconds)
     gate = res.get("gate") or {}
     steps = res.get("steps") or {}
     return (f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\n"

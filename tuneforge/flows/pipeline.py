@@ -33,3 +33,26 @@ def prefect_step(name: str, fn: Callable[..., dict[str, Any]], kwargs: dict[str,
 def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a pipeline file end to end into `out`; returns results.json's content. Fails on the gate."""
     return dict(run_pipeline(pipeline, out, overrides=overrides, step=prefect_step))
+
+
+# The search (issue 17) as a flow; each trial a subflow, each of its steps a task.
+def search_step(name: str, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A search step as a Prefect task: `trials/<hash>/<step>` publishes as the pipeline's `<step>` would."""
+    result = task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)(**kwargs)
+    inner = name.split("/", 2)[2] if name.startswith("trials/") else name  # train/sft, evaluate, prune...
+    publish = PUBLISH.get(inner.split("/", 1)[0])
+    if publish is not None:
+        publish(inner if "/" in inner else f"{inner}/trial-{name.split('/')[1]}", result)
+    return result
+
+
+def trial_subflow(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    return flow(fn, name="tuneforge-search-trial", flow_run_name=label, log_prints=True)()
+
+
+@flow(name="tuneforge-search", log_prints=True)
+def search_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a pipeline's `search:` into `out`; returns results.json's content."""
+    from tuneforge.pipeline.search import run_search
+
+    return run_search(pipeline, out, overrides=overrides, step=search_step, trial=trial_subflow)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import sha256_file
+from tuneforge.pipeline.search_config import SearchSpec
 
 
 class _Strict(BaseModel):
@@ -59,6 +60,8 @@ class PipelineConfig(_Strict):
     train: list[TrainStep] = Field(default_factory=list)
     evaluate: EvaluateStep | None = None
     forgetting: ForgettingStep | None = None
+    # a hyperparameter search over the training stages (tuneforge/pipeline/search.py)
+    search: SearchSpec | None = None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
