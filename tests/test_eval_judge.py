@@ -14,9 +14,16 @@ from tuneforge.eval.judge import bootstrap_ci, judge_win_rate, pair_score, parse
 _ANS = re.compile(r"\[Answer A\]\n(.*?)\n\n\[Answer B\]\n(.*?)\n\nReply", re.S)
 
 
+JUDGED: list[int] = []  # judge prompts answered (the client's structured-output probe is not one)
+
+
 def biased_judge(body: dict) -> str:
     """Prefers the answer with more '好'; on a tie always says A (a position bias to cancel)."""
-    a, b = _ANS.search(body["messages"][-1]["content"]).groups()
+    m = _ANS.search(body["messages"][-1]["content"])
+    if m is None:  # the engine's first-contact probe of json_schema support
+        return json.dumps({"ok": True})
+    JUDGED.append(1)
+    a, b = m.groups()
     if a.count("好") == b.count("好"):
         return json.dumps({"winner": "A", "reason": "first one"})
     return json.dumps({"winner": "A" if a.count("好") > b.count("好") else "B", "reason": "better"})
@@ -33,16 +40,20 @@ def test_both_orders_cancel_position_bias_and_cache_answers_reruns(tmp_path):
     try:
         jc = JudgeConfig(llm={"base_url": srv.base_url, "model": "judge-1"}, cache=str(tmp_path / "judge.sqlite"),
                          bootstrap=2000)
+        JUDGED.clear()
         res = judge_win_rate(base, tuned, jc)
-        assert srv.stats.chat == 20 and res["requests"] == 20  # 10 pairs, both orders
+        assert len(JUDGED) == 20 and 20 <= res["requests"] <= 21  # 10 pairs, both orders (and the client's probe)
+        assert srv.stats.chat - len(JUDGED) <= 1
         assert res["n"] == 10 and res["failed"] == 0
         assert (res["wins"], res["ties"], res["losses"]) == (2, 6, 2)
         assert res["win_rate"] == 50.0  # the biased "A" on equal answers cancels out: ties, not wins
         assert res["ci_low"] < 50.0 < res["ci_high"]
         assert res["position_consistency"] == 40.0 and res["first_position_preferred"] == 80.0
         assert res["judge"] == "judge-1" and res["endpoint"].startswith("http://127.0.0.1:")
-        again = judge_win_rate(base, tuned, jc)  # cached: no request reaches the endpoint
-        assert srv.stats.chat == 20 and again["cached"] == 20 and again["win_rate"] == 50.0
+        seen = srv.stats.chat
+        again = judge_win_rate(base, tuned, jc)  # cached: no judge request reaches the endpoint
+        assert len(JUDGED) == 20 and srv.stats.chat - seen <= 1
+        assert again["cached"] == 20 and again["win_rate"] == 50.0
     finally:
         srv.stop()
 
@@ -100,5 +111,5 @@ def test_forgetting_run_judges_tuned_against_base_on_heldout(smollm2_path, share
     finally:
         srv.stop()
     j = res["judge"]
-    assert j["n"] == 4 and j["ties"] == 4 and j["win_rate"] == 50.0 and srv.stats.chat == 8
+    assert j["n"] == 4 and j["ties"] == 4 and j["win_rate"] == 50.0 and 8 <= srv.stats.chat <= 9
     assert "LLM-judge win rate" in (tmp_path / "forget" / "report.md").read_text(encoding="utf-8")
