@@ -2,8 +2,8 @@
 
 The flow holds no logic: it calls the same `build` the CLI and the library call, handing it an executor that
 runs each unit of work (plan a file, clean a shard, check pairs, export a shard) as a task on the flow's task
-runner: a process pool locally, or a Dask cluster through prefect-dask. Jobs are passed `quote`d so Prefect
-does not walk them looking for futures.
+runner: a process pool locally, or a Dask cluster through prefect-dask. Jobs travel in a `Box`, so
+neither Prefect nor Dask walks them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.utilities.annotations import quote
 
 from tuneforge.builder import build
 from tuneforge.builder import tasks as work
@@ -22,10 +21,44 @@ from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.executor import Executor
 
 _OPTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False, "log_prints": False}
-plan_file = task(name="plan-file", **_OPTS)(work.plan_task)
-clean_shard = task(name="clean-shard", **_OPTS)(work.clean_task)
-verify_pairs = task(name="verify-pairs", **_OPTS)(work.verify_task)
-export_shard = task(name="export-shard", **_OPTS)(work.export_task)
+
+
+class Box:
+    """An opaque holder for a job: Prefect walks dataclasses in task arguments looking for futures, and
+    Dask rebuilds Prefect's `quote` (a namedtuple) as a plain tuple; neither walks a Box."""
+
+    __slots__ = ("job",)
+
+    def __init__(self, job: Any) -> None:
+        self.job = job
+
+    def __getstate__(self) -> Any:
+        return self.job
+
+    def __setstate__(self, job: Any) -> None:
+        self.job = job
+
+
+@task(name="plan-file", **_OPTS)
+def plan_file(box: Box) -> Any:
+    return work.plan_task(box.job)
+
+
+@task(name="clean-shard", **_OPTS)
+def clean_shard(box: Box) -> Any:
+    return work.clean_task(box.job)
+
+
+@task(name="verify-pairs", **_OPTS)
+def verify_pairs(box: Box) -> Any:
+    return work.verify_task(box.job)
+
+
+@task(name="export-shard", **_OPTS)
+def export_shard(box: Box) -> Any:
+    return work.export_task(box.job)
+
+
 TASKS = {work.plan_task: plan_file, work.clean_task: clean_shard, work.verify_task: verify_pairs,
          work.export_task: export_shard}
 
@@ -40,7 +73,7 @@ class PrefectExecutor(Executor):
 
     def map(self, fn, items, *, stage, on_done=None):  # type: ignore[override]
         t = TASKS[fn]
-        futures = [t.with_options(task_run_name=f"{stage}-{i}").submit(quote(it)) for i, it in enumerate(items)]
+        futures = [t.with_options(task_run_name=f"{stage}-{i}").submit(Box(it)) for i, it in enumerate(items)]
         index = {f.task_run_id: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
         for f in as_completed(futures):
