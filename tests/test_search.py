@@ -121,7 +121,7 @@ def _pipeline(tmp: Path) -> Path:
     pipe = {
         "name": "search-test", "build": {"recipe": "recipe/recipe.yaml"},
         "train": [{"name": "sft", "config": str(REPO / "configs/demo-sft.yaml"),
-                   "set": {"max_length": 64, "args": {"max_steps": 1, "per_device_train_batch_size": 1,
+                   "set": {"max_length": 128, "args": {"max_steps": 1, "per_device_train_batch_size": 1,
                                                       "warmup_steps": 0, "save_steps": 100}}}],
         "evaluate": {"heldout": {"limit": 2, "max_new_tokens": 8, "batch_size": 2}},
         "forgetting": {"config": "forgetting.yaml", "gate": "fail"},
