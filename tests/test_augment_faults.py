@@ -57,7 +57,9 @@ def test_twenty_percent_faults_complete_and_reconcile(server, tmp_path):
     c = res.counts["rewrite"]
     assert c["selected"] == 150 and c["done"] + c["failed"] + c["skipped"] == 150
     assert sum(server.stats.faults.values()) > 20 and len(server.stats.faults) >= 5  # every kind was injected
-    assert res.usage["requests"] == server.stats.chat == c["attempts"]  # every HTTP attempt is counted
+    # Every HTTP attempt is counted; one cancelled (a hedge's loser, a deadline) before its request reached the
+    # server is counted by the client only, so on a busy machine the server may have seen fewer.
+    assert res.usage["requests"] == c["attempts"] >= server.stats.chat >= c["done"]
     assert c["retries"] > 0 and c["done"] >= 140
     failed = {f["record_id"]: f for f in res.failures}
     assert len(failed) == c["failed"]
