@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuneforge.clean.minhash import jaccard, shingles
+from tuneforge.common.unionfind import UnionFind
 
 BUCKET_CAP = 32  # a record is paired with at most this many earlier members of one band bucket
 
@@ -106,28 +107,6 @@ def verify(pairs: np.ndarray, text_of: Callable[[int], str], n: int) -> np.ndarr
     return np.array([jaccard(grams(int(a)), grams(int(b))) for a, b in pairs], dtype=np.float32)
 
 
-class _UnionFind:
-    """Over integer positions; the smaller position is always the root, so the root is the cluster's first."""
-
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p.get(root, root) != root:
-            root = p[root]
-        while p.get(x, x) != root:
-            p[x], x = root, p[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[hi] = lo
-
-
 def near_duplicates(keys: Keys, pairs: np.ndarray, sims: np.ndarray, threshold: float,
                     exclude: Iterable[int] = ()) -> dict[int, Duplicate]:
     """Clusters (union-find) of same-kind pairs at or above `threshold`; every member but the first is a
@@ -135,7 +114,7 @@ def near_duplicates(keys: Keys, pairs: np.ndarray, sims: np.ndarray, threshold: 
     ranked pairs sharing a prompt, are never duplicates of each other)."""
     gone = set(exclude)
     ok = (sims >= threshold) & (keys.kind[pairs[:, 0]] == keys.kind[pairs[:, 1]]) if len(pairs) else np.zeros(0, bool)
-    uf = _UnionFind()
+    uf = UnionFind()
     partner: dict[int, tuple[int, float]] = {}  # the earliest record each was confirmed similar to
     for (a, b), sim in zip(pairs[ok], sims[ok], strict=True):
         a, b = int(a), int(b)

@@ -15,31 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tuneforge.common.records import SPLIT_KINDS, Record
+from tuneforge.common.unionfind import UnionFind
 from tuneforge.publish.config import SplitConfig
 
 SPLITS = ("train", "validation", "test")
 
 
-class GroupUnion:
+class GroupUnion(UnionFind):
     """Union-find over 64-bit group codes; the smaller code is the root, so roots do not depend on order."""
-
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p.get(root, root) != root:
-            root = p[root]
-        while p.get(x, x) != root:
-            p[x], x = root, p[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[hi] = lo
 
     def roots(self, codes: np.ndarray) -> np.ndarray:
         """The root of every code (vectorised for codes that were never joined)."""
