@@ -91,6 +91,25 @@ class _Steps:
         return result
 
 
+def train_stages(steps: _Steps, plan: Plan, root: Path, prefix: str,
+                 data_sha: str) -> tuple[str | None, str | None, str, list[dict[str, Any]]]:
+    """Run the plan's training stages in order under `root/train/` (step names start with `prefix`); returns
+    (tuned model, adapter or None, the last model folder's sha256, each stage's summary)."""
+    tuned, adapter, model_sha, trained = plan.base_model, None, "", []
+    for i, stage in enumerate(plan.train):
+        config = stage.config_for(previous=trained[-1] if trained else None)
+        run_dir = root / "train" / stage.name
+        summary = steps(f"{prefix}train/{stage.name}", "train", _train, run_dir / "final",
+                        {"config": config.model_dump(mode="json"), "data": data_sha,
+                         "model": model_sha, "accelerate": stage.accelerate_sha},
+                        config=config, out=str(run_dir), merge=i < len(plan.train) - 1,
+                        accelerate=stage.accelerate)
+        trained.append(summary)
+        model_sha = sha256_tree(summary["final"])
+        tuned, adapter = (config.base_model, summary["final"]) if summary["adapter"] else (summary["final"], None)
+    return tuned, adapter, model_sha, trained
+
+
 def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, Any] | None = None,
                  step: StepRunner | None = None) -> PipelineResult:
     """Run a pipeline file end to end into `out` (data/, train/<stage>/, eval/, forgetting/, report.html,
@@ -107,18 +126,7 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                   llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit)
     log.info("build: %s", build["counts"]["splits"])
 
-    tuned, adapter, model_sha, trained = plan.base_model, None, "", []
-    for i, stage in enumerate(plan.train):
-        config = stage.config_for(previous=trained[-1] if trained else None)
-        run_dir = root / "train" / stage.name
-        summary = steps(f"train/{stage.name}", "train", _train, run_dir / "final",
-                        {"config": config.model_dump(mode="json"), "data": build["manifest_sha256"],
-                         "model": model_sha, "accelerate": stage.accelerate_sha},
-                        config=config, out=str(run_dir), merge=i < len(plan.train) - 1,
-                        accelerate=stage.accelerate)
-        trained.append(summary)
-        model_sha = sha256_tree(summary["final"])
-        tuned, adapter = (config.base_model, summary["final"]) if summary["adapter"] else (summary["final"], None)
+    tuned, adapter, model_sha, trained = train_stages(steps, plan, root, "", build["manifest_sha256"])
 
     results: dict[str, Any] = {"pipeline": plan.cfg.name, "build": build, "train": trained, "evaluations": {}}
     if plan.eval_config is not None and plan.base_model is not None:

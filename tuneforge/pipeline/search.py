@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import RecipeError, TuneforgeError
-from tuneforge.common.io import sha256_tree, write_json
+from tuneforge.common.io import write_json
 from tuneforge.pipeline.config import PipelineConfig, deep_merge, load_pipeline, plan_pipeline
-from tuneforge.pipeline.run import StepRunner, _build, _direct, _evaluate, _forgetting, _Steps, _train
+from tuneforge.pipeline.run import StepRunner, _build, _direct, _evaluate, _forgetting, _Steps, train_stages
 from tuneforge.pipeline.search_config import INT_KNOBS, SHORTHAND, KnobRange, SearchSpec, decode, encode
 
 log = logging.getLogger("tuneforge.search")
@@ -144,18 +144,7 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
     rec: dict[str, Any] = {"number": number, "hash": h, "params": params, "dir": str(tdir)}
     write_json(tdir / "trial.json", {"hash": h, "params": params})
     try:
-        tuned, adapter, model_sha, trained = plan.base_model, None, "", []
-        for i, stage in enumerate(plan.train):
-            config = stage.config_for(previous=trained[-1] if trained else None)
-            run_dir = tdir / "train" / stage.name
-            summary = steps(f"trials/{h}/train/{stage.name}", "train", _train, run_dir / "final",
-                            {"config": config.model_dump(mode="json"), "data": ctx["data_sha"],
-                             "model": model_sha, "accelerate": stage.accelerate_sha},
-                            config=config, out=str(run_dir), merge=i < len(plan.train) - 1,
-                            accelerate=stage.accelerate)
-            trained.append(summary)
-            model_sha = sha256_tree(summary["final"])
-            tuned, adapter = (config.base_model, summary["final"]) if summary["adapter"] else (summary["final"], None)
+        tuned, adapter, model_sha, trained = train_stages(steps, plan, tdir, f"trials/{h}/", ctx["data_sha"])
         rec["final"] = trained[-1]["final"] if trained else None
         rec["train"] = [{k: s.get(k) for k in ("final", "adapter", "merged", "metrics") if k in s} for s in trained]
         tuned_arg = tuned if adapter is None else None
