@@ -237,3 +237,17 @@ def test_every_shipped_recipe_builds(prefect_api, tmp_path, domain):
     if domain == "self_cognition":
         text = (tmp_path / domain / "exports/openai/train.jsonl").read_text(encoding="utf-8")
         assert "小锻" in text and "<NAME>" not in text and "{{name}}" not in text
+
+
+def test_arrow_schema_is_what_datasets_writes():
+    """The build writes the datasets' Arrow schema itself (so workers never import `datasets`): it must stay
+    the schema and metadata `datasets.Features` gives for every kind."""
+    from datasets import Features
+    from tuneforge.common.records import SPLIT_KINDS
+    from tuneforge.publish.write import arrow_schema, features
+
+    for kind in SPLIT_KINDS:
+        ref = Features.from_dict(features(kind))
+        assert ref.to_dict() == features(kind)
+        ours, theirs = arrow_schema(kind), ref.arrow_schema
+        assert ours.equals(theirs, check_metadata=True), kind

@@ -26,7 +26,17 @@ from tuneforge.clean.minhash import key_text
 from tuneforge.clean.stage import KIND_CODES, STAGE, Cleaner, group_code, record_keys
 from tuneforge.common.io import dumps, pack, unpack
 from tuneforge.common.records import KINDS, Record, reject_record, texts_of
-from tuneforge.common.shardio import done, finish, fresh, json_line, read_table, write_lines, write_table
+from tuneforge.common.shardio import (
+    column_list,
+    done,
+    finish,
+    fresh,
+    json_bytes,
+    json_line,
+    read_table,
+    write_lines,
+    write_table,
+)
 from tuneforge.ingest import FileJob, Shard, ShardReader, plan_file
 from tuneforge.ingest.plan import FilePlan
 
@@ -184,7 +194,7 @@ class _Parts:
     """What one shard writes, kept in lists until the end of the shard."""
 
     data: dict[tuple[str, int], list[dict]] = field(default_factory=dict)
-    exports: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    exports: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
     kb: dict[str, list[str]] = field(default_factory=dict)
     rejects: list[tuple[int, int, int, str]] = field(default_factory=list)  # (seq, rank, order, line)
 
@@ -229,7 +239,7 @@ def export_task(job: ExportJob) -> dict[str, Any]:
     c = job.clean.contamination
     parts = _Parts()
     status: dict[str, list[bool]] = {}  # input -> [kept?, only dedup drops?]
-    for inp in rejects.column("input").to_pylist():
+    for inp in column_list(rejects, "input"):
         if inp is not None:
             status.setdefault(inp, [False, True])[1] = False
     reasons: Counter = Counter()
@@ -274,7 +284,7 @@ def export_task(job: ExportJob) -> dict[str, Any]:
             if rec["kind"] not in w.kinds:
                 continue
             try:
-                parts.exports.setdefault((w.name, split), []).append(json_line(export_row(w, rec)))
+                parts.exports.setdefault((w.name, split), []).append(json_bytes(export_row(w, rec)))
                 exported[w.name]["rows"][split] += 1
             except NotRepresentable as e:
                 sk = exported[w.name]["skipped"]
@@ -284,7 +294,7 @@ def export_task(job: ExportJob) -> dict[str, Any]:
             turns.append(sum(1 for m in rec["messages"] if m["role"] == "user"))
         return True
 
-    cols = {name: table.column(name).to_pylist() for name in ("seq", "id", "record", "original", "input")}
+    cols = {name: column_list(table, name) for name in ("seq", "id", "record", "original", "input")}
     for i in range(table.num_rows):
         seq, rid, inp = cols["seq"][i], cols["id"][i], cols["input"][i]
         st = status.setdefault(inp, [False, True])
@@ -306,8 +316,8 @@ def export_task(job: ExportJob) -> dict[str, Any]:
         for new in aug.created.get(rid, []):
             if emit(new, int(where[i]), seq):
                 st[0] = True
-    for seq, rank, line in zip(rejects.column("seq").to_pylist(), rejects.column("rank").to_pylist(),
-                               rejects.column("line").to_pylist(), strict=True):
+    for seq, rank, line in zip(column_list(rejects, "seq"), column_list(rejects, "rank"),
+                               column_list(rejects, "line"), strict=True):
         parts.rejects.append((seq, rank, -1, line))
     parts.rejects.sort(key=lambda t: (t[0], t[1], t[2]))
     for line in (json.loads(r[3]) for r in parts.rejects):

@@ -65,12 +65,18 @@ def _fullwidth(text: str) -> str:
         text = text.translate(_FW_ALNUM_TABLE)
     if not _FW_PUNCT_LONELY.search(text):
         return text  # every full-width mark touches a CJK character: the common case, decided in C
-    chars = list(text)
-    for m in _FW_PUNCT_LONELY.finditer(text):  # a mark with a CJK neighbour stays full-width
+    out: list[str] = []
+    last = 0
+    for m in _FW_PUNCT_LONELY.finditer(text):  # a mark with a CJK neighbour further out stays full-width
         i = m.start()
         if not (_cjk_near(text, i, -1) or _cjk_near(text, i, 1)):
-            chars[i] = chr(ord(chars[i]) - _FW_OFFSET)
-    return "".join(chars)
+            out.append(text[last:i])
+            out.append(chr(ord(text[i]) - _FW_OFFSET))
+            last = i + 1
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _cjk_near(text: str, i: int, step: int) -> bool:

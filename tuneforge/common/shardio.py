@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from tuneforge.common.io import atomic_open, dumps, write_json
@@ -37,10 +38,29 @@ def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
-def write_lines(path: Path, lines: list[str]) -> int:
-    with atomic_open(path) as f:
-        for line in lines:
-            f.write(line + "\n")
+def json_bytes(obj: Any) -> bytes:
+    """`json_line(obj)` as UTF-8 bytes, made without the str round trip (the export's hot path)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # a lone surrogate, an integer beyond 64 bits
+        return json_line(obj).encode("utf-8")
+
+
+def column_list(table: pa.Table, name: str) -> list:
+    """A column as a Python list (nulls as None): through NumPy, about three times faster than `to_pylist`
+    for strings."""
+    return table.column(name).combine_chunks().to_numpy(zero_copy_only=False).tolist()
+
+
+def write_lines(path: Path, lines: list[str] | list[bytes]) -> int:
+    """Lines (str or UTF-8 bytes, one kind per call), each ended by a newline, into `path` atomically."""
+    with atomic_open(path, "wb") as f:
+        if lines:
+            if isinstance(lines[0], str):
+                f.write("\n".join(lines).encode("utf-8"))  # type: ignore[arg-type]
+            else:
+                f.write(b"\n".join(lines))  # type: ignore[arg-type]
+            f.write(b"\n")
     return len(lines)
 
 
@@ -68,9 +88,27 @@ def fresh(unit: Path) -> Path:
     return unit
 
 
-def copy_into(dst, src: Path, chunk: int = 1 << 22) -> None:
-    """Append a file's bytes to an open binary file."""
+def copy_into(dst: Any, src: Path, chunk: int = 1 << 22) -> None:
+    """Append a file's bytes to an open binary file, in the kernel where it can (copy_file_range)."""
     with open(src, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if hasattr(os, "copy_file_range") and size:
+            dst.flush()
+            out, off = dst.fileno(), 0
+            try:
+                while off < size:
+                    n = os.copy_file_range(f.fileno(), out, size - off, off)
+                    if n == 0:
+                        break
+                    off += n
+                if off == size:
+                    os.lseek(out, 0, os.SEEK_END)
+                    return
+            except OSError:
+                pass
+            # not supported here (or cut short): continue from where the kernel stopped
+            f.seek(off)
+            os.lseek(out, 0, os.SEEK_END)
         shutil.copyfileobj(f, dst, chunk)
 
 

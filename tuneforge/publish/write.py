@@ -25,27 +25,37 @@ BATCH_ROWS = 1000
 FILE_BYTES = 500 << 20  # datasets' default max_shard_size for save_to_disk
 
 
-def features(kind: str) -> Any:
-    """The `datasets.Features` of a kind's dataset, from the record table: message lists, text, values."""
-    from datasets import Features, List, Value
+def features(kind: str) -> dict[str, Any]:
+    """A kind's `datasets.Features` as the dict `Features.to_dict()` gives (message lists, text, values).
 
+    Written out here, not built by `datasets`: importing it costs over a second in every build worker, and
+    a test checks the two stay equal."""
     k = KINDS[kind]
-    msgs = List({"role": Value("string"), "content": Value("string")})
-    cols: dict[str, Any] = {"id": Value("string")}
+    msgs = {"feature": {"role": _value("string"), "content": _value("string")}, "_type": "List"}
+    cols: dict[str, Any] = {"id": _value("string")}
     for f in k.message_fields:
         cols[f] = msgs
     for f in k.text_fields:
-        cols[f] = Value("string")
+        cols[f] = _value("string")
     for f in k.value_fields:
-        cols[f] = Value("bool") if f == "label" else Value("string")
-    cols["meta"] = Value("string")
-    return Features(cols)
+        cols[f] = _value("bool" if f == "label" else "string")
+    cols["meta"] = _value("string")
+    return cols
+
+
+def _value(dtype: str) -> dict[str, str]:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
 
 def arrow_schema(kind: str) -> pa.Schema:
+    """The Arrow schema `datasets` gives `features(kind)`, with the metadata it reads the features back from."""
     f = features(kind)
-    meta = {"huggingface": json.dumps({"info": {"features": f.to_dict()}})}
-    return f.arrow_schema.with_metadata(meta)
+    types = {"List": _MESSAGES, "string": pa.string(), "bool": pa.bool_()}
+    fields = [(name, types[v["_type"]] if v["_type"] == "List" else types[v["dtype"]]) for name, v in f.items()]
+    return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": f}})})
 
 
 def dataset_row(rec: Record, meta_json: str) -> dict[str, Any]:
