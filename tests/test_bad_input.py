@@ -168,3 +168,15 @@ def test_any_jsonl_reconciles_with_exact_lines(tmp_path_factory, lines):
     assert len(res.records) + len(res.rejects) == len(nonblank)
     cleaned = run_clean(res.records, CleanConfig())
     assert len(cleaned.kept) + len(cleaned.rejects) == len(res.records)
+
+
+def test_values_orjson_cannot_hold_survive_the_work_files(tmp_path):
+    """A knowledge-base row keeps its values as they are: a 24-digit integer (beyond orjson's 64 bits) must
+    come out as that integer, not as the float orjson would read it back as."""
+    big = 123456789012345678901234
+    rows = [{"名称": "A酒店", "price": big, "note": "x"}, {"名称": "B酒店", "price": 7, "note": "y"}]
+    recipe = _case(tmp_path, "kb", "kb.jsonl", ("\n".join(_lines(rows)) + "\n").encode(), {"format": "kb"})
+    _check(recipe, 2, {})
+    out = [json.loads(x) for x in (recipe.parent / "out" / "kb" / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["row"]["price"] for r in out] == [big, 7]
+    assert type(out[0]["row"]["price"]) is int

@@ -124,17 +124,21 @@ def read_json_file(path: str | Path, missing: str) -> Any:
         raise TuneforgeError(f"{p}: not valid JSON: {e}") from None
 
 
+_STDLIB = "\x1e"  # leads a work-file value that orjson cannot read back as written
+
+
 def pack(obj: Any) -> str:
     """Compact JSON for tuneforge's own work files (orjson: several times faster than `json`); published
-    files use `dumps`, whose byte format is the documented one."""
+    files use `dumps`, whose byte format is the documented one. What orjson cannot write (integers beyond
+    64 bits, lone surrogates) the standard library writes, marked so `unpack` reads it back the same way:
+    orjson would read a long integer back as a float."""
     try:
         return orjson.dumps(obj).decode("utf-8")
-    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, surrogates: the standard library
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, orjson.JSONEncodeError):
+        return _STDLIB + json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def unpack(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+    if text.startswith(_STDLIB):
+        return json.loads(text[1:])
+    return orjson.loads(text)
