@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tuneforge.ingest import SourceConfig, ingest
 from tuneforge.publish.config import SplitConfig
 from tuneforge.publish.split import split_records
@@ -58,3 +60,25 @@ def test_custom_ratios_and_spread_policy(shared):
                                           small_source_policy="spread"), seed=0)
     assert not res.splits["validation"]
     assert abs(len(res.splits["test"]) / len(recs) - 0.1) < 0.02
+
+
+def test_growing_corpus_moves_few_groups_and_shares_stay_exact():
+    """A nightly build over a grown corpus: 20,000 groups, then 2,000 more. Shares stay exact to one group,
+    and a group that was in the first build changes split only if it sat near a boundary."""
+    from tuneforge.publish.config import SplitConfig
+    from tuneforge.publish.split import assign_groups
+
+    rng = np.random.default_rng(0)
+    codes = np.unique(rng.integers(0, 2**63, 22_000, dtype=np.uint64))
+    rng.shuffle(codes)
+    old_codes, cfg = codes[:20_000], SplitConfig()
+
+    def table(c: np.ndarray) -> dict[int, int]:
+        t = assign_groups(c, np.ones(len(c), np.int64), np.zeros(len(c), np.int64), ["all"], cfg, 7)
+        assert abs(int((t.splits == 0).sum()) - 0.8 * len(c)) <= 1 and abs(int((t.splits == 2).sum()) - 0.1 * len(c)) <= 1
+        return dict(zip(t.groups.tolist(), t.splits.tolist(), strict=True))
+
+    before, after = table(old_codes), table(codes)
+    moved = sum(1 for g, s in before.items() if after[g] != s)
+    assert 0 < moved < 0.03 * len(before), moved
+    assert table(old_codes) == before  # and the same input gives the same table

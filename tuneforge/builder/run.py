@@ -229,10 +229,14 @@ class Build:
         roots, pos = roots[order], pos[order]
         uniq, first, counts = np.unique(roots, return_index=True, return_counts=True)
         shard_of = np.searchsorted(offsets, pos[first], side="right") - 1 if n else np.empty(0, np.int64)
-        sources = [cleaned[s]["source"] for s in shard_of]
-        strata = sources if self.recipe.split.stratify else ["all"] * len(uniq)
+        if self.recipe.split.stratify:  # a group's stratum is its source's index in `names`
+            names = sorted({c["source"] for c in cleaned})
+            of_shard = np.array([names.index(c["source"]) for c in cleaned], dtype=np.int64)
+            strata = of_shard[shard_of] if len(shard_of) else np.empty(0, np.int64)
+        else:
+            names, strata = ["all"], np.zeros(len(uniq), dtype=np.int64)
         split_seed = self.recipe.split.seed if self.recipe.split.seed is not None else self.seed
-        table = assign_groups(uniq, counts, strata, self.recipe.split, split_seed)
+        table = assign_groups(uniq, counts, strata, names, self.recipe.split, split_seed)
         children = np.fromiter(uf.parent, dtype=np.uint64, count=len(uf.parent))
         croots = np.array([uf.find(int(c)) for c in children], dtype=np.uint64)
         o = np.argsort(children)
