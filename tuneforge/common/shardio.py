@@ -1,5 +1,11 @@
-"""Shard files: Arrow IPC tables and JSON-lines parts under a build's work folder, each written atomically
-(a killed worker leaves no half file), and a `done.json` written last that marks a unit of work complete."""
+"""Shard files: Arrow IPC tables and JSON-lines parts under a build's work folder, and a `done.json` written
+last (atomically, synced) that marks a unit of work complete and records the size of every file in it.
+
+A unit's files are written straight into its fresh folder, not each through a synced temporary file: until
+`done.json` exists nothing in the folder counts, so a killed worker leaves nothing that looks finished, and a
+file that a power cut left short (the kernel had not written it yet) no longer matches the size `done.json`
+recorded, so the unit is redone. One sync a unit instead of one a file: at 200k records, 20 shards and about
+ten files a shard, the per-file syncs cost about 3 s of a 24 s build here."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from tuneforge.common.io import atomic_open, dumps, write_json
+from tuneforge.common.io import dumps, write_json
 
 DONE = "done.json"
 
@@ -28,7 +34,8 @@ def json_line(obj: Any) -> str:
 
 
 def write_table(path: Path, table: pa.Table) -> None:
-    with atomic_open(path, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+    """An Arrow IPC file in a unit's folder (see the module docstring for why not through a temporary file)."""
+    with open(path, "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
 
 
@@ -53,8 +60,8 @@ def column_list(table: pa.Table, name: str) -> list:
 
 
 def write_lines(path: Path, lines: list[str] | list[bytes]) -> int:
-    """Lines (str or UTF-8 bytes, one kind per call), each ended by a newline, into `path` atomically."""
-    with atomic_open(path, "wb") as f:
+    """Lines (str or UTF-8 bytes, one kind per call), each ended by a newline, into a unit's `path`."""
+    with open(path, "wb") as f:
         if lines:
             if isinstance(lines[0], str):
                 f.write("\n".join(lines).encode("utf-8"))  # type: ignore[arg-type]
@@ -70,13 +77,19 @@ def done(unit: Path) -> dict[str, Any] | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads(p.read_text(encoding="utf-8"))
+        sizes = summary.pop("_files")
+        if any((unit / name).stat().st_size != size for name, size in sizes.items()):
+            return None  # a file the kernel never finished writing before a crash: redo the unit
+    except (OSError, KeyError, AttributeError, json.JSONDecodeError):
         return None
+    return summary
 
 
 def finish(unit: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    write_json(unit / DONE, summary)
+    """Mark a unit complete: its summary and the size of each of its files, in one synced `done.json`."""
+    sizes = {p.name: p.stat().st_size for p in sorted(unit.iterdir()) if p.is_file() and p.name != DONE}
+    write_json(unit / DONE, {**summary, "_files": sizes})
     return summary
 
 
