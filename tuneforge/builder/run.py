@@ -24,9 +24,11 @@ from tuneforge.builder.progress import BuildProgress
 from tuneforge.builder.tasks import (
     CleanJob,
     ExportJob,
+    JoinJob,
     VerifyJob,
     clean_task,
     export_task,
+    join_task,
     part_name,
     plan_task,
     verify_task,
@@ -307,7 +309,7 @@ class Build:
                  notes: list[str]) -> dict[str, Any]:
         from tuneforge.publish.card import render_card
         from tuneforge.publish.formats import get_writer
-        from tuneforge.publish.write import concat_lines, first_line, write_dataset
+        from tuneforge.publish.write import first_line, write_dataset_dict
 
         t = time.monotonic()
         r = self.recipe
@@ -321,13 +323,18 @@ class Build:
                     acc[i] += v[i]
         names: list[str] = []
         datasets: dict[str, str] = {}
+        joins: list[JoinJob] = []
+
+        def join(target: Path, parts: list[Path], kind: str | None = None) -> None:
+            joins.append(JoinJob(str(target), tuple(str(p) for p in parts), kind))
+
         for kind in SPLIT_KINDS:
             if kind not in by_kind:
                 continue
             folder = KINDS[kind].dataset_dir
             assert folder is not None
-            parts = {s: [u / f"data-{kind}-{i}.arrow" for u in units] for i, s in enumerate(SPLITS)}
-            write_dataset(stage / folder, kind, parts)
+            for i, s in enumerate(SPLITS):
+                join(stage / folder / s, [u / f"data-{kind}-{i}.arrow" for u in units], kind)
             datasets[kind] = folder
             names.append(folder)
         exports: dict[str, dict] = {}
@@ -335,7 +342,7 @@ class Build:
             w = get_writer(fmt)
             info: dict[str, Any] = {"folder": f"exports/{w.folder}", "rows": {}, "skipped": {}}
             for i, s in enumerate(SPLITS):
-                concat_lines(stage / "exports" / w.folder / f"{s}.jsonl", [u / part_name(fmt, i) for u in units])
+                join(stage / "exports" / w.folder / f"{s}.jsonl", [u / part_name(fmt, i) for u in units])
                 info["rows"][s] = sum(e["exports"][fmt]["rows"][i] for e in exported)
             for e in exported:
                 for why, n in e["exports"][fmt]["skipped"].items():
@@ -346,11 +353,16 @@ class Build:
             names.append("exports")
         kb_sources = sorted({s for e in exported for s in e["kb_sources"]})
         for src in kb_sources:
-            concat_lines(stage / "kb" / f"{src}.jsonl", [u / f"kb-{src}.jsonl" for u in units])
+            join(stage / "kb" / f"{src}.jsonl", [u / f"kb-{src}.jsonl" for u in units])
         if kb_sources:
             names.append("kb")
-        concat_lines(stage / "rejects.jsonl", [u / "rejects.jsonl" for u in units])
+        join(stage / "rejects.jsonl", [u / "rejects.jsonl" for u in units])
         names.append("rejects.jsonl")
+        for j in joins:  # the folders first: workers on other hosts see the same (shared) staging folder
+            Path(j.target if j.kind else Path(j.target).parent).mkdir(parents=True, exist_ok=True)
+        self._map("publish", join_task, joins, lambda res: res["rows"])
+        for folder in datasets.values():
+            write_dataset_dict(stage / folder)
         if augment["failures"]:
             with open(stage / "augment_failures.jsonl", "w", encoding="utf-8") as f:
                 for row in augment["failures"]:

@@ -1,7 +1,7 @@
 """The data build as a Prefect flow: `tuneforge.builder.build` with its per-shard work as Prefect task runs.
 
 The flow holds no logic: it calls the same `build` the CLI and the library call, handing it an executor that
-runs each unit of work (plan a file, clean a shard, check pairs, export a shard) as a task on the flow's task
+runs each unit of work (plan a file, clean a shard, check pairs, export a shard, join an output file) as a task on the flow's task
 runner: a process pool locally, or a Dask cluster through prefect-dask. Jobs travel in a `Box`, so
 neither Prefect nor Dask walks them.
 """
@@ -59,8 +59,13 @@ def export_shard(box: Box) -> Any:
     return work.export_task(box.job)
 
 
+@task(name="join-output", **_OPTS)
+def join_output(box: Box) -> Any:
+    return work.join_task(box.job)
+
+
 TASKS = {work.plan_task: plan_file, work.clean_task: clean_shard, work.verify_task: verify_pairs,
-         work.export_task: export_shard}
+         work.export_task: export_shard, work.join_task: join_output}
 
 
 class PrefectExecutor(Executor):

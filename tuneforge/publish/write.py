@@ -122,7 +122,7 @@ class _SplitWriter:
                                                        "license": ""})
 
 
-def _write_split(folder: Path, schema: pa.Schema, parts: list[Path]) -> int:
+def write_split(folder: Path, schema: pa.Schema, parts: list[Path]) -> int:
     """Join Arrow IPC parts into `data-XXXXX-of-NNNNN.arrow`; returns rows. One part is mapped at a time and
     at most BATCH_ROWS - 1 rows are carried from one part to the next."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,9 +150,14 @@ def features_dict(schema: pa.Schema) -> dict:
 def write_dataset(out: Path, kind: str, parts: dict[str, list[Path]]) -> dict[str, int]:
     """A `datasets.DatasetDict` folder for one kind, from its parts per split; rows per split."""
     schema = arrow_schema(kind)
-    rows = {s: _write_split(out / s, schema, parts.get(s, [])) for s in SPLITS}
-    write_json(out / "dataset_dict.json", {"splits": list(SPLITS)})
+    rows = {s: write_split(out / s, schema, parts.get(s, [])) for s in SPLITS}
+    write_dataset_dict(out)
     return rows
+
+
+def write_dataset_dict(out: Path) -> None:
+    """What makes a folder of split folders a `datasets.DatasetDict`."""
+    write_json(out / "dataset_dict.json", {"splits": list(SPLITS)})
 
 
 def concat_lines(path: Path, parts: list[Path]) -> None:
@@ -172,4 +177,4 @@ def first_line(path: Path) -> dict | None:
 
 
 __all__ = ["SPLITS", "arrow_schema", "concat_lines", "dataset_row", "features", "first_line", "json_line",
-           "write_dataset"]
+           "write_dataset", "write_dataset_dict", "write_split"]
