@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,8 @@ class _SplitWriter:
         if self._writer is None:
             return
         self._writer.close()
+        self._sink.flush()
+        os.fsync(self._sink.fileno())  # a published file: on disk before the manifest says it is there
         self._sink.close()
         self._writer = self._sink = None
         with open(self.files[-1], "rb") as f:
