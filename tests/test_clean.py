@@ -41,6 +41,15 @@ def test_fullwidth_keeps_chinese_punctuation_and_folds_latin():
     assert normalize_text("He said（hello）", cfg) == "He said(hello)"
 
 
+def test_fullwidth_brackets_fold_as_a_pair():
+    cfg = NormalizeConfig()
+    # The closing bracket has only a digit beside it, but its opening bracket stays full-width: so does it.
+    assert normalize_text("写一首诗（第0问，编号813847339）", cfg) == "写一首诗（第0问，编号813847339）"
+    assert normalize_text("见（图1）和（2）", cfg) == "见（图1）和（2）"
+    assert normalize_text("x（a（中）b）", cfg) == "x(a（中）b)"  # nested: each pair decides as one
+    assert normalize_text("abc）def（", cfg) == "abc)def("  # unpaired marks decide alone
+
+
 def test_default_is_nfc_and_nfkc_is_a_switch():
     assert normalize_text("x² ①", NormalizeConfig()) == "x² ①"
     assert normalize_text("x² ①，中文", NormalizeConfig(nfkc=True)) == "x2 1，中文"

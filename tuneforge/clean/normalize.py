@@ -65,18 +65,37 @@ def _fullwidth(text: str) -> str:
         text = text.translate(_FW_ALNUM_TABLE)
     if not _FW_PUNCT_LONELY.search(text):
         return text  # every full-width mark touches a CJK character: the common case, decided in C
-    out: list[str] = []
-    last = 0
-    for m in _FW_PUNCT_LONELY.finditer(text):  # a mark with a CJK neighbour further out stays full-width
-        i = m.start()
-        if not (_cjk_near(text, i, -1) or _cjk_near(text, i, 1)):
-            out.append(text[last:i])
-            out.append(chr(ord(text[i]) - _FW_OFFSET))
-            last = i + 1
-    if not out:
+    # A mark with a CJK neighbour further out stays full-width.
+    fold = {m.start() for m in _FW_PUNCT_LONELY.finditer(text)
+            if not (_cjk_near(text, m.start(), -1) or _cjk_near(text, m.start(), 1))}
+    fold -= _kept_partners(text, fold)
+    if not fold:
         return text
-    out.append(text[last:])
-    return "".join(out)
+    chars = list(text)
+    for i in fold:
+        chars[i] = chr(ord(chars[i]) - _FW_OFFSET)
+    return "".join(chars)
+
+
+_FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
+_FW_CLOSE = {c: o for o, c in _FW_OPEN.items()}
+_FW_BRACKET = re.compile("[\uff08\uff09\uff3b\uff3d\uff5b\uff5d]")
+
+
+def _kept_partners(text: str, fold: set[int]) -> set[int]:
+    """Brackets in `fold` whose matching bracket stays full-width: a pair is folded together or not at all
+    ("（第3问，编号42）" keeps its "）" although a digit stands beside it)."""
+    stack: list[int] = []
+    keep: set[int] = set()
+    for m in _FW_BRACKET.finditer(text):
+        i, ch = m.start(), m.group()
+        if ch in _FW_OPEN:
+            stack.append(i)
+        elif ch in _FW_CLOSE and stack and text[stack[-1]] == _FW_CLOSE[ch]:
+            j = stack.pop()
+            if (i in fold) != (j in fold):
+                keep.add(i if i in fold else j)
+    return keep
 
 
 def _cjk_near(text: str, i: int, step: int) -> bool:
