@@ -18,6 +18,9 @@ _FW_ALNUM = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
 _FW_ALNUM_TABLE = {c: c - _FW_OFFSET for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
                    for c in range(r[0], r[1] + 1)}
 _FW_PUNCT = re.compile(r"[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]")
+_FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
+_FW_CLOSE = {c: o for o, c in _FW_OPEN.items()}
+_FW_BRACKET = re.compile("[\uff08\uff09\uff3b\uff3d\uff5b\uff5d]")
 _CJK_CLASS = (r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
               r"\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff5f-\uff65\U00020000-\U0003134f")
 _CJK = re.compile(f"[{_CJK_CLASS}]")
@@ -71,15 +74,12 @@ def _fullwidth(text: str) -> str:
     fold -= _kept_partners(text, fold)
     if not fold:
         return text
-    chars = list(text)
-    for i in fold:
-        chars[i] = chr(ord(chars[i]) - _FW_OFFSET)
-    return "".join(chars)
-
-
-_FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
-_FW_CLOSE = {c: o for o, c in _FW_OPEN.items()}
-_FW_BRACKET = re.compile("[\uff08\uff09\uff3b\uff3d\uff5b\uff5d]")
+    out, last = [], 0
+    for i in sorted(fold):
+        out += [text[last:i], chr(ord(text[i]) - _FW_OFFSET)]
+        last = i + 1
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _kept_partners(text: str, fold: set[int]) -> set[int]:
