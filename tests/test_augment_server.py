@@ -67,6 +67,27 @@ def test_random_weights_still_give_valid_json(engine, max_tokens):
     loop.close()
 
 
+def test_a_request_samples_the_same_whatever_shares_its_batch(engine):
+    """Each row has its own random stream (its `seed`) and its own temperature: a seeded request is
+    reproducible, and a greedy request batched with sampled ones stays greedy."""
+    loop = asyncio.new_event_loop()
+    msgs = [{"role": "user", "content": "Write anything."}]
+
+    def job(temperature: float, seed: int | None) -> Job:
+        j = Job(msgs, 12, temperature, 1.0, None, seed, loop.create_future(), loop)
+        j.prompt_ids = engine.prompt_ids(msgs)
+        return j
+
+    alone = engine.generate([job(1.0, 7)])[0]
+    greedy = engine.generate([job(0.0, None)])[0]
+    mixed = engine.generate([job(1.0, 3), job(0.0, None), job(1.0, 7), job(1.0, 7)])
+    assert mixed[2] == alone and mixed[3] == alone  # same seed, same reply, wherever it sits in the batch
+    assert mixed[1] == greedy  # temperature is per request, not the batch's first one
+    others = {engine.generate([job(1.0, s)])[0][0] for s in range(4)}
+    assert len(others) > 1  # the seed does choose the sample
+    loop.close()
+
+
 def test_the_http_endpoint_speaks_openai(engine):
     from fastapi.testclient import TestClient
 

@@ -306,8 +306,10 @@ class LLM:
                                 "temperature": sampling.temperature, "max_tokens": sampling.max_tokens}
         if sampling.top_p is not None:
             body["top_p"] = sampling.top_p
-        if sample and sampling.temperature > 0:
-            body["seed"] = sample  # a hint only; the cache key already tells samples apart
+        if sampling.temperature > 0:
+            # OpenAI's `seed`, from the cache key: a request is sampled the same way on every run (where the
+            # endpoint honours it; ours does), and the samples of one prompt still differ.
+            body["seed"] = int(key[:8], 16) % 2**31
         while True:
             fmt = asked
             if asked == "auto":

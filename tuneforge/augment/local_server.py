@@ -196,8 +196,10 @@ class Engine:
         done = [False] * n
         check_at = [10**9] * n  # budget left at which to look ahead again
         finish = ["length"] * n
-        temperature, top_p = jobs[0].temperature, jobs[0].top_p
-        gen = torch.Generator().manual_seed(jobs[0].seed if jobs[0].seed is not None else int(time.time_ns() % 2**31))
+        # One random stream a request, seeded by its `seed`: what a request samples does not depend on which
+        # other requests share its batch, so a request with a seed gets the same reply whenever it is sent.
+        gens = [torch.Generator().manual_seed(int(j.seed) % 2**63 if j.seed is not None else time.time_ns() % 2**31)
+                for j in jobs]
         past = None
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         step_ids, step_pos = ids, positions
@@ -229,7 +231,8 @@ class Engine:
                         else:  # the shortest completion grows by a token or two a step: look again later
                             check_at[r] = left - max(1, slack // 3)
                     logits[r].masked_fill_(~allowed, float("-inf"))
-                nxt = _sample(torch, logits, temperature, top_p, gen)
+                nxt = torch.tensor([pad if done[r] else _sample(torch, logits[r], j.temperature, j.top_p, gens[r])
+                                    for r, j in enumerate(jobs)])
                 for r, j in enumerate(jobs):
                     if done[r]:
                         nxt[r] = pad
@@ -265,16 +268,16 @@ def _unpack(torch: Any, words: Any, vocab: int) -> Any:
     return ((words.unsqueeze(-1) >> bits) & 1).bool().view(-1)[:vocab]
 
 
-def _sample(torch: Any, logits: Any, temperature: float, top_p: float, gen: Any) -> Any:
+def _sample(torch: Any, logits: Any, temperature: float, top_p: float, gen: Any) -> int:
+    """One token from one row's logits: greedy at temperature 0, else nucleus sampling from `gen`."""
     if temperature <= 0:
-        return logits.argmax(-1)
+        return int(logits.argmax())
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        sorted_p, idx = probs.sort(descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen).view(-1)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
+    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 class Batcher:
