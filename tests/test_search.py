@@ -171,6 +171,11 @@ def test_search_end_to_end(searched):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in html and "Pareto" in html and html.count("<tr") == 3
     assert saved["steps"]["ran"].count("build") == 1  # built once for the whole search
+    # the base's side of the forgetting checks: evaluated once for the full check and once for the prune
+    # check, before the trials, then read by each trial (both trials ran the prune check)
+    assert len([s for s in saved["steps"]["ran"] if s.startswith("forgetting-base/")]) == 2
+    assert not list((out / "trials").rglob("base/predictions.jsonl"))
+    assert all(t["steps"]["ran"] and not any("base" in s for s in t["steps"]["ran"]) for t in saved["trials"])
     print(f"search of 2 trials: {seconds:.0f} s; trial seconds {[t['seconds'] for t in saved['trials']]}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -287,12 +288,10 @@ def forgetting_block(base: dict, tuned: dict, base_rows: list[dict], tuned_rows:
     return block
 
 
-def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adapter: str | None = None,
-                   config: str | Path | dict | EvalConfig | None = None, suites: list[str] | None = None,
-                   progress: Progress = None, **overrides: Any) -> dict:
-    """Evaluate base and tuned on the same questions; results.json gets the `forgetting` block and verdict."""
-    if tuned is None and adapter is None:
-        raise TuneforgeError("forgetting needs --tuned MODEL and/or --adapter PATH")
+def forgetting_eval_config(config: str | Path | dict | EvalConfig | None = None, suites: list[str] | None = None,
+                           **overrides: Any) -> EvalConfig:
+    """The evaluation both sides of a forgetting check run: the general suites, perplexity on (its default
+    corpus unless set), held-out generation only when a judge compares it."""
     cfg = load_config(config, **overrides)
     if suites:
         cfg.suites = [SuiteConfig(benchmark=s) for s in suites]
@@ -304,18 +303,60 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
         cfg.perplexity = PerplexityConfig()
     if cfg.judge is None:
         cfg.heldout = None  # held-out generation only feeds the judge here
+    return cfg
+
+
+def evaluated_config(cfg: EvalConfig, model: str) -> dict:
+    """What decides an evaluation's outputs: the config with its model, minus the forgetting thresholds
+    (they only read the outputs)."""
+    d = load_config(cfg, model=model, adapter=None).model_dump(mode="json")
+    d.pop("forgetting", None)
+    return d
+
+
+def _reusable_base(folder: Path, cfg: EvalConfig, base: str) -> dict | None:
+    """The base model's finished evaluation in `folder` when it ran exactly this config; else None."""
+    try:
+        res = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    done = dict(res.get("config") or {})
+    done.pop("forgetting", None)
+    if done != evaluated_config(cfg, base) or not (folder / "predictions.jsonl").is_file():
+        return None
+    return res
+
+
+def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adapter: str | None = None,
+                   config: str | Path | dict | EvalConfig | None = None, suites: list[str] | None = None,
+                   progress: Progress = None, base_eval: str | Path | None = None, **overrides: Any) -> dict:
+    """Evaluate base and tuned on the same questions; results.json gets the `forgetting` block and verdict.
+
+    `base_eval`: a folder for the base model's side, shared by many checks of one base (a search's trials):
+    when it already holds the base's evaluation under this same config it is read, not run again; else the
+    base is evaluated into it. Without it the base is evaluated into OUT/base every time (its weights may
+    have changed under the same path)."""
+    if tuned is None and adapter is None:
+        raise TuneforgeError("forgetting needs --tuned MODEL and/or --adapter PATH")
+    cfg = forgetting_eval_config(config, suites, **overrides)
     out = Path(out)
-    if progress:
-        progress(f"base: {base}")
-    base_res = run_eval(cfg, out=out / "base", model=base, report=False, progress=progress)
+    base_dir = Path(base_eval) if base_eval is not None else out / "base"
+    base_res = _reusable_base(base_dir, cfg, base) if base_eval is not None else None
+    if base_res is None:
+        if progress:
+            progress(f"base: {base}")
+        base_res = run_eval(cfg, out=base_dir, model=base, report=False, progress=progress)
+    elif progress:
+        progress(f"base: {base} (its evaluation in {base_dir} reused)")
     if progress:
         progress(f"tuned: {tuned or base} + {adapter or 'no adapter'}")
     tuned_res = run_eval(cfg, out=out / "tuned", model=tuned or base, adapter=adapter, report=False,
                          progress=progress)
     from tuneforge.common.io import read_jsonl
 
-    base_rows, tuned_rows = read_jsonl(out / "base" / "predictions.jsonl"), read_jsonl(out / "tuned" / "predictions.jsonl")
+    base_rows, tuned_rows = read_jsonl(base_dir / "predictions.jsonl"), read_jsonl(out / "tuned" / "predictions.jsonl")
     results = dict(tuned_res)
+    results["base_eval"] = str(base_dir)
     tiers = {n: s.get("tier", "critical") for n, s in tuned_res["suites"].items()}
     results["forgetting"] = forgetting_block(base_res, tuned_res, base_rows, tuned_rows, cfg.forgetting, tiers)
     results["base_suites"] = base_res["suites"]
@@ -326,7 +367,7 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
 
         if progress:
             progress("judge: tuned vs base on the held-out prompts")
-        results["judge"] = judge_win_rate(read_jsonl(out / "base" / "heldout_outputs.jsonl"),
+        results["judge"] = judge_win_rate(read_jsonl(base_dir / "heldout_outputs.jsonl"),
                                           read_jsonl(out / "tuned" / "heldout_outputs.jsonl"), cfg.judge)
         results["base_heldout"] = {k: v for k, v in base_res.get("heldout", {}).items() if k != "examples"}
     write_json(out / "results.json", results)

@@ -59,10 +59,11 @@ def _evaluate(config: Any, out: str, model: str, adapter: str | None) -> dict[st
     return {"out": out, "suites": res.get("suites", {}), "heldout": (res.get("heldout") or {}).get("metrics")}
 
 
-def _forgetting(config: Any, out: str, base: str, tuned: str | None, adapter: str | None) -> dict[str, Any]:
+def _forgetting(config: Any, out: str, base: str, tuned: str | None, adapter: str | None,
+                base_eval: str | None = None) -> dict[str, Any]:
     from tuneforge.eval import run_forgetting
 
-    res = run_forgetting(base, tuned, adapter=adapter, out=out, config=config)
+    res = run_forgetting(base, tuned, adapter=adapter, out=out, config=config, base_eval=base_eval)
     return {"out": out, "forgetting": res["forgetting"]}
 
 

@@ -129,6 +129,25 @@ def _prune_config(forgetting_config: Any, prune: dict[str, Any]) -> Any:
     return forgetting_config.model_copy(update=update)
 
 
+def base_eval_dir(root: Path, forgetting_config: Any, base: str) -> Path:
+    """Where the base model's side of a forgetting check lives for one search: one folder per distinct
+    evaluation (the full check, the prune check), shared by every trial, so the base is evaluated once."""
+    from tuneforge.eval.runner import evaluated_config, forgetting_eval_config
+
+    blob = json.dumps(evaluated_config(forgetting_eval_config(forgetting_config), base), sort_keys=True)
+    return root / "forgetting-base" / hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def _base_side(steps: _Steps, root: Path, forgetting_config: Any, base: str) -> None:
+    """Evaluate the base for a forgetting config once, as a cached step, before any trial needs it."""
+    from tuneforge.eval.runner import evaluated_config, forgetting_eval_config
+
+    cfg = forgetting_eval_config(forgetting_config)
+    d = base_eval_dir(root, forgetting_config, base)
+    steps(f"forgetting-base/{d.name}", "evaluate", _evaluate, d / "results.json",
+          {"config": evaluated_config(cfg, base)}, config=cfg, out=str(d), model=base, adapter=None)
+
+
 def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: StepRunner | None = None) -> dict[str, Any]:
     """Train, prune-check, evaluate and forgetting-check one trial (every step cached); its record."""
     from tuneforge.eval.gate import gate_decision
@@ -154,7 +173,8 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
             po = tdir / "prune"
             pres = steps(f"trials/{h}/prune", "forgetting", _forgetting, po / "results.json",
                          {"config": pcfg.model_dump(mode="json"), **fkey},
-                         config=pcfg, out=str(po), base=plan.base_model, tuned=tuned_arg, adapter=adapter)
+                         config=pcfg, out=str(po), base=plan.base_model, tuned=tuned_arg, adapter=adapter,
+                         base_eval=str(base_eval_dir(root, pcfg, plan.base_model)))
             pgate = gate_decision(pres["forgetting"], "fail")
             rec["prune"] = {"gate": pgate, "dir": str(po)}
             if not pgate["passed"]:
@@ -174,7 +194,7 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
             fres = steps(f"trials/{h}/forgetting", "forgetting", _forgetting, fo / "results.json",
                          {"config": plan.forgetting_config.model_dump(mode="json"), **fkey},
                          config=plan.forgetting_config, out=str(fo), base=plan.base_model, tuned=tuned_arg,
-                         adapter=adapter)
+                         adapter=adapter, base_eval=str(base_eval_dir(root, plan.forgetting_config, plan.base_model)))
             assert plan.cfg.forgetting is not None
             rec["gate"] = gate_decision(fres["forgetting"], plan.cfg.forgetting.gate)
             rec["constraint"] = gate_decision(fres["forgetting"], "fail")
@@ -255,7 +275,9 @@ def general_change(forgetting_dir: str, iters: int = 2000) -> dict[str, Any]:
     from tuneforge.eval.stats import compare_paired
 
     root = Path(forgetting_dir)
-    b = {(r["suite"], r["uid"]): r for r in _jsonl(root / "base" / "predictions.jsonl") if r.get("correct") is not None}
+    res = json.loads((root / "results.json").read_text(encoding="utf-8")) if (root / "results.json").is_file() else {}
+    base_dir = Path(res.get("base_eval") or root / "base")
+    b = {(r["suite"], r["uid"]): r for r in _jsonl(base_dir / "predictions.jsonl") if r.get("correct") is not None}
     t = {(r["suite"], r["uid"]): r for r in _jsonl(root / "tuned" / "predictions.jsonl") if r.get("correct") is not None}
     keys = sorted(set(b) & set(t))
     out: dict[str, Any] = {"n": len(keys)}
@@ -263,7 +285,6 @@ def general_change(forgetting_dir: str, iters: int = 2000) -> dict[str, Any]:
         r = compare_paired([bool(b[k]["correct"]) for k in keys], [bool(t[k]["correct"]) for k in keys], iters=iters)
         out.update(change=round(r.delta, 2), ci=[round(r.ci_low, 2), round(r.ci_high, 2)], lost=r.lost,
                    gained=r.gained, p_value=round(r.p_value, 4))
-    res = json.loads((root / "results.json").read_text(encoding="utf-8")) if (root / "results.json").is_file() else {}
     out["suites"] = {n: {k: s.get(k) for k in ("delta", "ci_low", "ci_high", "p_value", "verdict", "n")}
                      for n, s in ((res.get("forgetting") or {}).get("suites") or {}).items()}
     return out
@@ -382,6 +403,10 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
                       {"config": plan.eval_config.model_dump(mode="json"), "model": plan.base_model, "adapter": None,
                        "sha": "base", "data": build["manifest_sha256"]},
                       config=plan.eval_config, out=str(base_eo), model=plan.base_model, adapter=None)
+    assert plan.forgetting_config is not None
+    _base_side(steps, root, plan.forgetting_config, plan.base_model)
+    if spec.prune:
+        _base_side(steps, root, _prune_config(plan.forgetting_config, spec.prune.model_dump()), plan.base_model)
     replay = str((base_dir / spec.replay_dataset).resolve()) if spec.replay_dataset else None
     ctx = {"pipeline": str(Path(pipeline).resolve()), "out": str(root), "overrides": overrides or {},
            "data_sha": build["manifest_sha256"], "replay_dataset": replay,
