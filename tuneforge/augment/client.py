@@ -200,7 +200,7 @@ class LLM:
             if self._client is not None:
                 return self._client
             if self.spec.embedded:
-                self._embedded = EmbeddedServer(self.spec.embedded, max_batch=min(8, self.cfg.concurrency))
+                self._embedded = EmbeddedServer(self.spec.embedded, max_batch=self.cfg.concurrency)
                 log.info("no endpoint configured: starting the embedded server with embedded:%s", self.spec.embedded)
                 self.spec.base_url, self.spec.model = await self._embedded.start()
                 if self.structured is None:

@@ -18,7 +18,7 @@ reply ends as valid JSON within `max_tokens` whenever the schema's shortest inst
 Requests that arrive together are decoded as one batch (left-padded, one grammar matcher per row, rows
 finishing independently), which is what makes several workers faster than one on a CPU.
 
-    python -m tuneforge.augment.local_server MODEL_DIR --port 8000 [--max-batch 8]
+    python -m tuneforge.augment.local_server MODEL_DIR --port 8000 [--max-batch 8] [--device auto]
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from fastapi import Request  # module level: FastAPI resolves the handler's anno
 log = logging.getLogger("tuneforge.augment.local_server")
 # JSON escapes a reply may use: no \u (a small model spells garbage control characters with it), no \b \f \r.
 _ESCAPES = 'nt"\\'
+
+
+CPU_MAX_BATCH = 8
 
 
 class BadRequest(ValueError):
@@ -104,7 +107,7 @@ def closed(schema: Any) -> Any:
 class Engine:
     """The model, its tokenizer and the grammar machinery; `generate` runs one batch (in a worker thread)."""
 
-    def __init__(self, path: str, margin: int = 12, lookahead: int = 64) -> None:
+    def __init__(self, path: str, margin: int = 12, lookahead: int = 64, device: str = "auto") -> None:
         import llguidance
         import llguidance.hf
         import torch
@@ -116,7 +119,11 @@ class Engine:
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        # The forward pass runs on `device` (auto: CUDA when there is one); masks and sampling stay on the CPU,
+        # where llguidance writes its bitmask: a row of logits a step is all that crosses.
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if device == "auto" else device)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
         self.model.eval()
         self.vocab = self.model.get_output_embeddings().weight.shape[0]
         self.eos = self.tok.eos_token_id
@@ -201,6 +208,7 @@ class Engine:
         gens = [torch.Generator().manual_seed(int(j.seed) % 2**63 if j.seed is not None else time.time_ns() % 2**31)
                 for j in jobs]
         past = None
+        ids, attn = ids.to(self.device), attn.to(self.device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         step_ids, step_pos = ids, positions
         steps = max(j.max_tokens for j in jobs)
@@ -209,7 +217,7 @@ class Engine:
                 res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
                                  past_key_values=past, use_cache=True)
                 past = res.past_key_values
-                logits = res.logits[:, -1, :].float()
+                logits = res.logits[:, -1, :].float().cpu()
                 for r, j in enumerate(jobs):
                     if (j.presence_penalty or j.frequency_penalty) and out[r] and not done[r]:
                         counts = torch.bincount(torch.tensor(out[r]), minlength=self.vocab)[: self.vocab].float()
@@ -251,8 +259,8 @@ class Engine:
                             finish[r] = "stop"  # complete, with no room left for the end-of-sequence token
                 if all(done):
                     break
-                step_ids = nxt.view(n, 1)
-                attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype)], dim=1)
+                step_ids = nxt.view(n, 1).to(self.device)
+                attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=self.device)], dim=1)
                 step_pos = step_pos[:, -1:] + 1
         return [(self.tok.decode(o, skip_special_tokens=True), len(o), finish[r]) for r, o in enumerate(out)]
 
@@ -409,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--presence-penalty", type=float, default=0.0,
                     help="presence penalty for requests that set none (OpenAI's semantics, word tokens only)")
+    ap.add_argument("--device", default=os.environ.get("TUNEFORGE_EMBEDDED_DEVICE", "auto"),
+                    help="where the model runs: auto (CUDA when there is one), cpu, cuda, cuda:1 ...")
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
     import torch
@@ -416,8 +426,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with contextlib.suppress(ValueError):
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
-    engine = Engine(a.model)
-    app = create_app(engine, a.name or a.model, a.max_batch, a.presence_penalty)
+    engine = Engine(a.model, device=a.device)
+    # On a CPU a batch wider than 8 rows stopped paying (the grammar masks are per row); a GPU takes them all.
+    max_batch = a.max_batch if engine.device.type == "cuda" else min(a.max_batch, CPU_MAX_BATCH)
+    app = create_app(engine, a.name or a.model, max_batch, a.presence_penalty)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
 
 
