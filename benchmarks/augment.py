@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from results_md import write_section  # benchmarks/ is on sys.path when a script runs
@@ -171,6 +172,8 @@ def embedded_json(n: int, ops: list[str], write: bool, max_tokens: int, concurre
             rows.append((op, len(recs), total, c["json_valid"], c["json_valid"] / max(1, total), c["done"],
                          c["completion_tokens"], dt))
             print(rows[-1], flush=True)
+            for reason, k in Counter(f["reason"][:160] for f in res.failures).most_common(5):
+                print(f"   {k} x {reason}", flush=True)
     head = ("| operator | records | JSON replies | valid against the schema | fraction | items done (schema and "
             "the operator's own checks) | completion tokens | seconds |\n|---|---|---|---|---|---|---|---|")
     table = "\n".join([head] + [f"| `{r[0]}` | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]} | {r[6]} | {r[7]:.0f} |"

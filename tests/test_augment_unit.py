@@ -123,6 +123,9 @@ def test_rate_limiter_pause_holds_everyone():
 def test_extract_json_tolerates_fences_and_prose():
     assert extract_json('好的：\n```json\n{"a": 1}\n```') == {"a": 1}
     assert extract_json('Sure! {"a": {"b": [1, 2]}} hope it helps') == {"a": {"b": [1, 2]}}
+    # a reply that is JSON as it stands is taken whole, whatever fences its strings hold
+    whole = '{"answer": "write ```{}``` for an empty object"}'
+    assert extract_json(whole) == {"answer": "write ```{}``` for an empty object"}
     with pytest.raises(ValueError):
         extract_json('{"a": 1')
     assert clean_text(" 改写：“今晚有空房吗？” ") == "今晚有空房吗？"

@@ -27,7 +27,15 @@ def schema_line(model: type[BaseModel]) -> str:
 
 
 def extract_json(text: str) -> Any:
-    """The JSON object in a reply, tolerating code fences and prose around it."""
+    """The JSON object in a reply, tolerating code fences and prose around it. A reply that is JSON as it
+    stands (every grammar-constrained one) is taken whole: its strings may hold fences and braces of their own."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    else:
+        if isinstance(value, dict):
+            return value
     fenced = _FENCE.findall(text)
     candidates = [*fenced, text]
     for c in candidates:
