@@ -367,11 +367,8 @@ class LLM:
         sent: list[float] = []  # when the primary got its slot and was sent
         if not self.hedging:
             return await self._post(client, body, tally, item, sent)
-        if self.window.locked() and self.latency.hedge_after() is not None:
-            # A full window leaves no slot for a copy: no race to run, just the deadline, read now, with no task
-            # of its own (the CPU-cheap common path under load). Before the first samples the loop below runs,
-            # which re-reads the deadline as they arrive.
-            return await self._post(client, body, tally, item, sent, self.deadline(attempt))
+        # Every attempt can be hedged, also one sent into a full window: the window drains at the end of a step,
+        # and an attempt that hung while it was full would otherwise hold the run's last seconds to its deadline.
         primary = asyncio.ensure_future(self._post(client, body, tally, item, sent))
         pending: set[asyncio.Future] = {primary}
         hedged = False
