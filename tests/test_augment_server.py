@@ -67,6 +67,22 @@ def test_random_weights_still_give_valid_json(engine, max_tokens):
     loop.close()
 
 
+def test_a_tokenizer_the_grammar_misreads_is_refused(engine):
+    """The engine checks llguidance's bytes for every token against the tokenizer's decoding: the real
+    tokenizer agrees everywhere; one that maps byte-level pieces differently is caught."""
+    from tuneforge.augment.local_server import byte_mismatches
+
+    assert byte_mismatches(engine.tok, engine.ll_tok) == []
+
+    class Misread:  # what a tokenizer converted by another transformers version looked like to llguidance
+        def decode_bytes(self, ids: list[int]) -> bytes:
+            piece = engine.tok.convert_ids_to_tokens(ids[0])
+            return piece.encode("utf-8")  # the raw byte-level piece: "Ġthe" where the text is " the"
+
+    bad = byte_mismatches(engine.tok, Misread())
+    assert len(bad) > 1000 and any(text.startswith(" ") for _, _, text in bad)
+
+
 def test_a_request_samples_the_same_whatever_shares_its_batch(engine):
     """Each row has its own random stream (its `seed`) and its own temperature: a seeded request is
     reproducible, and a greedy request batched with sampled ones stays greedy."""

@@ -104,6 +104,22 @@ def closed(schema: Any) -> Any:
     return out
 
 
+def byte_mismatches(tok: Any, ll_tok: Any) -> list[tuple[int, bytes, str]]:
+    """Tokens whose bytes in llguidance differ from what the tokenizer decodes them to (special tokens and
+    pieces of a UTF-8 character left out). Non-empty when the two disagree on the byte-level mapping (a
+    tokenizer converted by another transformers version had 32,574 here): masks would then be computed on
+    text the reply never contains, and a raw newline could reach a JSON string."""
+    special = set(tok.all_special_ids)
+    bad = []
+    for i in range(len(tok)):
+        if i in special:
+            continue
+        text = tok.decode([i])
+        if "\ufffd" not in text and ll_tok.decode_bytes([i]) != text.encode("utf-8"):
+            bad.append((i, ll_tok.decode_bytes([i]), text))
+    return bad
+
+
 class Engine:
     """The model, its tokenizer and the grammar machinery; `generate` runs one batch (in a worker thread)."""
 
@@ -128,6 +144,14 @@ class Engine:
         self.vocab = self.model.get_output_embeddings().weight.shape[0]
         self.eos = self.tok.eos_token_id
         self.ll_tok = llguidance.hf.from_tokenizer(self.tok, n_vocab=self.vocab)
+        bad = byte_mismatches(self.tok, self.ll_tok)
+        if bad:
+            i, seen, text = bad[0]
+            raise RuntimeError(
+                f"{path}: the grammar engine reads {len(bad)} tokens as other bytes than the tokenizer decodes them "
+                f"(token {i}: {seen!r} vs {text.encode()!r}), so constrained replies would not be the JSON it "
+                f"checked; this tokenizer came from another transformers version than the pinned one: delete the "
+                f"folder to convert it again")
         self.margin = margin  # tokens kept in hand beyond the shortest completion (one token may open an item)
         self.lookahead = lookahead  # how close to the end of the budget the look-ahead starts
         # Near the budget's end the mask narrows, where the grammar allows, to tokens made only of closing
