@@ -142,10 +142,12 @@ JSON_STEPS = {
 
 
 def where() -> str:
-    """The machine the embedded server's model runs on, as the server picks it (CUDA when there is one)."""
+    """The machine the embedded server's model runs on, as the server picks it (CUDA when there is one, unless
+    TUNEFORGE_EMBEDDED_DEVICE says otherwise)."""
     import torch
 
-    if torch.cuda.is_available():
+    device = os.environ.get("TUNEFORGE_EMBEDDED_DEVICE", "auto")
+    if torch.cuda.is_available() and (device == "auto" or device.startswith("cuda")):
         return f"one {torch.cuda.get_device_name(0)} GPU (model forward pass; masks and sampling on the CPU)"
     return f"the CPU ({os.cpu_count()} cores)"
 

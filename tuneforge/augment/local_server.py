@@ -115,8 +115,11 @@ def byte_mismatches(tok: Any, ll_tok: Any) -> list[tuple[int, bytes, str]]:
         if i in special:
             continue
         text = tok.decode([i])
-        if "\ufffd" not in text and ll_tok.decode_bytes([i]) != text.encode("utf-8"):
-            bad.append((i, ll_tok.decode_bytes([i]), text))
+        if "\ufffd" in text:
+            continue
+        seen = ll_tok.decode_bytes([i])
+        if seen != text.encode("utf-8"):
+            bad.append((i, seen, text))
     return bad
 
 
@@ -267,7 +270,6 @@ class Engine:
                                     for r, j in enumerate(jobs)])
                 for r, j in enumerate(jobs):
                     if done[r]:
-                        nxt[r] = pad
                         continue
                     tok = int(nxt[r])
                     m = matchers[r]

@@ -306,12 +306,14 @@ def forgetting_eval_config(config: str | Path | dict | EvalConfig | None = None,
     return cfg
 
 
+def _without_thresholds(config: dict) -> dict:
+    """A dumped eval config minus the forgetting thresholds: they only read an evaluation's outputs."""
+    return {k: v for k, v in config.items() if k != "forgetting"}
+
+
 def evaluated_config(cfg: EvalConfig, model: str) -> dict:
-    """What decides an evaluation's outputs: the config with its model, minus the forgetting thresholds
-    (they only read the outputs)."""
-    d = load_config(cfg, model=model, adapter=None).model_dump(mode="json")
-    d.pop("forgetting", None)
-    return d
+    """What decides an evaluation's outputs: the config with its model, minus the forgetting thresholds."""
+    return _without_thresholds(load_config(cfg, model=model, adapter=None).model_dump(mode="json"))
 
 
 def _reusable_base(folder: Path, cfg: EvalConfig, base: str) -> dict | None:
@@ -320,8 +322,7 @@ def _reusable_base(folder: Path, cfg: EvalConfig, base: str) -> dict | None:
         res = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    done = dict(res.get("config") or {})
-    done.pop("forgetting", None)
+    done = _without_thresholds(res.get("config") or {})
     if done != evaluated_config(cfg, base) or not (folder / "predictions.jsonl").is_file():
         return None
     return res

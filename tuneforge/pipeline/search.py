@@ -129,23 +129,28 @@ def _prune_config(forgetting_config: Any, prune: dict[str, Any]) -> Any:
     return forgetting_config.model_copy(update=update)
 
 
-def base_eval_dir(root: Path, forgetting_config: Any, base: str) -> Path:
-    """Where the base model's side of a forgetting check lives for one search: one folder per distinct
-    evaluation (the full check, the prune check), shared by every trial, so the base is evaluated once."""
-    from tuneforge.eval.runner import evaluated_config, forgetting_eval_config
-
-    blob = json.dumps(evaluated_config(forgetting_eval_config(forgetting_config), base), sort_keys=True)
-    return root / "forgetting-base" / hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
-
-
-def _base_side(steps: _Steps, root: Path, forgetting_config: Any, base: str) -> None:
-    """Evaluate the base for a forgetting config once, as a cached step, before any trial needs it."""
+def _base_side(root: Path, forgetting_config: Any, base: str) -> tuple[Any, dict[str, Any], Path]:
+    """The base model's side of a forgetting check in one search: the eval config it runs, what decides its
+    outputs, and its folder (one per distinct evaluation: the full check, the prune check), shared by every
+    trial, so the base is evaluated once."""
     from tuneforge.eval.runner import evaluated_config, forgetting_eval_config
 
     cfg = forgetting_eval_config(forgetting_config)
-    d = base_eval_dir(root, forgetting_config, base)
-    steps(f"forgetting-base/{d.name}", "evaluate", _evaluate, d / "results.json",
-          {"config": evaluated_config(cfg, base)}, config=cfg, out=str(d), model=base, adapter=None)
+    key = evaluated_config(cfg, base)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+    return cfg, key, root / "forgetting-base" / digest
+
+
+def base_eval_dir(root: Path, forgetting_config: Any, base: str) -> Path:
+    """The folder a trial's forgetting check reads the base's side from."""
+    return _base_side(root, forgetting_config, base)[2]
+
+
+def _evaluate_base_side(steps: _Steps, root: Path, forgetting_config: Any, base: str) -> None:
+    """Evaluate the base for a forgetting config once, as a cached step, before any trial needs it."""
+    cfg, key, d = _base_side(root, forgetting_config, base)
+    steps(f"forgetting-base/{d.name}", "evaluate", _evaluate, d / "results.json", {"config": key},
+          config=cfg, out=str(d), model=base, adapter=None)
 
 
 def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: StepRunner | None = None) -> dict[str, Any]:
@@ -404,9 +409,10 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
                        "sha": "base", "data": build["manifest_sha256"]},
                       config=plan.eval_config, out=str(base_eo), model=plan.base_model, adapter=None)
     assert plan.forgetting_config is not None
-    _base_side(steps, root, plan.forgetting_config, plan.base_model)
+    _evaluate_base_side(steps, root, plan.forgetting_config, plan.base_model)
     if spec.prune:
-        _base_side(steps, root, _prune_config(plan.forgetting_config, spec.prune.model_dump()), plan.base_model)
+        _evaluate_base_side(steps, root, _prune_config(plan.forgetting_config, spec.prune.model_dump()),
+                            plan.base_model)
     replay = str((base_dir / spec.replay_dataset).resolve()) if spec.replay_dataset else None
     ctx = {"pipeline": str(Path(pipeline).resolve()), "out": str(root), "overrides": overrides or {},
            "data_sha": build["manifest_sha256"], "replay_dataset": replay,
