@@ -149,6 +149,11 @@ def test_batched_signatures_equal_datasketch_minhash():
     from tuneforge.clean.minhash import base_minhash, shingles, signatures
 
     texts = ["", "短", "abcde", "abcdef", "中华人民共和国成立于一九四九年", "Hello world, hello MinHash! " * 30]
+    # Many texts fill several blocks of windows; one text longer than a block gets a block of its own.
+    rng = random.Random(0)
+    texts += ["".join(rng.choice("天地玄黄宇宙洪荒日月盈昃abc ") for _ in range(rng.randrange(1, 400)))
+              for _ in range(150)]
+    texts.insert(40, "长文本" * 4000)
     got = signatures(texts, 5, 64, 3)
     for text, row in zip(texts, got, strict=True):
         m = base_minhash(64, 3)
