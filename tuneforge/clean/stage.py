@@ -117,14 +117,15 @@ def group_code(group: str) -> int:
 def record_keys(records: list[Record], cfg: CleanConfig) -> tuple[Keys, list[str]]:
     """The compact keys of `records` (and their dedup texts), as a shard task computes them."""
     n = len(records)
-    keys_text = [key_text(texts_of(r)) if KINDS[r["kind"]].split else "" for r in records]
-    exact = np.zeros((n, 2), dtype=np.uint64)
-    for i, (r, k) in enumerate(zip(records, keys_text, strict=True)):
-        if KINDS[r["kind"]].split:
-            exact[i] = np.frombuffer(exact_key(r, k), dtype=np.uint64)
+    split = [KINDS[r["kind"]].split for r in records]
+    keys_text = [key_text(texts_of(r)) if s else "" for r, s in zip(records, split, strict=True)]
+    zero = bytes(16)
+    exact = np.frombuffer(b"".join(exact_key(r, k) if s else zero
+                                   for r, k, s in zip(records, keys_text, split, strict=True)),
+                          dtype=np.uint64).reshape(n, 2).copy()
     keys = Keys(kind=np.array([KIND_CODES[r["kind"]] for r in records], dtype=np.int8),
                 group=np.array([group_code(r["meta"]["group"]) for r in records], dtype=np.uint64),
-                exact=exact, alive=np.array([KINDS[r["kind"]].split for r in records], dtype=bool))
+                exact=exact, alive=np.array(split, dtype=bool))
     d = cfg.dedup
     if d.near or cfg.check_leakage:
         keys.bands = band_hashes(keys_text, d)

