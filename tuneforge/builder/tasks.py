@@ -290,7 +290,7 @@ def export_task(job: ExportJob) -> dict[str, Any]:
             if rec["kind"] not in w.kinds:
                 continue
             try:
-                parts.exports.setdefault((w.name, split), []).append(json_bytes(export_row(w, rec)))
+                parts.exports.setdefault((w.name, split), []).append(json_bytes(export_row(w, rec, meta_json)))
                 exported[w.name]["rows"][split] += 1
             except NotRepresentable as e:
                 sk = exported[w.name]["skipped"]

@@ -29,6 +29,28 @@ def key_text(texts: list[str]) -> str:
     return _STRIP.sub("", joined.casefold()) or joined
 
 
+@lru_cache(maxsize=1)
+def _alnum() -> np.ndarray:
+    """Per code point: what `_STRIP` keeps (`str.isalnum`, the test `\\w` makes, less `_`); 0.1 s to build."""
+    return np.fromiter((chr(c).isalnum() for c in range(0x110000)), dtype=bool, count=0x110000)
+
+
+def key_texts(groups: list[list[str]]) -> list[str]:
+    """`key_text` of each group of texts, the characters of a whole shard filtered in one array operation (the
+    regex spends about 33 ns a character; this, about 3)."""
+    folded = ["\n".join(t).casefold() for t in groups]
+    if not folded:
+        return []
+    cps = np.frombuffer("".join(folded).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    keep = _alnum()[cps]
+    kept = cps[keep].tobytes().decode("utf-32-le")  # no surrogate is alphanumeric: what is left is valid
+    ends = np.cumsum(np.fromiter(map(len, folded), dtype=np.int64, count=len(folded)))
+    at = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    stop = at[ends].tolist()
+    start = at[ends - np.fromiter(map(len, folded), dtype=np.int64, count=len(folded))].tolist()
+    return [kept[a:b] or "\n".join(g) for a, b, g in zip(start, stop, groups, strict=True)]
+
+
 def shingles(text: str, n: int) -> set[str]:
     if len(text) <= n:
         return {text}

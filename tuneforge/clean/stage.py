@@ -18,7 +18,7 @@ from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.filters import Filters
 from tuneforge.clean.keys import band_hashes, exact_key
-from tuneforge.clean.minhash import key_text
+from tuneforge.clean.minhash import key_texts
 from tuneforge.clean.normalize import normalize_text
 from tuneforge.clean.pii import scrub
 from tuneforge.common.errors import TuneforgeError
@@ -118,7 +118,8 @@ def record_keys(records: list[Record], cfg: CleanConfig) -> tuple[Keys, list[str
     """The compact keys of `records` (and their dedup texts), as a shard task computes them."""
     n = len(records)
     split = [KINDS[r["kind"]].split for r in records]
-    keys_text = [key_text(texts_of(r)) if s else "" for r, s in zip(records, split, strict=True)]
+    keyed = key_texts([texts_of(r) for r, s in zip(records, split, strict=True) if s])[::-1]
+    keys_text = [keyed.pop() if s else "" for s in split]
     zero = bytes(16)
     exact = np.frombuffer(b"".join(exact_key(r, k) if s else zero
                                    for r, k, s in zip(records, keys_text, split, strict=True)),

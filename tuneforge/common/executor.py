@@ -99,6 +99,10 @@ def importing_main_script() -> bool:
     return False
 
 
+def _ready() -> None:
+    """A worker's first task: it exists to start the worker early."""
+
+
 class ProcessExecutor(Executor):
     """Local worker processes, one per core by default. Workers come from a fork server, not a fork of the
     caller, because the caller may hold threads (Prefect, rich's progress, an event loop)."""
@@ -115,6 +119,10 @@ class ProcessExecutor(Executor):
     def expect(self, total_bytes: int) -> None:
         # Starting workers costs seconds (each imports tuneforge); below the threshold this process is faster.
         self.serial = total_bytes < self.serial_below
+        if not self.serial:  # start them now: they come up (0.4 s here) while this process plans the inputs
+            pool = self._get()
+            for _ in range(self.workers):
+                pool.submit(_ready)
 
     def describe(self) -> str:
         return "serial (small input)" if self.serial else super().describe()

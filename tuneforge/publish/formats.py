@@ -125,10 +125,11 @@ def get_writer(name: str) -> Writer:
     return WRITERS[name]
 
 
-def export_row(writer: Writer, rec: Record) -> dict[str, Any]:
+def export_row(writer: Writer, rec: Record, meta_json: str | None = None) -> dict[str, Any]:
     """One export row: `id`, the format's fields, and `meta` (provenance, as a JSON string like the datasets'
-    `meta` column, so every row has the same columns); raises NotRepresentable."""
-    return {"id": rec["id"], **writer.row(rec), "meta": dumps(rec["meta"])}
+    `meta` column, so every row has the same columns; `meta_json` when the caller has it); raises
+    NotRepresentable."""
+    return {"id": rec["id"], **writer.row(rec), "meta": dumps(rec["meta"]) if meta_json is None else meta_json}
 
 
 def export_rows(writer: Writer, records: list[Record]) -> tuple[list[dict[str, Any]], dict[str, int]]:
