@@ -251,3 +251,29 @@ def test_limit_and_ids_are_stable(shared):
     a = run([dict(path="llamafactory/alpaca_zh_demo.json", limit=50)], shared)
     b = run([dict(path="llamafactory/alpaca_zh_demo.json", limit=50)], shared)
     assert len(a.records) == 50 and [r["id"] for r in a.records] == [r["id"] for r in b.records]
+
+
+def test_plan_utf8_check_agrees_with_python_across_chunk_boundaries(tmp_path, monkeypatch):
+    """The planner checks UTF-8 chunk by chunk with Arrow's validator; a character cut by a chunk boundary, a
+    stray byte, a surrogate or a truncated end must give exactly Python's strict verdict."""
+    import random
+
+    from tuneforge.ingest import plan
+
+    monkeypatch.setattr(plan, "CHUNK", 7)
+    rng = random.Random(0)
+    path = tmp_path / "u.txt"
+    cases = [b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", "中".encode()[:2], b"ab\x80"]
+    for _ in range(1500):
+        b = bytearray("".join(rng.choice(["a", "中", "é", "😀", "\n"]) for _ in range(rng.randrange(30))).encode())
+        if b and rng.random() < 0.5:
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        cases.append(bytes(b[: rng.randrange(len(b) + 1)] if rng.random() < 0.2 else b))
+    for data in cases:
+        path.write_bytes(data)
+        try:
+            data.decode("utf-8")
+            expected = True
+        except UnicodeDecodeError:
+            expected = False
+        assert plan._Scan(path, None, None).utf8 is expected, data

@@ -42,13 +42,11 @@ def key_texts(groups: list[list[str]]) -> list[str]:
     if not folded:
         return []
     cps = np.frombuffer("".join(folded).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    keep = _alnum()[cps]
-    kept = cps[keep].tobytes().decode("utf-32-le")  # no surrogate is alphanumeric: what is left is valid
-    ends = np.cumsum(np.fromiter(map(len, folded), dtype=np.int64, count=len(folded)))
-    at = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
-    stop = at[ends].tolist()
-    start = at[ends - np.fromiter(map(len, folded), dtype=np.int64, count=len(folded))].tolist()
-    return [kept[a:b] or "\n".join(g) for a, b, g in zip(start, stop, groups, strict=True)]
+    kept_at = np.flatnonzero(_alnum()[cps])
+    kept = cps[kept_at].tobytes().decode("utf-32-le")  # no surrogate is alphanumeric: what is left is valid
+    bounds = np.concatenate(([0], np.cumsum(np.fromiter(map(len, folded), dtype=np.int64, count=len(folded)))))
+    at = np.searchsorted(kept_at, bounds).tolist()  # kept characters before each text's start
+    return [kept[a:b] or "\n".join(g) for a, b, g in zip(at[:-1], at[1:], groups, strict=True)]
 
 
 def shingles(text: str, n: int) -> set[str]:
