@@ -100,7 +100,7 @@ class Filters:
         c = self.cfg
         turns = turns_of(rec)
         for i, role, text in turns:
-            if role != "system" and not text.strip():
+            if role != "system" and (not text or text.isspace()):
                 return f"empty: {role} turn {i} is empty"
         total = sum(len(t) for _, _, t in turns)
         if c.min_chars and total < c.min_chars:

@@ -18,6 +18,8 @@ _FW_ALNUM = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
 _FW_ALNUM_TABLE = {c: c - _FW_OFFSET for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
                    for c in range(r[0], r[1] + 1)}
 _FW_PUNCT = re.compile(r"[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]")
+_FW_PUNCT_CHARS = frozenset(chr(c) for lo, hi in ((0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF5E))
+                            for c in range(lo, hi + 1))
 _FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
 _FW_CLOSE = {c: o for o, c in _FW_OPEN.items()}
 _FW_BRACKET = re.compile("[\uff08\uff09\uff3b\uff3d\uff5b\uff5d]")
@@ -103,7 +105,7 @@ def _kept_partners(text: str, fold: set[int]) -> set[int]:
 def _cjk_near(text: str, i: int, step: int) -> bool:
     """Is the nearest character beside position i (skipping spaces and full-width marks) CJK?"""
     j = i + step
-    while 0 <= j < len(text) and (text[j].isspace() or _FW_PUNCT.match(text[j])):
+    while 0 <= j < len(text) and (text[j].isspace() or text[j] in _FW_PUNCT_CHARS):
         j += step
     return 0 <= j < len(text) and bool(_CJK.match(text[j]))
 
@@ -125,7 +127,8 @@ def _fold(text: str) -> str:
 
 def _whitespace(text: str) -> str:
     """Fold spaces and blank lines in prose; fenced code blocks keep their spacing (only line ends trimmed)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "```" not in text and "~~~" not in text:
         text = _fold(text)
     else:

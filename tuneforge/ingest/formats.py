@@ -50,14 +50,23 @@ def _type_name(value: Any) -> str:
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+def _has_surrogate(value: str) -> bool:
+    """UTF-8 cannot encode a lone surrogate: the encoder (C speed) answers before the regex looks where."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _text(value: Any, name: str, *, allow_empty: bool = False) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise Invalid(f"field {name!r} should be text, got {_type_name(value)}")
-    if not allow_empty and not value.strip():
+    if not allow_empty and (not value or value.isspace()):
         raise Invalid(f"field {name!r} is empty")
-    if not value.isascii() and (m := _SURROGATE.search(value)):
+    if not value.isascii() and _has_surrogate(value) and (m := _SURROGATE.search(value)):
         raise Invalid(f"field {name!r} holds a lone surrogate U+{ord(m.group()):04X} at character {m.start()} "
                       f"(broken UTF-16 escape), which is not text")
     return value
