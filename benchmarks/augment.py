@@ -273,8 +273,9 @@ def main() -> None:
     notes = (f"Faults injected in the 10% run: {', '.join(f'{k} {v}' for k, v in sorted(injected.items()))}; "
              f"{c['retries']} retries, {c['hedges']} hedges, {c['failed']} items failed. A 429 delays only its own "
              f"request (Retry-After 0.1 s; no worker pause, since the fake server does not say the key is spent); "
-             f"an item sleeping before a retry gives its worker slot up; a hung attempt is cut at its deadline "
-             f"(4x the hedge point, from the latency of finished attempts), not at the 30 s timeout.")
+             f"an item sleeping before a retry gives its worker slot up; an attempt past the hedge point (from the "
+             f"latency of finished attempts) gets a copy that takes the next free slot ahead of the queue; one "
+             f"whose copies go quiet too is cut at its deadline (4x the hedge point), not at the 30 s timeout.")
     print(table)
     print(bound_line)
     print(cached_line)

@@ -269,3 +269,48 @@ def test_hedge_point_is_p95_with_a_floor():
     for x in [1.0] * 10 + [0.1] * 170:
         lat.observe(x)
     assert lat.hedge_after() == pytest.approx(1.0)  # a slow tail: its p95
+
+
+def test_window_bounds_in_flight_and_lets_a_copy_go_first():
+    """The in-flight window: never more than its size, a hedge copy gets the next free slot before requests
+    queued earlier, and a waiter cancelled before or just after it was handed a slot leaks nothing."""
+    import asyncio
+
+    from tuneforge.augment.limits import Window
+
+    async def main() -> None:
+        w = Window(2)
+        order: list[str] = []
+        inside = [0, 0]  # now, most
+
+        async def use(name: str, first: bool = False, hold: float = 0.01) -> None:
+            async with w.slot(first=first):
+                inside[0] += 1
+                inside[1] = max(inside[1], inside[0])
+                order.append(name)
+                await asyncio.sleep(hold)
+                inside[0] -= 1
+
+        holders = [asyncio.ensure_future(use(f"h{i}", hold=0.05)) for i in range(2)]
+        await asyncio.sleep(0)
+        queued = [asyncio.ensure_future(use(f"q{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        copy = asyncio.ensure_future(use("copy", first=True))
+        doomed = asyncio.ensure_future(use("doomed"))
+        await asyncio.sleep(0)
+        assert w.locked()
+        doomed.cancel()  # cancelled while it waits
+        await asyncio.gather(*holders, *queued, copy, return_exceptions=True)
+        assert order[:3] == ["h0", "h1", "copy"] and order[3:] == ["q0", "q1", "q2"], order
+        assert inside[1] == 2 and w.free == 2 and not w.locked()
+        # handed a slot and cancelled before it ran: the slot passes on
+        w2 = Window(1)
+        await w2._acquire(False)
+        late = asyncio.ensure_future(w2._acquire(False))
+        await asyncio.sleep(0)
+        w2._release()  # hands the slot to `late` ...
+        late.cancel()  # ... which is cancelled before it wakes
+        await asyncio.gather(late, return_exceptions=True)
+        assert w2.free == 1
+
+    asyncio.run(main())

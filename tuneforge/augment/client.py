@@ -9,9 +9,11 @@ and malformed bodies back off exponentially with jitter; 401/403/404 stop the ru
 the same way); other 4xx fail the item at once.
 
 Hedging (Dean and Barroso, "The Tail at Scale"): once 20 requests have finished, an attempt still running past
-the p95 of the recent ones gets a second copy; the first answer wins and the other is cancelled, so a hung
-connection costs a p95, not the timeout. Hedges are at most a tenth of the requests, and off for the embedded
-server (one CPU-bound process: a copy would only compete with the original).
+the hedge point (the p95 of the recent ones, at least 1.5x their median) gets a copy, which takes the window's
+next free slot ahead of queued requests, and a second copy if the first is quiet as long; the first answer
+wins and the others are cancelled, so a hung connection costs about a hedge point, not the deadline. Hedges are
+at most a tenth of the requests, at most concurrency/16 out at once, and off for the embedded server (one
+CPU-bound process: a copy would only compete with the original).
 
 Requests go through `AsyncOpenAI.post` with the aiohttp transport and a plain dict body: the typed
 `chat.completions.create` spends about a millisecond of CPU per call validating its arguments, which alone caps
@@ -40,6 +42,7 @@ from tuneforge.augment.config import LLMConfig
 from tuneforge.augment.endpoint import EmbeddedServer, EndpointSpec
 from tuneforge.augment.limits import (
     RateLimiter,
+    Window,
     backoff_delay,
     estimate_tokens,
     parse_key_exhausted,
@@ -171,6 +174,9 @@ class Usage:
     hedges: int = 0
 
 
+MAX_COPIES = 2  # hedge copies of one attempt
+
+
 class LLM:
     """One endpoint, one cache, one in-flight window for the whole run."""
 
@@ -181,8 +187,10 @@ class LLM:
         self.redact = Redactor([spec.api_key])
         self.usage = Usage()
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
-        self.window = asyncio.Semaphore(cfg.concurrency)
+        self.window = Window(cfg.concurrency)
         self.latency = Latency()
+        self._copies = 0  # hedge copies out now (waiting for a slot or sent)
+        self.max_copies = max(1, cfg.concurrency // 16)
         self.hedging = cfg.hedge if cfg.hedge is not None else not spec.embedded
         # How JSON is asked for: pinned by the config, or probed on first contact (`auto`); None until known.
         self.structured: str | None = None if cfg.response_format == "auto" else (
@@ -330,15 +338,19 @@ class LLM:
         return Reply(resp.content, key, False)
 
     async def _post(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
-                    sent: list[float], deadline: float | None = None) -> dict:
-        """One HTTP attempt inside the in-flight window; counted once it holds a slot (it is then sent)."""
-        async with self.window:
+                    sent: list[float], deadline: float | None = None, copy: bool = False,
+                    on_sent: asyncio.Future | None = None) -> dict:
+        """One HTTP attempt inside the in-flight window (a hedge `copy` takes the next free slot before queued
+        requests); counted once it holds a slot (it is then sent)."""
+        async with self.window.slot(first=copy):
             await self.limiter.wait_pause()
             tally.attempts += 1
             item.attempts += 1
             self.usage.requests += 1
             t0 = time.monotonic()
             sent.append(t0)
+            if on_sent is not None and not on_sent.done():
+                on_sent.set_result(None)
             try:
                 async with asyncio.timeout(deadline or self.cfg.timeout_s + 5):  # no extra task, unlike wait_for
                     raw = await client.post("/chat/completions", cast_to=httpx2.Response, body=body)
@@ -351,6 +363,16 @@ class LLM:
             self.latency.observe(time.monotonic() - t0)
             return data
 
+    async def _copy(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState) -> dict:
+        """A hedge copy. At most `max_copies` are out at once: a stall of this process (a long GC pause, a busy
+        machine) makes every attempt in flight late at the same moment, and copying them all would only add
+        load; the faults hedging is for (a request that hangs) come a few at a time."""
+        self._copies += 1
+        try:
+            return await self._post(client, body, tally, item, [], copy=True)
+        finally:
+            self._copies -= 1
+
     def deadline(self, attempt: int) -> float:
         """An attempt's deadline: `timeout_s`, or, once latency is known, 4x the hedge point, doubling with each
         retry of the same request (a long generation is cut once, not every time) and never for the last one."""
@@ -362,16 +384,18 @@ class LLM:
     async def _attempt(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
                        attempt: int = 1) -> dict:
         """One attempt under its deadline (re-read as latency samples arrive), hedged: past the hedge point a
-        second copy races it if the window has a free slot (a copy never queues behind other requests); the
-        first answer wins and the loser is cancelled."""
+        second copy races it, taking the window's next free slot ahead of queued requests; the first answer
+        wins and the loser is cancelled. A copy that fails ends the attempt (the silent primary is dropped)."""
         sent: list[float] = []  # when the primary got its slot and was sent
         if not self.hedging:
             return await self._post(client, body, tally, item, sent)
-        # Every attempt can be hedged, also one sent into a full window: the window drains at the end of a step,
-        # and an attempt that hung while it was full would otherwise hold the run's last seconds to its deadline.
-        primary = asyncio.ensure_future(self._post(client, body, tally, item, sent))
+        # Every attempt can be hedged, also one sent into a full window: a hung attempt would otherwise hold its
+        # slot until the deadline (4x the hedge point), which at 10% faults cost a tenth of the window's capacity.
+        on_sent = asyncio.get_running_loop().create_future()  # wakes the watch below when the primary is sent
+        primary = asyncio.ensure_future(self._post(client, body, tally, item, sent, on_sent=on_sent))
         pending: set[asyncio.Future] = {primary}
-        hedged = False
+        copies: list[asyncio.Future] = []
+        last_sent = 0.0  # when the newest copy was made
         error: BaseException | None = None
         try:
             while pending:
@@ -383,21 +407,34 @@ class LLM:
                     if elapsed >= deadline:
                         raise TimeoutError(f"past the deadline {deadline:.3g}s")
                     wait = min(wait, deadline - elapsed)
-                    if after is not None and not hedged:
-                        if elapsed >= after and not self.window.locked() and \
-                                self.usage.hedges <= 0.1 * self.usage.requests:
-                            hedged = True
+                    if after is not None and len(copies) < MAX_COPIES:
+                        # The first copy once the primary is past the hedge point, a second once that copy is
+                        # too: both hanging (one item in a thousand at 10% faults) would otherwise hold the
+                        # item until the primary's deadline.
+                        quiet = elapsed if not copies else time.monotonic() - last_sent
+                        if quiet >= after and self.usage.hedges <= 0.1 * self.usage.requests and \
+                                self._copies < self.max_copies:
                             tally.hedges += 1
                             self.usage.hedges += 1
-                            pending.add(asyncio.ensure_future(self._post(client, body, tally, item, [])))
-                        elif elapsed < after:
-                            wait = min(wait, after - elapsed)
-                done, pending = await asyncio.wait(pending, timeout=max(0.005, wait),
-                                                   return_when=asyncio.FIRST_COMPLETED)
+                            copies.append(asyncio.ensure_future(self._copy(client, body, tally, item)))
+                            pending.add(copies[-1])
+                            last_sent = time.monotonic()
+                            wait = min(wait, after)
+                        elif quiet < after:
+                            wait = min(wait, after - quiet)
+                # Until the primary holds a slot the clock has not started: wait for it to be sent, not 0.5 s.
+                watch = pending if sent or on_sent.done() else pending | {on_sent}
+                done, _ = await asyncio.wait(watch, timeout=max(0.005, wait), return_when=asyncio.FIRST_COMPLETED)
+                done.discard(on_sent)
+                pending -= done
                 for t in done:
                     if t.exception() is None:
                         return t.result()
                     error = error or t.exception()
+                if primary in pending and any(c in done for c in copies):
+                    # The copy failed (a 429, a 500, a dropped connection) while the primary, already past the
+                    # hedge point, is still silent: retry now rather than wait for the primary's deadline.
+                    raise error  # type: ignore[misc]
             raise error  # type: ignore[misc]
         finally:
             for t in pending:

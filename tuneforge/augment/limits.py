@@ -1,5 +1,5 @@
-"""Client-side pacing: requests- and tokens-per-minute buckets, a shared pause when a 429 says the key is spent,
-and backoff.
+"""Client-side pacing: the in-flight window, requests- and tokens-per-minute buckets, a shared pause when a 429
+says the key is spent, and backoff.
 
 The buckets are ours rather than aiolimiter's: the TPM bucket takes an estimate before a request and is
 corrected by the real usage after it (`settle`), which a plain leaky bucket cannot express."""
@@ -11,6 +11,58 @@ import email.utils
 import random
 import re
 import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class Window:
+    """At most `size` requests in flight, handed out in arrival order, except that a hedge copy goes first.
+
+    asyncio.Semaphore has one queue: a copy sent for an attempt that hangs while the window is full would wait
+    behind every queued item, and by the time it is sent the hung attempt has reached its deadline anyway. Here
+    the copy takes the next slot that frees, so a hang costs about the hedge point plus one request instead of
+    the whole deadline, and the window never holds more than `size` requests."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._queues: tuple[deque[asyncio.Future], deque[asyncio.Future]] = (deque(), deque())  # copies, others
+
+    def locked(self) -> bool:
+        return self.free == 0 or any(self._queues)
+
+    @asynccontextmanager
+    async def slot(self, first: bool = False) -> AsyncIterator[None]:
+        await self._acquire(first)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, first: bool) -> None:
+        if self.free > 0 and not any(self._queues):
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        queue = self._queues[0 if first else 1]
+        queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release()  # the slot was handed over just as the waiter was cancelled: pass it on
+            else:
+                queue.remove(fut)
+            raise
+
+    def _release(self) -> None:
+        for queue in self._queues:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # the slot passes straight to the waiter: `free` stays as it is
+                    return
+        self.free += 1
 
 
 class _Bucket:

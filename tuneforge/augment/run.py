@@ -20,6 +20,7 @@ from tuneforge.augment.ops.base import Operator, Outcome, Prompt, StepContext, l
 from tuneforge.augment.progress import StepProgress
 from tuneforge.augment.select import select
 from tuneforge.augment.structured import OutputInvalid
+from tuneforge.common.gcpause import gc_frozen
 from tuneforge.common.records import Record, reject_record
 
 log = logging.getLogger("tuneforge.augment")
@@ -48,12 +49,13 @@ def run_augment(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | No
     if not cfg.steps:
         return AugmentResult(records=records, usage=_usage(None, None))
     coro = _run(records, cfg, recipe_dir, seed, llm_base_url, llm_model, progress, preselected or {})
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside an event loop
-        return pool.submit(asyncio.run, coro).result()
+    with gc_frozen():
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside an event loop
+            return pool.submit(asyncio.run, coro).result()
 
 
 def cost_usd(cfg: AugmentConfig, prompt_tokens: int, completion_tokens: int) -> float:

@@ -1,4 +1,5 @@
-"""Shard tasks run with Python's cyclic garbage collector paused.
+"""Python's cyclic garbage collector kept out of hot loops: shard tasks run with it paused, an augmentation
+run's event loop with everything that existed before it frozen out of its scans.
 
 A shard task allocates millions of small dicts, lists and strings (records, Arrow conversions) that reference
 counting frees on its own; the collector only ever finds them alive, yet every few hundred allocations it
@@ -51,3 +52,16 @@ def gc_paused_task(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def gc_frozen() -> Iterator[None]:
+    """Objects alive before the block are left out of the collector's scans during it (`gc.freeze`). For a
+    long event loop in a large process (an augmentation run inside a build or a Prefect flow): each full
+    collection would walk every imported module and record again, a pause of 0.1 s measured in the
+    loopback benchmark, during which no request is sent."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
