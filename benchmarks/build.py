@@ -2,7 +2,7 @@
 file, against a plain `json.loads` + `random.shuffle` + write-three-JSONL baseline run in the same process
 tree on the same file. Peak RSS is the whole process tree's (the CLI and its worker processes), sampled.
 
-    .venv/bin/python benchmarks/build.py [--records 200000 1000000] [--near-records 200000] [--dask]
+    .venv/bin/python benchmarks/build.py [--records 200000 300000 1000000] [--near-records 200000] [--dask]
 
 The corpus is real records (alpaca_zh, oaast_sft_zh, ruozhiba from ../shared/corpora) repeated with
 variation: every copy gets a distinct tag, so exact dedup keeps them all. For the near-dup run, lightly
@@ -154,7 +154,7 @@ def near_quality(out: Path, truth: dict[int, int]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, nargs="+", default=[200_000, 1_000_000])
+    ap.add_argument("--records", type=int, nargs="+", default=[200_000, 300_000, 1_000_000])
     ap.add_argument("--near-records", type=int, default=200_000)
     ap.add_argument("--dask", action="store_true", help="also the largest build on a Dask LocalCluster, 1 and 2 workers")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "corpora")
