@@ -159,3 +159,18 @@ def test_batched_signatures_equal_datasketch_minhash():
         m = base_minhash(64, 3)
         m.update_batch(shingles(text, 5))
         assert row.tolist() == m.hashvalues.tolist()
+
+
+def test_shard_key_texts_equal_key_text():
+    """`key_texts` (a whole shard in one array pass) gives exactly `key_text` of each record's texts: case
+    folding that changes length, underscores, combining marks, lone surrogates, astral characters, and the
+    fallback to the raw text when nothing alphanumeric is left."""
+    from tuneforge.clean.minhash import key_text, key_texts
+
+    rng = random.Random(1)
+    alphabet = "aBß_ ,.中文１２\u0301\ud800ﬁİ\U0001F600\U00020001\n\t!"
+    groups = [[], [""], ["", ""], ["___"], ["!!"], ["Straße", "ＡＢＣ"]]
+    groups += [["".join(rng.choice(alphabet) for _ in range(rng.randrange(12))) for _ in range(rng.randrange(3))]
+               for _ in range(5000)]
+    assert key_texts(groups) == [key_text(g) for g in groups]
+    assert key_texts([]) == []

@@ -118,8 +118,8 @@ def record_keys(records: list[Record], cfg: CleanConfig) -> tuple[Keys, list[str
     """The compact keys of `records` (and their dedup texts), as a shard task computes them."""
     n = len(records)
     split = [KINDS[r["kind"]].split for r in records]
-    keyed = key_texts([texts_of(r) for r, s in zip(records, split, strict=True) if s])[::-1]
-    keys_text = [keyed.pop() if s else "" for s in split]
+    keyed = iter(key_texts([texts_of(r) for r, s in zip(records, split, strict=True) if s]))
+    keys_text = [next(keyed) if s else "" for s in split]
     zero = bytes(16)
     exact = np.frombuffer(b"".join(exact_key(r, k) if s else zero
                                    for r, k, s in zip(records, keys_text, split, strict=True)),

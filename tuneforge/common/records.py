@@ -117,8 +117,15 @@ def payload(rec: Record) -> dict[str, Any]:
 
 def make_id(*parts: object) -> str:
     """A stable id from provenance parts: same source file and position give the same id on any machine."""
-    h = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass"))
-    return h.hexdigest()[:16]
+    return _id_of(_joined(parts))
+
+
+def _joined(parts: tuple[object, ...]) -> str:
+    return "\x1f".join(str(p) for p in parts)
+
+
+def _id_of(joined: str) -> str:
+    return hashlib.sha1(joined.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def provenance(source: str, file: str, line: int | None, index: int | None, key: str | None = None) -> dict:
@@ -129,12 +136,12 @@ def new_record(kind: str, meta: dict, sub: int | str = 0, **fields: Any) -> Reco
     """Build a record; `sub` distinguishes several records made from one input (ranked pairs)."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
-    where = "\x1f".join(str(p) for p in (meta["source"], meta["file"], meta.get("line"), meta.get("index"),
-                                          meta.get("key")))  # make_id's joined parts, built once for both ids
-    rid = hashlib.sha1(f"{where}\x1f{sub}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    # make_id(source, file, line, index, key[, sub]): the joined provenance is built once for both ids
+    where = _joined((meta["source"], meta["file"], meta.get("line"), meta.get("index"), meta.get("key")))
+    rid = _id_of(f"{where}\x1f{sub}")
     meta = dict(meta)
     if "group" not in meta:
-        meta["group"] = hashlib.sha1(where.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        meta["group"] = _id_of(where)
     meta.setdefault("ops", [])
     return {"id": rid, "kind": kind, **fields, "meta": meta}
 

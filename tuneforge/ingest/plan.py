@@ -95,7 +95,7 @@ class _Scan:
                 if self.utf8:
                     buf = pending + chunk if pending else chunk
                     cut = _complete(buf)
-                    self.utf8 = _utf8_valid(buf[:cut] if cut < len(buf) else buf)
+                    self.utf8 = _utf8_valid(buf[:cut])  # a whole-bytes slice is the same object, not a copy
                     pending = buf[cut:]
                 if delim is not None and next_cut is not None:
                     buf = tail + chunk
