@@ -277,3 +277,29 @@ def test_plan_utf8_check_agrees_with_python_across_chunk_boundaries(tmp_path, mo
         except UnicodeDecodeError:
             expected = False
         assert plan._Scan(path, None, None).utf8 is expected, data
+
+
+@pytest.mark.parametrize("line", [
+    '{"instruction": "你好", "input": "", "output": "世界"}', '{"a":1,"a":2}', '{"b":1,"a":[true,null,{}]}',
+    '{"n":123456789012345678901234567890}', '18446744073709551616', '-9223372036854775809', '{"x":[1.5]}',
+    '[1e400]', '[NaN]', '{"s":"\\ud800"}', '{"s":"\\ud83d\\ude00"}', '{"s":"\\u0000"}', '[' * 1000 + ']' * 1000,
+    '[' * 900 + ']' * 900, '{"a": 1', '{"a": 1} x', '"\\x"', ' {"a": -0} '])
+def test_jsonl_fast_parse_is_exactly_json_loads(line):
+    """JSONL lines go through orjson only where its answer is json.loads' own; everything else (floats, huge
+    integers, NaN, lone surrogates, errors, deep nesting) is handed back to the standard library."""
+    from tuneforge.ingest.readers import _SLOW, _exact_fast
+
+    fast = _exact_fast(line.encode("utf-8"))
+    if fast is _SLOW:
+        return
+    assert repr(fast) == repr(json.loads(line))
+    assert type(fast) is type(json.loads(line))
+
+
+def test_jsonl_fast_parse_hands_back_what_it_cannot_say():
+    from tuneforge.ingest.readers import _SLOW, _exact_fast
+
+    for line in ('{"n":123456789012345678901234567890}', '[1.0]', '[NaN]', '{"s":"\\ud800"}', '{"a": 1',
+                 '[' * 1000 + ']' * 1000):
+        assert _exact_fast(line.encode()) is _SLOW, line
+    assert _exact_fast(b'{"a": [1, {"b": "c"}]}') == {"a": [1, {"b": "c"}]}

@@ -26,9 +26,10 @@ from tuneforge.clean.keys import lsh_params
 from tuneforge.clean.minhash import key_text
 from tuneforge.clean.stage import KIND_CODES, STAGE, Cleaner, group_code, record_keys
 from tuneforge.common.gcpause import gc_paused_task
-from tuneforge.common.io import dumps, pack, unpack
+from tuneforge.common.io import dumps, pack_bytes, unpack
 from tuneforge.common.records import KINDS, Record, reject_record, texts_of
 from tuneforge.common.shardio import (
+    column_bytes,
     column_list,
     done,
     finish,
@@ -106,7 +107,7 @@ def clean_task(job: CleanJob) -> dict[str, Any]:
                 continue
             kept.append(new)
             seqs.append(inp.seq)
-            originals.append(pack(rec) if changed else None)
+            originals.append(pack_bytes(rec) if changed else None)
     keys, _ = record_keys(kept, job.clean)
     nb = keys.bands.shape[1] if keys.bands is not None else None
     cols: dict[str, Any] = {
@@ -118,7 +119,7 @@ def clean_task(job: CleanJob) -> dict[str, Any]:
     if nb:
         flat = pa.array(keys.bands.reshape(-1), pa.uint64())
         cols["bands"] = pa.FixedSizeListArray.from_arrays(flat, nb)
-    cols["record"] = pa.array([pack(r) for r in kept], pa.large_string())
+    cols["record"] = pa.array([pack_bytes(r) for r in kept], pa.large_string())
     cols["original"] = pa.array(originals, pa.large_string())
     write_table(unit / "records.arrow", pa.table(cols, schema=_records_schema(nb)))
     write_table(unit / "rejects.arrow", pa.table(rej, schema=REJECTS_SCHEMA))
@@ -300,7 +301,8 @@ def export_task(job: ExportJob) -> dict[str, Any]:
             turns.append(sum(1 for m in rec["messages"] if m["role"] == "user"))
         return True
 
-    cols = {name: column_list(table, name) for name in ("seq", "id", "record", "original", "input")}
+    cols = {name: column_list(table, name) for name in ("seq", "id", "input")}
+    cols.update({name: column_bytes(table, name) for name in ("record", "original")})
     for i in range(table.num_rows):
         seq, rid, inp = cols["seq"][i], cols["id"][i], cols["input"][i]
         st = status.setdefault(inp, [False, True])

@@ -125,6 +125,7 @@ def read_json_file(path: str | Path, missing: str) -> Any:
 
 
 _STDLIB = "\x1e"  # leads a work-file value that orjson cannot read back as written
+_STDLIB_BYTES = _STDLIB.encode()
 
 
 def pack(obj: Any) -> str:
@@ -138,7 +139,16 @@ def pack(obj: Any) -> str:
         return _STDLIB + json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def unpack(text: str) -> Any:
-    if text.startswith(_STDLIB):
+def pack_bytes(obj: Any) -> bytes:
+    """`pack(obj)` as UTF-8 bytes, for an Arrow string column: no decode here and no encode in Arrow."""
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return (_STDLIB + json.dumps(obj, ensure_ascii=False, separators=(",", ":"))).encode("utf-8", "surrogatepass")
+
+
+def unpack(text: str | bytes) -> Any:
+    """What `pack` or `pack_bytes` wrote (str or UTF-8 bytes)."""
+    if text[:1] in (_STDLIB, _STDLIB_BYTES):
         return json.loads(text[1:])
     return orjson.loads(text)

@@ -59,6 +59,11 @@ def column_list(table: pa.Table, name: str) -> list:
     return table.column(name).combine_chunks().to_numpy(zero_copy_only=False).tolist()
 
 
+def column_bytes(table: pa.Table, name: str) -> list:
+    """A string column as a list of UTF-8 bytes (nulls as None): for values that go straight to a parser."""
+    return column_list(table.select([name]).cast(pa.schema([(name, pa.large_binary())])), name)
+
+
 def write_lines(path: Path, lines: list[str] | list[bytes]) -> int:
     """Lines (str or UTF-8 bytes, one kind per call), each ended by a newline, into a unit's `path`."""
     with open(path, "wb") as f:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from tuneforge.common.errors import SourceError
 from tuneforge.ingest.config import SourceConfig
 
@@ -176,12 +178,45 @@ def parse_json(text: str) -> tuple[Any, str | None]:
         return None, f"malformed JSON: {e}"
 
 
+_SLOW = object()
+
+
+def _exact_fast(raw: bytes) -> Any:
+    """A UTF-8 line parsed by orjson (about twice as fast as `json` with the decode), or `_SLOW` where its
+    answer could differ from `json.loads`: any error (json has its own messages, and reads NaN, lone
+    surrogate escapes and 1e400) and any float (orjson reads an integer beyond 64 bits as one)."""
+    try:
+        value = orjson.loads(raw)
+        return _SLOW if _has_float(value) else value
+    except (orjson.JSONDecodeError, RecursionError):
+        return _SLOW
+
+
+def _has_float(v: Any) -> bool:
+    t = type(v)
+    if t is dict:
+        v = v.values()
+    elif t is not list:
+        return t is float
+    for x in v:
+        tx = type(x)
+        if tx is str:
+            continue
+        if tx is float or ((tx is dict or tx is list) and _has_float(x)):
+            return True
+    return False
+
+
 def _read_jsonl(part: Part, cfg: SourceConfig) -> Iterator[Item | Bad]:
+    utf8 = part.encoding.split("|", 1)[0] in ("utf-8", "utf-8-sig")
     for n, raw in _lines(part):
         if not raw.strip():
             continue
         if reason := _too_big(len(raw), cfg):
             yield Bad(reason, raw[:2000].decode("utf-8", "replace") + "…", line=n)
+            continue
+        if utf8 and (value := _exact_fast(raw)) is not _SLOW:
+            yield Item(value, line=n)
             continue
         line = _line_text(raw, part)
         if line is None:
