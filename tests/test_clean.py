@@ -229,3 +229,24 @@ def test_same_input_same_output_bytes():
     dump = lambda r: dumps({"kept": r.kept, "rejects": r.rejects, "counts": r.counts, "clusters": r.clusters})  # noqa: E731
     assert dump(a) == dump(b)
     json.loads(dump(a))
+
+
+def test_fold_gate_finds_everything_folding_changes():
+    """`_fold` runs its substitutions only where its one-class gate matches: on random text of spaces, tabs,
+    Unicode spaces, line breaks and letters the gate matches exactly where the substitutions change the text
+    or the plain alternation it replaced (a non-U+0020 space, or a space before a space, a line end or the
+    end) matches."""
+    import random
+    import re
+
+    from tuneforge.clean import normalize as N
+
+    reference = re.compile(r"[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]| (?: |\n|\Z)")
+    rng = random.Random(7)
+    alphabet = [" ", " ", "\t", "\n", "a", "中", "\u3000", "\u00a0", "\u2005", "\r", "x"]
+    for _ in range(50_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 9)))
+        gate = N._NEEDS_FOLD.search(text) is not None
+        assert gate == (reference.search(text) is not None), repr(text)
+        if not gate:
+            assert N._TRAILING.sub("", N._INNER_SPACES.sub(" ", text)) == text, repr(text)
