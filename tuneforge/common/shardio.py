@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from tuneforge.common.io import dumps, write_json
+from tuneforge.common.io import atomic_open, dumps
 
 DONE = "done.json"
 
@@ -94,7 +94,8 @@ def done(unit: Path) -> dict[str, Any] | None:
 def finish(unit: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Mark a unit complete: its summary and the size of each of its files, in one synced `done.json`."""
     sizes = {p.name: p.stat().st_size for p in sorted(unit.iterdir()) if p.is_file() and p.name != DONE}
-    write_json(unit / DONE, {**summary, "_files": sizes})
+    with atomic_open(unit / DONE) as f:  # compact: a summary can carry a shard's length sample (15k numbers)
+        f.write(dumps({**summary, "_files": sizes}))
     return summary
 
 

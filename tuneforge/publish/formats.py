@@ -22,6 +22,8 @@ class NotRepresentable(Exception):
 
 def _alpaca(rec: Record) -> dict:
     msgs = rec["messages"]
+    if len(msgs) == 2 and msgs[0]["role"] == "user" and msgs[1]["role"] == "assistant":  # one exchange
+        return {"instruction": msgs[0]["content"], "input": "", "output": msgs[1]["content"], "history": []}
     system = msgs[0]["content"] if msgs[0]["role"] == "system" else None
     turns = msgs[1:] if system is not None else msgs
     if len(turns) % 2 or any(m["role"] != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
