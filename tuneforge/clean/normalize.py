@@ -23,6 +23,7 @@ _FW_PUNCT_CHARS = frozenset(chr(c) for lo, hi in ((0xFF01, 0xFF0F), (0xFF1A, 0xF
 _FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
 _FW_CLOSE = {c: o for o, c in _FW_OPEN.items()}
 _FW_BRACKET = re.compile("[\uff08\uff09\uff3b\uff3d\uff5b\uff5d]")
+_FW_BRACKET_CHARS = frozenset("\uff08\uff09\uff3b\uff3d\uff5b\uff5d")
 _CJK_CLASS = (r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
               r"\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff5f-\uff65\U00020000-\U0003134f")
 _CJK = re.compile(f"[{_CJK_CLASS}]")
@@ -76,7 +77,8 @@ def _fullwidth(text: str) -> str:
     # A mark with a CJK neighbour further out stays full-width.
     fold = {m.start() for m in _FW_PUNCT_LONELY.finditer(text)
             if not (_cjk_near(text, m.start(), -1) or _cjk_near(text, m.start(), 1))}
-    fold -= _kept_partners(text, fold)
+    if any(text[i] in _FW_BRACKET_CHARS for i in fold):  # only a folded bracket can have a kept partner
+        fold -= _kept_partners(text, fold)
     if not fold:
         return text
     out, last = [], 0
