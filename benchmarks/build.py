@@ -3,6 +3,7 @@ file, against a plain `json.loads` + `random.shuffle` + write-three-JSONL baseli
 tree on the same file. Peak RSS is the whole process tree's (the CLI and its worker processes), sampled.
 
     .venv/bin/python benchmarks/build.py [--records 200000 300000 1000000] [--near-records 200000] [--dask]
+                                         [--repeat 2]
 
 The corpus is real records (alpaca_zh, oaast_sft_zh, ruozhiba from ../shared/corpora) repeated with
 variation: every copy gets a distinct tag, so exact dedup keeps them all. For the near-dup run, lightly
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -24,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -84,7 +87,9 @@ def baseline(corpus: Path, out: Path) -> int:
 
 
 def measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run `cmd`; wall seconds and the peak summed RSS of it and all its descendants (sampled every 50 ms)."""
+    """Run `cmd`; wall seconds and the peak summed RSS of it and all its descendants (sampled every 50 ms).
+    Dirty pages are written out first, so that no run pays for the writeback of the one before."""
+    os.sync()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = [0]
@@ -158,6 +163,8 @@ def main() -> None:
     ap.add_argument("--near-records", type=int, default=200_000)
     ap.add_argument("--dask", action="store_true", help="also the largest build on a Dask LocalCluster, 1 and 2 workers")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "corpora")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of the baseline and the build at each size "
+                    "(alternately); the table keeps each one's fastest")
     args = ap.parse_args()
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -168,8 +175,10 @@ def main() -> None:
             corpus = tmp / f"corpus-{n}.jsonl"
             make_corpus(args.shared, n, corpus)
             mb = corpus.stat().st_size / 2**20
-            b = measured([sys.executable, "-c", BASELINE, str(corpus), str(tmp / f"base-{n}")])
-            t = tuneforge_build(recipe(tmp, corpus, False), tmp / f"tf-{n}")
+            base_cmd = [sys.executable, "-c", BASELINE, str(corpus), str(tmp / f"base-{n}")]
+            rec, out = recipe(tmp, corpus, False), tmp / f"tf-{n}"
+            b, t = _repeated(args.repeat, n, notes, functools.partial(measured, base_cmd),
+                             functools.partial(tuneforge_build, rec, out), [tmp / f"base-{n}", out])
             assert t["manifest"]["counts"]["input"] == n
             rows.append((f"baseline, {n:,} records ({mb:,.0f} MB)", n, b, b))
             rows.append((f"tuneforge build, {n:,} records, near-dup off", n, t, b))
@@ -193,8 +202,10 @@ def main() -> None:
         n = args.near_records
         corpus = tmp / f"near-{n}.jsonl"
         truth = make_corpus(args.shared, n, corpus, planted=0.01)
-        b = measured([sys.executable, "-c", BASELINE, str(corpus), str(tmp / "base-near")])
-        t = tuneforge_build(recipe(tmp, corpus, True), tmp / "tf-near")
+        b, t = _repeated(args.repeat, n, notes,
+                         functools.partial(measured, [sys.executable, "-c", BASELINE, str(corpus), str(tmp / "base-near")]),
+                         functools.partial(tuneforge_build, recipe(tmp, corpus, True), tmp / "tf-near"),
+                         [tmp / "base-near", tmp / "tf-near"], " (near-dup on)")
         q = near_quality(tmp / "tf-near", truth)
         rows.append((f"baseline, {n:,} records", n, b, b))
         rows.append((f"tuneforge build, {n:,} records, near-dup on", n, t, b))
@@ -222,13 +233,43 @@ def main() -> None:
     print(table)
     print("\n".join(notes))
     section = (f"## build\n\n`benchmarks/build.py --records {' '.join(map(str, args.records))} --near-records "
-               f"{args.near_records}{' --dask' if args.dask else ''}` on this machine ({os.cpu_count()} cores): "
+               f"{args.near_records}{' --dask' if args.dask else ''} --repeat {args.repeat}` on this machine "
+               f"({os.cpu_count()} cores): "
                "the `tuneforge build` CLI (no Prefect; worker processes, one per core) on one alpaca JSONL file "
                "of real records repeated with variation (exports openai + alpaca, card without tokenizer), "
                "against json.loads + random.shuffle + three JSONL writes of the same file, each run a child of "
-               "this script; peak RSS summed over each run's process tree.\n\n"
+               "this script; peak RSS summed over each run's process tree. Every run starts after a sync (no "
+               "run pays for the previous one's writeback); at each size the baseline and the build run "
+               "alternately, each going first in turn, and the table keeps each one's fastest run and its highest peak RSS.\n\n"
                f"{table}\n\n" + "\n".join(f"- {x}" for x in notes) + "\n")
     write_section(HERE / "RESULTS.md", "build", section)
+
+
+def _repeated(repeat: int, n: int, notes: list[str], base: Any, build: Any, outputs: list[Path],
+              what: str = "") -> tuple[dict, dict]:
+    """The baseline and the build `repeat` times each, alternately and each going first in turn (`outputs`:
+    the baseline's and the build's folder, each removed before its own run): each one's fastest run, with its highest peak RSS; every run's seconds go into
+    the notes."""
+    runs: tuple[list[dict], list[dict]] = ([], [])
+    for k in range(max(1, repeat)):
+        pair = [(base, runs[0], outputs[0]), (build, runs[1], outputs[1])]
+        # Each goes first in turn: on this shared machine a run right after another is measurably slower.
+        for fn, acc, out in (pair if k % 2 == 0 else pair[::-1]):
+            subprocess.run(["rm", "-rf", str(out)], check=False)  # only its own: the build's output is used after
+            acc.append(fn())
+    best = []
+    for acc in runs:
+        r = dict(min(acc, key=lambda x: x["seconds"]))
+        r["peak_mb"] = max(x["peak_mb"] for x in acc)
+        best.append(r)
+    if repeat > 1:
+        notes.append(f"{n:,} records{what}: {repeat} runs each, fastest kept; baseline "
+                     f"{_secs(runs[0])} s, build {_secs(runs[1])} s.")
+    return best[0], best[1]
+
+
+def _secs(runs: list[dict]) -> str:
+    return ", ".join(f"{x['seconds']:.1f}" for x in runs)
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
