@@ -174,3 +174,16 @@ def test_shard_key_texts_equal_key_text():
                for _ in range(5000)]
     assert key_texts(groups) == [key_text(g) for g in groups]
     assert key_texts([]) == []
+
+
+def test_alnum_table_is_str_isalnum_for_every_code_point():
+    """The per-code-point table `key_texts` filters with (NumPy's isalnum over all of Unicode) says exactly
+    what `str.isalnum` says, for every code point, surrogates included."""
+    import numpy as np
+
+    from tuneforge.clean.minhash import _alnum
+
+    ref = np.fromiter((chr(c).isalnum() for c in range(0x110000)), dtype=bool, count=0x110000)
+    table = _alnum()
+    assert table.dtype == bool and table.shape == (0x110000,)
+    assert np.array_equal(table, ref)

@@ -31,8 +31,10 @@ def key_text(texts: list[str]) -> str:
 
 @lru_cache(maxsize=1)
 def _alnum() -> np.ndarray:
-    """Per code point: what `_STRIP` keeps (`str.isalnum`, the test `\\w` makes, less `_`); 0.1 s to build."""
-    return np.fromiter((chr(c).isalnum() for c in range(0x110000)), dtype=bool, count=0x110000)
+    """Per code point: what `_STRIP` keeps (`str.isalnum`, the test `\\w` makes, less `_`). NumPy's `isalnum`
+    asks the interpreter's own Unicode tables, over every code point at once: 0.014 s a process here, where a
+    `str.isalnum` loop took 0.07 (every worker builds it once)."""
+    return np.strings.isalnum(np.arange(0x110000, dtype=np.uint32).view("U1"))
 
 
 def key_texts(groups: list[list[str]]) -> list[str]:

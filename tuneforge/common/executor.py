@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from multiprocessing import get_context
 from typing import Any
@@ -115,14 +116,34 @@ class ProcessExecutor(Executor):
         self.serial_below = serial_below
         self.serial = False
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     def expect(self, total_bytes: int) -> None:
         # Starting workers costs seconds (each imports tuneforge); below the threshold this process is faster.
         self.serial = total_bytes < self.serial_below
-        if not self.serial:  # start them now: they come up (0.4 s here) while this process plans the inputs
+        if not self.serial and self._pool is None and self._starting is None:
+            # Started from a thread: the fork server imports tuneforge before it forks the first worker (0.25 s
+            # here) and submitting waits for that, while this process could be planning the inputs meanwhile.
+            self._starting = threading.Thread(target=self._start, name="tuneforge-workers", daemon=True)
+            self._starting.start()
+
+    def _start(self) -> None:
+        try:
             pool = self._get()
             for _ in range(self.workers):
                 pool.submit(_ready)
+        except BaseException as e:  # raised again by the first map
+            self._start_error = e
+
+    def _started(self) -> cf.ProcessPoolExecutor:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            if self._start_error is not None:
+                err, self._start_error = self._start_error, None
+                raise err
+        return self._get()
 
     def describe(self) -> str:
         return "serial (small input)" if self.serial else super().describe()
@@ -138,7 +159,8 @@ class ProcessExecutor(Executor):
         if len(items) <= 1 or self.serial:
             return super().map(fn, items, stage=stage, on_done=on_done)
         try:
-            return _gather([self._get().submit(fn, it) for it in items], on_done)
+            pool = self._started()
+            return _gather([pool.submit(fn, it) for it in items], on_done)
         except cf.process.BrokenProcessPool as e:
             raise TuneforgeError(f"{stage}: a worker process died ({e}). If you call tuneforge from a script, put "
                                  f"the call under `if __name__ == \"__main__\":` (worker processes import your "
@@ -146,6 +168,9 @@ class ProcessExecutor(Executor):
                                  f"(--workers) or smaller shards (--shard-mb)") from None
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

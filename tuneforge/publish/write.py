@@ -8,7 +8,6 @@ depend on shard boundaries. Memory holds one batch, not the dataset.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from tuneforge.common.io import atomic_open, write_json
 from tuneforge.common.records import KINDS, Record, payload
@@ -65,12 +65,13 @@ def dataset_row(rec: Record, meta_json: str) -> dict[str, Any]:
 
 class _SplitWriter:
     """IPC stream files of exactly BATCH_ROWS-row batches (the last may be shorter), a new file every
-    FILE_BYTES; the fingerprint is a hash of every byte written."""
+    FILE_BYTES; the fingerprint is a hash of every byte written: xxh3-128, the family `datasets` fingerprints with
+    (154 MB in 0.014 s here; sha256 took 0.11 on the longest task of a build's last step)."""
 
     def __init__(self, folder: Path, schema: pa.Schema) -> None:
         self.folder, self.schema = folder, schema
         self.files: list[Path] = []
-        self.hash = hashlib.sha256()
+        self.hash = xxhash.xxh3_128()
         self.rows = 0
         self._writer: Any = None
         self._sink: Any = None
