@@ -50,6 +50,58 @@ def test_fullwidth_brackets_fold_as_a_pair():
     assert normalize_text("abc）def（", cfg) == "abc)def("  # unpaired marks decide alone
 
 
+def _fullwidth_by_definition(text: str) -> str:
+    """The full-width rule written plainly, one mark at a time: letters and digits always fold; a mark folds
+    when no CJK character touches it and the nearest character on each side that is neither a space nor a
+    mark is not CJK; a bracket pair folds together or not at all."""
+    import re
+
+    cjk = re.compile("[\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                     "\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff5f-\uff65\U00020000-\U0003134f]")
+    text = "".join(chr(ord(c) - 0xFEE0) if c.isalnum() and 0xFF10 <= ord(c) <= 0xFF5A else c for c in text)
+
+    def mark(c: str) -> bool:
+        return 0xFF01 <= ord(c) <= 0xFF5E and not c.isalnum()
+
+    def near_cjk(i: int, step: int) -> bool:
+        j = i + step
+        while 0 <= j < len(text) and (text[j].isspace() or mark(text[j])):
+            j += step
+        return 0 <= j < len(text) and bool(cjk.match(text[j]))
+
+    fold = {i for i, c in enumerate(text) if mark(c)
+            and not (i > 0 and cjk.match(text[i - 1])) and not (i + 1 < len(text) and cjk.match(text[i + 1]))
+            and not near_cjk(i, -1) and not near_cjk(i, 1)}
+    pairs, stack = {"）": "（", "］": "［", "｝": "｛"}, []
+    for i, c in enumerate(text):
+        if c in "（［｛":
+            stack.append(i)
+        elif c in pairs and stack and text[stack[-1]] == pairs[c]:
+            j = stack.pop()
+            if (i in fold) != (j in fold):
+                fold.discard(i)
+                fold.discard(j)
+    return "".join(chr(ord(c) - 0xFEE0) if i in fold else c for i, c in enumerate(text))
+
+
+@pytest.mark.parametrize("nfkc", [False, True])
+def test_fullwidth_matches_its_definition_on_random_text(nfkc):
+    """The fast path (one scan for letters and lonely marks, a look-ahead past spaces and marks, partners
+    found without a walk where no bracket stands between) against the rule written plainly."""
+    import random
+
+    from tuneforge.clean.normalize import _fullwidth
+
+    alphabet = list("ab1 \t\n\u3000\u00a0\u2003\x1c中文字。、〈（）（）［］｛｝，！：；？＂＃％＆＇＊＋－．／＠＼＾＿｀～１Ａｚ")
+    rng = random.Random(11)
+    for _ in range(40_000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randrange(16)))
+        want = _fullwidth_by_definition(s)
+        if nfkc:  # after NFKC no full-width letter or digit is left
+            s = "".join(chr(ord(c) - 0xFEE0) if c in "１Ａｚ" else c for c in s)
+        assert _fullwidth(s, alnum=not nfkc) == want, repr(s)
+
+
 def test_default_is_nfc_and_nfkc_is_a_switch():
     assert normalize_text("x² ①", NormalizeConfig()) == "x² ①"
     assert normalize_text("x² ①，中文", NormalizeConfig(nfkc=True)) == "x2 1，中文"

@@ -27,11 +27,17 @@ _FW_BRACKET_CHARS = frozenset("\uff08\uff09\uff3b\uff3d\uff5b\uff5d")
 _CJK_CLASS = (r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
               r"\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff5f-\uff65\U00020000-\U0003134f")
 _CJK = re.compile(f"[{_CJK_CLASS}]")
-# A full-width mark with no CJK character right beside it; only these need the slower look further out. The
-# mark comes first and the look-behind spans it (two characters): a pattern that opened with the look-behind
-# would test it at every position of the text, at twice the cost.
-_FW_PUNCT_LONELY = re.compile(f"[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e](?<![{_CJK_CLASS}].)"
-                              f"(?![{_CJK_CLASS}])")
+_FW_MARKS = r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e"
+# After a full-width mark: no CJK character touches it (the look-behind spans the mark: a pattern opening
+# with it would be tested at every position, at twice the cost), nor is the nearest character after it that
+# is not a space or a mark CJK (a variable-width look-ahead, possessive so it never backtracks). The look
+# further back is Python's (a look-behind has one width).
+_LONE_AFTER_MARK = f"(?<![{_CJK_CLASS}].)(?![{_CJK_CLASS}])(?![\\s{_FW_MARKS}]*+[{_CJK_CLASS}])"
+_FW_PUNCT_FOLD = re.compile(f"[{_FW_MARKS}]{_LONE_AFTER_MARK}")
+# The same, or a full-width letter or digit (group 1 is set): one leading character class, so that the
+# engine skips ahead (an alternation of two patterns scans a third slower than both searches apart).
+_FW_ALNUM_OR_FOLD = re.compile(f"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a{_FW_MARKS}]"
+                               f"(?:(?<={_FW_ALNUM.pattern})()|{_LONE_AFTER_MARK})")
 # Invisible characters that only ever get in the way (ZWSP, word joiner, BOM, soft hyphen, bidi marks).
 _INVISIBLE = re.compile(r"[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 # ZWJ/ZWNJ are meaningful inside emoji sequences and some scripts; drop them only between ASCII/CJK.
@@ -69,18 +75,24 @@ def _nfkc(text: str) -> str:
     return "".join(out)
 
 
-def _fullwidth(text: str) -> str:
-    if _FW_ALNUM.search(text):
-        text = text.translate(_FW_ALNUM_TABLE)
-    if not _FW_PUNCT_LONELY.search(text):
-        return text  # every full-width mark touches a CJK character: the common case, decided in C
-    # A mark with a CJK neighbour further out stays full-width.
-    fold = {m.start() for m in _FW_PUNCT_LONELY.finditer(text)
-            if not (_cjk_near(text, m.start(), -1) or _cjk_near(text, m.start(), 1))}
-    if any(text[i] in _FW_BRACKET_CHARS for i in fold):  # only a folded bracket can have a kept partner
-        fold -= _kept_partners(text, fold)
+def _fullwidth(text: str, alnum: bool = True) -> str:
+    """Full-width letters and digits to ASCII (`alnum`: after NFKC none are left), and full-width marks
+    where no CJK character stands near them."""
+    # One scan finds both (the letters and digits are rare, and fold first). Every full-width mark touching a
+    # CJK character stays: the common case, decided in C. A mark with a CJK neighbour further back stays too.
+    fold = set()
+    for m in (_FW_ALNUM_OR_FOLD if alnum else _FW_PUNCT_FOLD).finditer(text):
+        i = m.start()
+        if m.lastindex:  # a full-width letter or digit: fold them all, then look at the marks again
+            return _fullwidth(text.translate(_FW_ALNUM_TABLE), alnum=False)
+        if not (i and (text[i - 1].isspace() or text[i - 1] in _FW_PUNCT_CHARS) and _cjk_near(text, i, -1)):
+            fold.add(i)
     if not fold:
         return text
+    if any(text[i] in _FW_BRACKET_CHARS for i in fold):  # only a folded bracket can have a kept partner
+        fold -= _kept_partners(text, fold)
+        if not fold:
+            return text
     out, last = [], 0
     for i in sorted(fold):
         out += [text[last:i], chr(ord(text[i]) - _FW_OFFSET)]
@@ -92,6 +104,28 @@ def _fullwidth(text: str) -> str:
 def _kept_partners(text: str, fold: set[int]) -> set[int]:
     """Brackets in `fold` whose matching bracket stays full-width: a pair is folded together or not at all
     ("（第3问，编号42）" keeps its "）" although a digit stands beside it)."""
+    keep: set[int] = set()
+    for i in fold:
+        ch = text[i]
+        if ch not in _FW_BRACKET_CHARS:
+            continue
+        # The usual case, without walking every bracket: no bracket stands between this one and the nearest
+        # possible partner, so the walk below would pair exactly these two (or find no partner).
+        if ch in _FW_CLOSE:
+            j = text.rfind(_FW_CLOSE[ch], 0, i)
+            between = _FW_BRACKET.search(text, j + 1, i) if j >= 0 else None
+        else:
+            j = text.find(_FW_OPEN[ch], i + 1)
+            between = _FW_BRACKET.search(text, i + 1, j) if j >= 0 else None
+        if between is not None:
+            return _kept_partners_walk(text, fold)
+        if j >= 0 and j not in fold:
+            keep.add(i)
+    return keep
+
+
+def _kept_partners_walk(text: str, fold: set[int]) -> set[int]:
+    """`_kept_partners` by walking every bracket with a stack (a closer pairs with the opener on top)."""
     stack: list[int] = []
     keep: set[int] = set()
     for m in _FW_BRACKET.finditer(text):
@@ -196,7 +230,7 @@ def normalize_text(text: str, cfg: NormalizeConfig) -> str:
         text = _controls(text)
     text = _nfkc(text) if cfg.nfkc else unicodedata.normalize("NFC", text)
     if cfg.fullwidth_ascii:
-        text = _fullwidth(text)
+        text = _fullwidth(text, alnum=not cfg.nfkc)
     if cfg.whitespace:
         text = _whitespace(text)
     return text

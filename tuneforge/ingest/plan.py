@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,9 +90,14 @@ class _Scan:
         newlines = 0
         tail = b""
         next_cut = target if target else None
-        with open(path, "rb") as f:
+        # The hash runs on a thread of its own (hashlib lets go of the GIL), beside the UTF-8 check and the
+        # cuts: a third of the pass, and a single big file's plan is one task while the other workers wait.
+        with open(path, "rb") as f, ThreadPoolExecutor(1) as hasher:
+            hashed = None
             while chunk := f.read(CHUNK):
-                self.sha.update(chunk)
+                if hashed is not None:
+                    hashed.result()  # chunks reach the hash in order
+                hashed = hasher.submit(self.sha.update, chunk)
                 if self.utf8:
                     buf = pending + chunk if pending else chunk
                     cut = _complete(buf)
@@ -117,6 +123,8 @@ class _Scan:
                 self.size += len(chunk)
             if self.utf8 and pending:
                 self.utf8 = _utf8_valid(pending)
+            if hashed is not None:
+                hashed.result()
         self.cuts = [c for c in self.cuts if c[0] < self.size]
 
 
