@@ -17,9 +17,10 @@ _FW_OFFSET = 0xFEE0
 _FW_ALNUM = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
 _FW_ALNUM_TABLE = {c: c - _FW_OFFSET for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
                    for c in range(r[0], r[1] + 1)}
-_FW_PUNCT = re.compile(r"[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]")
-_FW_PUNCT_CHARS = frozenset(chr(c) for lo, hi in ((0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF5E))
-                            for c in range(lo, hi + 1))
+_FW_MARK_RANGES = ((0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF5E))
+_FW_MARKS = "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in _FW_MARK_RANGES)  # a regex class body
+_FW_PUNCT = re.compile(f"[{_FW_MARKS}]")
+_FW_PUNCT_CHARS = frozenset(chr(c) for lo, hi in _FW_MARK_RANGES for c in range(lo, hi + 1))
 _FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
 _FW_CLOSE = {c: o for o, c in _FW_OPEN.items()}
 _FW_BRACKET = re.compile("[\uff08\uff09\uff3b\uff3d\uff5b\uff5d]")
@@ -27,7 +28,6 @@ _FW_BRACKET_CHARS = frozenset("\uff08\uff09\uff3b\uff3d\uff5b\uff5d")
 _CJK_CLASS = (r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
               r"\uac00-\ud7af\uf900-\ufaff\ufe30-\ufe4f\uff5f-\uff65\U00020000-\U0003134f")
 _CJK = re.compile(f"[{_CJK_CLASS}]")
-_FW_MARKS = r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e"
 # After a full-width mark: no CJK character touches it (the look-behind spans the mark: a pattern opening
 # with it would be tested at every position, at twice the cost), nor is the nearest character after it that
 # is not a space or a mark CJK (a variable-width look-ahead, possessive so it never backtracks). The look
@@ -85,14 +85,14 @@ def _fullwidth(text: str, alnum: bool = True) -> str:
         i = m.start()
         if m.lastindex:  # a full-width letter or digit: fold them all, then look at the marks again
             return _fullwidth(text.translate(_FW_ALNUM_TABLE), alnum=False)
+        # The pattern saw that no CJK character touches the mark, so only a space or mark before it can lead
+        # to one further back; testing that here spares most marks the call (0.5 us a record on the corpus).
         if not (i and (text[i - 1].isspace() or text[i - 1] in _FW_PUNCT_CHARS) and _cjk_near(text, i, -1)):
             fold.add(i)
-    if not fold:
-        return text
     if any(text[i] in _FW_BRACKET_CHARS for i in fold):  # only a folded bracket can have a kept partner
         fold -= _kept_partners(text, fold)
-        if not fold:
-            return text
+    if not fold:
+        return text
     out, last = [], 0
     for i in sorted(fold):
         out += [text[last:i], chr(ord(text[i]) - _FW_OFFSET)]
