@@ -151,7 +151,7 @@ class ProcessExecutor(Executor):
     def _get(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             ctx = get_context("forkserver")
-            ctx.set_forkserver_preload(self.preload)
+            ctx.set_forkserver_preload([*self.preload, "tuneforge.common.forkserver_exit"])
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
         return self._pool
 
