@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -303,3 +304,22 @@ def test_jsonl_fast_parse_hands_back_what_it_cannot_say():
                  '[' * 1000 + ']' * 1000):
         assert _exact_fast(line.encode()) is _SLOW, line
     assert _exact_fast(b'{"a": [1, {"b": "c"}]}') == {"a": [1, {"b": "c"}]}
+
+
+def test_a_line_file_is_cut_into_equal_parts_with_exact_line_numbers(tmp_path):
+    """19.5 targets of lines make 20 parts within two lines of the same size (not 19 whole ones and a half;
+    no drift from cut to cut), each starting at a line boundary with the right first line number."""
+    from tuneforge.ingest import plan
+
+    path = tmp_path / "c.jsonl"
+    lines = [f'{{"instruction": "问题{i}", "output": "{"答" * (i % 37)}"}}\n'.encode() for i in range(4000)]
+    path.write_bytes(b"".join(lines))
+    size = path.stat().st_size
+    target = int(size / 19.5)
+    p = plan.plan_file(path, "c.jsonl", SourceConfig(name="s", path="c.jsonl"), plan.Sharding(target_bytes=target))
+    assert len(p.parts) == 20
+    starts = [q.start for q in p.parts] + [size]
+    sizes = [b - a for a, b in itertools.pairwise(starts)]
+    assert max(sizes) - min(sizes) <= 2 * max(len(x) for x in lines) and max(sizes) <= target
+    line_starts = {sum(len(x) for x in lines[:k]): k + 1 for k in range(len(lines))}
+    assert [q.first_line for q in p.parts] == [line_starts[q.start] for q in p.parts]

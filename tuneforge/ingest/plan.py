@@ -79,8 +79,8 @@ def _complete(buf: bytes) -> int:
 
 
 class _Scan:
-    """One pass over a file: sha256, size, UTF-8 validity, and cut points after each `target` bytes at the
-    first occurrence of `delim` (the cut is just after it), with the number of `\\n` before each cut."""
+    """One pass over a file: sha256, size, UTF-8 validity, and cut points at the first occurrence of `delim`
+    after each multiple of `target` bytes (the cut is just after it), with the number of `\\n` before each cut."""
 
     def __init__(self, path: Path, target: int | None, delim: bytes | None) -> None:
         self.sha = hashlib.sha256()
@@ -117,7 +117,7 @@ class _Scan:
                             pos = i + 1
                             continue
                         self.cuts.append((cut, newlines + buf.count(b"\n", len(tail), i + len(delim))))
-                        next_cut = cut + target
+                        next_cut = (cut // target + 1) * target  # multiples of target: no drift
                         pos = max(i + len(delim), next_cut - base - len(delim) + 1)
                     tail = buf[-(len(delim) - 1):] if len(delim) > 1 else b""
                 newlines += chunk.count(b"\n")
