@@ -14,11 +14,19 @@ from tuneforge.clean.config import NormalizeConfig
 
 # Full-width ASCII block U+FF01..U+FF5E maps to U+0021..U+007E.
 _FW_OFFSET = 0xFEE0
-_FW_ALNUM = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
-_FW_ALNUM_TABLE = {c: c - _FW_OFFSET for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
-                   for c in range(r[0], r[1] + 1)}
+
+
+def _class_body(ranges: tuple[tuple[int, int], ...]) -> str:
+    """The body of a regex character class holding these code point ranges."""
+    return "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in ranges)
+
+
+_FW_ALNUM_RANGES = ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))  # ０-９ Ａ-Ｚ ａ-ｚ
+_FW_ALNUMS = _class_body(_FW_ALNUM_RANGES)
+_FW_ALNUM = re.compile(f"[{_FW_ALNUMS}]")
+_FW_ALNUM_TABLE = {c: c - _FW_OFFSET for lo, hi in _FW_ALNUM_RANGES for c in range(lo, hi + 1)}
 _FW_MARK_RANGES = ((0xFF01, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF5E))
-_FW_MARKS = "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in _FW_MARK_RANGES)  # a regex class body
+_FW_MARKS = _class_body(_FW_MARK_RANGES)
 _FW_PUNCT = re.compile(f"[{_FW_MARKS}]")
 _FW_PUNCT_CHARS = frozenset(chr(c) for lo, hi in _FW_MARK_RANGES for c in range(lo, hi + 1))
 _FW_OPEN = {"\uff08": "\uff09", "\uff3b": "\uff3d", "\uff5b": "\uff5d"}  # （） ［］ ｛｝
@@ -36,7 +44,7 @@ _LONE_AFTER_MARK = f"(?<![{_CJK_CLASS}].)(?![{_CJK_CLASS}])(?![\\s{_FW_MARKS}]*+
 _FW_PUNCT_FOLD = re.compile(f"[{_FW_MARKS}]{_LONE_AFTER_MARK}")
 # The same, or a full-width letter or digit (group 1 is set): one leading character class, so that the
 # engine skips ahead (an alternation of two patterns scans a third slower than both searches apart).
-_FW_ALNUM_OR_FOLD = re.compile(f"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a{_FW_MARKS}]"
+_FW_ALNUM_OR_FOLD = re.compile(f"[{_FW_ALNUMS}{_FW_MARKS}]"
                                f"(?:(?<={_FW_ALNUM.pattern})()|{_LONE_AFTER_MARK})")
 # Invisible characters that only ever get in the way (ZWSP, word joiner, BOM, soft hyphen, bidi marks).
 _INVISIBLE = re.compile(r"[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")

@@ -32,8 +32,8 @@ CHUNK = 8 << 20
 @dataclass(frozen=True)
 class Sharding:
     """How big a unit of work is: a byte-cut file (JSON lines, text) is cut into equal parts of at most about
-    `target_bytes`, each ending at the first cut point after its share; CSV, Parquet and saved datasets after
-    `target_records` rows."""
+    `target_bytes`, at the first cut point after each multiple of that share; CSV, Parquet and saved datasets
+    after `target_records` rows."""
 
     target_bytes: int = 8 << 20
     target_records: int = 20_000
