@@ -20,7 +20,7 @@ from tuneforge.api import (
     run_pipeline,
     train,
 )
-from tuneforge.common.errors import RecipeError, TuneforgeError
+from tuneforge.common.errors import RecipeError, StrictError, TuneforgeError
 from tuneforge.common.results import BuildResult, PipelineResult, Result
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "PipelineResult",
     "RecipeError",
     "Result",
+    "StrictError",
     "TrainResult",
     "TuneforgeError",
     "__version__",

@@ -36,7 +36,7 @@ from tuneforge.builder.tasks import (
 )
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.stage import merge_counts
-from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.errors import StrictError, TuneforgeError
 from tuneforge.common.executor import Executor, importing_main_script, make_executor
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS, SPLIT_KINDS
@@ -509,6 +509,7 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
           force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
     """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
 
+    `strict`: raise StrictError (after writing the output) when any input record was rejected.
     Work runs on `executor`, or on the one `runner` names: `auto`/`processes` (one worker process per core),
     `threads`, `serial`, or `dask` (a LocalCluster, or the scheduler at `dask_address`). The output is the same
     bytes whichever runs it and however large the shards are.
@@ -531,6 +532,10 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
             ex.close()
     timings = {"timings": b.timings, "executor": ex.describe()}
     write_json(b.out.mark / "timings.json", timings)
+    rejected = manifest["counts"]["rejected"]
+    if strict and rejected:
+        raise StrictError(f"strict: {rejected} input records rejected; the output was written, the reasons are in "
+                          f"{Path(out) / 'rejects.jsonl'}")
     return BuildResult(manifest)
 
 

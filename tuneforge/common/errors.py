@@ -11,3 +11,7 @@ class RecipeError(TuneforgeError):
 
 class SourceError(TuneforgeError):
     """A source file cannot be read at all; the message names the file and why."""
+
+
+class StrictError(TuneforgeError):
+    """`strict=True` found rejected records; the output was written and the rejects say why."""

@@ -1,18 +1,21 @@
-"""The forgetting gate of a train-then-eval pipeline: a `forgetting` verdict fails the run or warns."""
+"""The forgetting gate of a train-then-eval pipeline: what a verdict does to the run.
+
+`policy` is what a significant drop beyond the tolerance (`forgetting`) does: `fail` the run or `warn`.
+`on_inconclusive` is what an under-powered check does (nothing significant, but the run could not have seen a
+drop of the tolerance): `fail`, `warn` (the default) or `pass`. Whatever passes says why: a check that could not
+see is never recorded as a plain pass.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+FAIL, WARN, PASS = "fail", "warn", "pass"
 
-def gate_decision(forgetting: dict[str, Any] | None, policy: str) -> dict[str, Any]:
-    """{"passed": bool, "policy", "verdict", "reasons": [...]}: the overall suite verdict decides; `warn` never
-    fails, but says why it would. A perplexity rise, advisory-tier drops and `inconclusive` (under-powered)
-    suites are listed among the reasons without deciding."""
-    if not forgetting:
-        return {"passed": True, "policy": policy, "verdict": None, "reasons": ["no forgetting check was run"]}
-    reasons = []
-    notes = []
+
+def _suite_lines(forgetting: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(drops that gate, inconclusive gated suites, notes that never decide)."""
+    drops, unsure, notes = [], [], []
     for suite, block in sorted((forgetting.get("suites") or {}).items()):
         tier = block.get("tier", "critical")
         gates = block.get("gates", True)
@@ -21,15 +24,41 @@ def gate_decision(forgetting: dict[str, Any] | None, policy: str) -> dict[str, A
             line = (f"{where}: accuracy {block.get('delta'):+.2f} points "
                     f"(95% CI {block.get('ci_low'):+.2f}..{block.get('ci_high'):+.2f}, "
                     f"McNemar p={block.get('p_value'):.4f})")
-            (reasons if gates else notes).append(line)
+            (drops if gates else notes).append(line)
         elif block.get("verdict") == "inconclusive":
-            notes.append(f"{where}: inconclusive, {block.get('note') or 'under-powered'}")
-    verdict = forgetting.get("verdict")
-    failed = verdict == "forgetting"
+            line = f"{where}: inconclusive, {block.get('note') or 'under-powered'}"
+            (unsure if gates else notes).append(line)
     ppl = forgetting.get("perplexity") or {}
     if ppl.get("verdict") == "forgetting":
         # Reported, but the gate follows the suites' verdict: perplexity has no significance test here.
         notes.append(f"perplexity on general text rose {ppl.get('change_pct'):+.1f}% "
                      f"(over the {ppl.get('tolerance_pct')}% tolerance; not gated)")
-    return {"passed": not failed or policy == "warn", "policy": policy, "verdict": verdict,
-            "reasons": (reasons or [f"verdict: {verdict}"]) + notes}
+    return drops, unsure, notes
+
+
+def gate_decision(forgetting: dict[str, Any] | None, policy: str, on_inconclusive: str = WARN) -> dict[str, Any]:
+    """{"passed", "status" (pass | warn | fail), "policy", "on_inconclusive", "verdict", "reasons"}.
+
+    The overall verdict decides: `forgetting` follows `policy`, `inconclusive` follows `on_inconclusive`;
+    `passed` is False only for `fail`. Advisory-tier drops and a perplexity rise are listed, never decide."""
+    base = {"policy": policy, "on_inconclusive": on_inconclusive}
+    if not forgetting:
+        return {**base, "passed": True, "status": PASS, "verdict": None, "reasons": ["no forgetting check was run"]}
+    drops, unsure, notes = _suite_lines(forgetting)
+    verdict = forgetting.get("verdict")
+    if verdict == "forgetting":
+        status, head = (FAIL if policy == FAIL else WARN), drops + unsure
+    elif verdict == "inconclusive":
+        status = {FAIL: FAIL, WARN: WARN, PASS: PASS}[on_inconclusive]
+        head = [f"the check could not see a drop of the tolerance (on_inconclusive: {on_inconclusive})", *unsure]
+    else:
+        status, head = PASS, [f"verdict: {verdict}", *unsure]
+    return {**base, "passed": status != FAIL, "status": status, "verdict": verdict, "reasons": head + notes}
+
+
+def gate_line(gate: dict[str, Any] | None) -> str:
+    """The summary line a pipeline prints: the gate's status first, then the verdict and why."""
+    if not gate:
+        return "gate: none (no forgetting check)"
+    return (f"gate: {gate.get('status', 'pass' if gate.get('passed') else 'fail').upper()} "
+            f"(forgetting verdict: {gate.get('verdict')}; {'; '.join(gate.get('reasons', []))})")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.common.io import read_jsonl
-from tuneforge.eval.report import Section, Table, bar_chart, build_sections, write_report_files
+from tuneforge.eval.report import Section, Table, bar_chart, build_sections, lineage_table, write_report_files
 
 
 def _load(folder: Path) -> dict[str, Any]:
@@ -28,9 +28,19 @@ def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
                              [[t.get("stage"), t.get("steps"), t.get("final_loss"), t.get("adapter"), t.get("final")]
                               for t in summary.get("train") or []], "training"))
     if gate:
-        head.tables.append(Table(["gate", "verdict", "passed", "why"],
-                                 [[gate["policy"], gate["verdict"], gate["passed"], "; ".join(gate["reasons"])]],
-                                 "gate"))
+        head.tables.append(Table(["gate", "on inconclusive", "verdict", "status", "why"],
+                                 [[gate["policy"], gate.get("on_inconclusive"), gate["verdict"],
+                                   gate.get("status", "pass" if gate["passed"] else "fail"),
+                                   "; ".join(gate["reasons"])]], "gate"))
+    model = summary.get("model")
+    if model:
+        head.tables.append(lineage_table(model, "model-lineage"))
+    sizing = summary.get("forgetting_sizing")
+    if sizing:
+        from tuneforge.eval.sizing import sizing_lines
+
+        head.tables.append(Table(["forgetting check sized before training"], [[line] for line in
+                                                                              sizing_lines(sizing)], "sizing"))
     secs.append(head)
     evals = {name: _load(root / "eval" / name) for name in ("base", "tuned")}
     mcq = _suite_section(evals)

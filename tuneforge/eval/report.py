@@ -89,6 +89,16 @@ def delta_chart(title: str, labels: list[str], deltas: list[float], lows: list[f
     return _png(fig)
 
 
+def lineage_table(lineage: dict[str, Any], key: str) -> Table:
+    """The model a result scored: each link of its chain with the hash of its weights."""
+    rows = [[e.get("kind"), e.get("stage") or e.get("ref"), e.get("path"), (e.get("sha256") or "")[:16]]
+            for e in lineage.get("model") or []]
+    ad = lineage.get("adapter")
+    if ad:
+        rows.append(["adapter", ad.get("stage"), ad.get("path"), (ad.get("sha256") or "")[:16]])
+    return Table(["model lineage", "stage / ref", "path", "weights sha256"], rows, key)
+
+
 def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[Section]:
     secs: list[Section] = []
     t = results.get("timing") or {}
@@ -98,6 +108,8 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
     head.tables.append(Table(["model", "adapter", "engine", "questions", "seconds", "questions/s"],
                              [[results.get("model"), results.get("adapter"), results.get("engine"),
                                t.get("questions"), t.get("seconds"), t.get("questions_per_s")]], "run"))
+    if results.get("lineage"):
+        head.tables.append(lineage_table(results["lineage"], "lineage"))
     secs.append(head)
     fg = results.get("forgetting")
     if fg:

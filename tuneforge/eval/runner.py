@@ -10,6 +10,7 @@ from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import write_json, write_jsonl
+from tuneforge.common.lineage import eval_lineage, fingerprint
 from tuneforge.eval.config import EvalConfig, SuiteConfig, check_suite_paths, load_config
 from tuneforge.eval.models import LoadedModel, load_for_eval, pick_device
 from tuneforge.eval.scoring import submission, summarize
@@ -172,13 +173,16 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
     if not cfg.suites and not cfg.heldout and not cfg.perplexity:
         raise TuneforgeError("nothing to evaluate: name suites (--benchmark) or held-out data in the config")
     check_suite_paths(cfg)
+    # Which weights are scored, checked before anything loads: an adapter on other weights is refused.
+    lineage = eval_lineage(cfg.model, cfg.adapter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     suites_loaded = _suites(cfg) if cfg.suites else []  # every suite file is read before the model loads
     needs_model = cfg.engine == "native" or cfg.heldout or cfg.perplexity
     lm = load_for_eval(cfg.model, cfg.adapter, cfg.device, cfg.dtype) if needs_model else None
-    results: dict[str, Any] = {"model": cfg.model, "adapter": cfg.adapter, "engine": cfg.engine, "suites": {}}
+    results: dict[str, Any] = {"model": cfg.model, "adapter": cfg.adapter, "lineage": lineage, "engine": cfg.engine,
+                               "suites": {}}
     rows: list[dict] = []
     if cfg.suites:
         rows, mcq = _score_mcq(cfg, lm, out, progress, suites_loaded)
@@ -325,6 +329,8 @@ def _reusable_base(folder: Path, cfg: EvalConfig, base: str) -> dict | None:
     done = _without_thresholds(res.get("config") or {})
     if done != evaluated_config(cfg, base) or not (folder / "predictions.jsonl").is_file():
         return None
+    if fingerprint(res.get("lineage") or {"model": []}) != fingerprint(eval_lineage(base, None)):
+        return None  # the same path now holds other weights
     return res
 
 
@@ -358,6 +364,7 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
     base_rows, tuned_rows = read_jsonl(base_dir / "predictions.jsonl"), read_jsonl(out / "tuned" / "predictions.jsonl")
     results = dict(tuned_res)
     results["base_eval"] = str(base_dir)
+    results["base_lineage"] = base_res.get("lineage")
     tiers = {n: s.get("tier", "critical") for n, s in tuned_res["suites"].items()}
     results["forgetting"] = forgetting_block(base_res, tuned_res, base_rows, tuned_rows, cfg.forgetting, tiers)
     results["base_suites"] = base_res["suites"]

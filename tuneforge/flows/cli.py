@@ -59,12 +59,13 @@ def _search_summary(out: Path, res: dict, seconds: float) -> str:
 def _summary(out: Path, res: dict, seconds: float) -> str:
     if res.get("kind") == "search":
         return _search_summary(out, res, seconds)
-    gate = res.get("gate") or {}
+    from tuneforge.eval.gate import gate_line
+
     steps = res.get("steps") or {}
+    model = (res.get("model") or {}).get("summary")
     return (f"report: {out / 'report.html'}\nresults: {out / 'results.json'}\n"
             f"steps: {len(steps.get('ran', []))} ran, {len(steps.get('reused', []))} reused  "
-            f"time: {seconds:.0f} s\n"
-            f"forgetting verdict: {gate.get('verdict')} ({'; '.join(gate.get('reasons', []))})")
+            f"time: {seconds:.0f} s\n" + (f"model: {model}\n" if model else "") + gate_line(res.get("gate")))
 
 
 def run_command(

@@ -33,7 +33,9 @@ class TrainStep(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     config: str = Field(description="a `tuneforge train` config; its `dataset` is replaced by the build")
     set: dict[str, Any] = Field(default_factory=dict, description="keys merged into the config (deep)")
-    from_previous: bool = Field(False, description="start from the previous stage's merged model")
+    from_previous: bool | None = Field(
+        None, description="start from the previous stage's model (its merged adapter or its full weights); the "
+                          "default for every stage after the first, which is the only place `false` is allowed")
     accelerate: str | None = Field(None, description="an accelerate config file: train in a subprocess under "
                                                      "`accelerate launch` (DDP, FSDP, DeepSpeed; 1 or N GPUs)")
 
@@ -50,8 +52,14 @@ class ForgettingStep(_Strict):
     config: str | None = Field(None, description="eval config naming the general suites")
     suites: list[str] | None = None
     gate: Literal["fail", "warn"] = "fail"
+    on_inconclusive: Literal["fail", "warn", "pass"] = Field(
+        "warn", description="what an under-powered check (verdict `inconclusive`) does to the gate: fail the run, "
+                            "warn (exit 0, said on the summary line) or pass (said in the reasons)")
     tolerance: float | None = None
     alpha: float | None = None
+    expected_flip_rate: float | None = Field(
+        None, gt=0, lt=1, description="planning guess of the share of questions whose answer flips between base "
+                                      "and tuned; adds a sizing at that rate to the best-case one")
 
 
 class PipelineConfig(_Strict):
@@ -96,10 +104,21 @@ class TrainStage:
     def config_for(self, previous: dict[str, Any] | None) -> Any:
         update: dict[str, Any] = {}
         if self.from_previous and previous is not None:
-            if not previous.get("merged"):
-                raise RecipeError(f"train step {self.name!r}: from_previous needs a merged previous model")
-            update["base_model"] = previous["merged"]
+            update["base_model"] = previous_model(self.name, previous)
         return self.config.model_copy(update=update)
+
+
+def previous_model(name: str, previous: dict[str, Any]) -> str:
+    """The model a stage continues from: the previous stage's merged model, or its weights when it trained
+    them all (no adapter)."""
+    if previous.get("merged"):
+        return previous["merged"]
+    if not previous.get("adapter"):
+        return previous["final"]
+    method = previous.get("peft_method")
+    raise RecipeError(f"train step {name!r} continues from the previous stage, whose {method or 'PEFT'} adapter "
+                      "was not merged into its weights (a method that cannot merge: train that stage with "
+                      "LoRA or in full, or make it the last stage)")
 
 
 @dataclass
@@ -123,7 +142,7 @@ def _file(base: Path, rel: str, what: str) -> Path:
     return p
 
 
-def _train_stage(step: TrainStep, base: Path, data_dir: Path) -> TrainStage:
+def _train_stage(step: TrainStep, base: Path, data_dir: Path, from_previous: bool) -> TrainStage:
     from tuneforge.trainers.config import check_paths, load_config
 
     config_file = _file(base, step.config, f"train step {step.name!r}: config")
@@ -131,11 +150,11 @@ def _train_stage(step: TrainStep, base: Path, data_dir: Path) -> TrainStage:
     raw["dataset"] = str(data_dir)  # the pipeline's build (made by its first step)
     try:
         config = load_config(raw, base_dir=config_file.parent)
-        check_paths(config, skip=("dataset",) + (("base_model",) if step.from_previous else ()))
+        check_paths(config, skip=("dataset",) + (("base_model",) if from_previous else ()))
     except RecipeError as e:
         raise RecipeError(f"train step {step.name!r} ({config_file}): {e}") from None
     accel = _file(base, step.accelerate, f"train step {step.name!r}: accelerate config") if step.accelerate else None
-    return TrainStage(step.name, config, step.from_previous, str(accel) if accel else None,
+    return TrainStage(step.name, config, from_previous, str(accel) if accel else None,
                       sha256_file(accel) if accel else None)
 
 
@@ -152,6 +171,33 @@ def _eval_config(base: Path, rel: str | None, what: str, extra: dict[str, Any]) 
     return config
 
 
+def _check_mergeable(stage: TrainStage) -> None:
+    """A stage that a later one continues from must leave full weights: no adapter, or one that merges."""
+    from tuneforge.trainers.peft_methods import METHODS
+
+    peft = stage.config.peft
+    if peft is not None and not METHODS[peft.method].merges:
+        raise RecipeError(f"train step {stage.name!r}: a later stage continues from its model, but a "
+                          f"{peft.method!r} adapter cannot be merged into the weights; use LoRA (or full "
+                          "training) for it, or make it the last stage")
+
+
+def chained(train: list[TrainStep], i: int) -> bool:
+    """Whether stage i starts from the previous stage's model: every stage after the first does, so the
+    pipeline's last model holds all of its stages' training (the model its evaluation must score)."""
+    step = train[i]
+    if i == 0:
+        if step.from_previous:
+            raise RecipeError(f"train step {step.name!r}: from_previous on the first stage has no previous stage")
+        return False
+    if step.from_previous is False:
+        raise RecipeError(
+            f"train step {step.name!r}: from_previous: false would start it from its own base model, so the "
+            f"model of {', '.join(repr(s.name) for s in train[:i])} would reach no evaluation; stages of one "
+            "pipeline build on each other (drop the key), or put independent runs in separate pipelines")
+    return True
+
+
 def plan_pipeline(path: str | Path, out: str | Path, overrides: dict[str, Any] | None = None) -> Plan:
     """Load the pipeline and every file it names; fail here, before the first step, on any config error."""
     from tuneforge.recipe import fingerprint, load_recipe
@@ -161,9 +207,9 @@ def plan_pipeline(path: str | Path, out: str | Path, overrides: dict[str, Any] |
     data_dir = root / "data"
     recipe = _file(base, cfg.build.recipe, "build: recipe")
     load_recipe(recipe)
-    stages = [_train_stage(s, base, data_dir) for s in cfg.train]
-    if sum(s.from_previous for s in stages[:1]):
-        raise RecipeError(f"train step {stages[0].name!r}: from_previous on the first stage has no previous stage")
+    stages = [_train_stage(s, base, data_dir, chained(cfg.train, i)) for i, s in enumerate(cfg.train)]
+    for stage in stages[:-1]:
+        _check_mergeable(stage)
     eval_cfg = forgetting_cfg = None
     if cfg.evaluate is not None:
         extra = {"heldout": {**cfg.evaluate.heldout, "dataset": str(data_dir)}} \

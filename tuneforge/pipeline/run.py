@@ -56,7 +56,8 @@ def _evaluate(config: Any, out: str, model: str, adapter: str | None) -> dict[st
     from tuneforge.eval import run_eval
 
     res = run_eval(config, out=out, model=model, adapter=adapter)
-    return {"out": out, "suites": res.get("suites", {}), "heldout": (res.get("heldout") or {}).get("metrics")}
+    return {"out": out, "suites": res.get("suites", {}), "heldout": (res.get("heldout") or {}).get("metrics"),
+            "lineage": res.get("lineage")}
 
 
 def _forgetting(config: Any, out: str, base: str, tuned: str | None, adapter: str | None,
@@ -64,7 +65,35 @@ def _forgetting(config: Any, out: str, base: str, tuned: str | None, adapter: st
     from tuneforge.eval import run_forgetting
 
     res = run_forgetting(base, tuned, adapter=adapter, out=out, config=config, base_eval=base_eval)
-    return {"out": out, "forgetting": res["forgetting"]}
+    return {"out": out, "forgetting": res["forgetting"], "lineage": res.get("lineage"),
+            "base_lineage": res.get("base_lineage")}
+
+
+def produced_lineage(trained: list[dict[str, Any]], base_model: str) -> dict[str, Any]:
+    """The lineage of the model the last training stage wrote (the base model's when nothing trained)."""
+    from tuneforge.common.lineage import eval_lineage, read_lineage
+
+    if not trained:
+        return eval_lineage(base_model, None)
+    last = trained[-1]
+    lineage = last.get("lineage") or read_lineage(last["final"])
+    if lineage is None:
+        raise TuneforgeError(f"{last['final']}: no lineage.json; re-run its training step (delete the folder)")
+    return lineage
+
+
+def check_scored(expected: dict[str, Any], step: str, result: dict[str, Any], key: str = "lineage") -> None:
+    """Refuse a step that scored any model but the expected one (compared by the hashes of the weights)."""
+    from tuneforge.common.lineage import describe, fingerprint
+
+    got = result.get(key)
+    if not got:
+        raise TuneforgeError(f"{step}: its results record no model lineage, so what it scored is unknown; "
+                             f"delete {result.get('out')} and run again")
+    if fingerprint(got) != fingerprint(expected):
+        raise TuneforgeError(
+            f"{step} scored {describe(got['model'], got.get('adapter'))}, but the model to score is "
+            f"{describe(expected['model'], expected.get('adapter'))} (weights hashes differ); refusing its results")
 
 
 class _Steps:
@@ -99,6 +128,9 @@ def train_stages(steps: _Steps, plan: Plan, root: Path, prefix: str,
     tuned, adapter, model_sha, trained = plan.base_model, None, "", []
     for i, stage in enumerate(plan.train):
         config = stage.config_for(previous=trained[-1] if trained else None)
+        if stage.from_previous:
+            log.info("train/%s starts from train/%s's model: %s", stage.name, plan.train[i - 1].name,
+                     config.base_model)
         run_dir = root / "train" / stage.name
         summary = steps(f"{prefix}train/{stage.name}", "train", _train, run_dir / "final",
                         {"config": config.model_dump(mode="json"), "data": data_sha,
@@ -115,10 +147,11 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                  step: StepRunner | None = None) -> PipelineResult:
     """Run a pipeline file end to end into `out` (data/, train/<stage>/, eval/, forgetting/, report.html,
     results.json); returns results.json's content. Raises TuneforgeError when the gate fails (`gate: fail`)."""
-    from tuneforge.eval.gate import gate_decision
+    from tuneforge.eval.gate import gate_decision, gate_line
 
     plan = plan_pipeline(pipeline, out, overrides)
     root = plan.root
+    sizing = _size_forgetting(plan)
     steps = _Steps(root, step or _direct)
     build = steps("build", "build", _build, root / "data" / "manifest.json",
                   {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json")},
@@ -128,8 +161,14 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
     log.info("build: %s", build["counts"]["splits"])
 
     tuned, adapter, model_sha, trained = train_stages(steps, plan, root, "", build["manifest_sha256"])
+    expected = produced_lineage(trained, plan.base_model) if plan.base_model is not None else None
+    if expected is not None:
+        log.info("model to evaluate: %s", expected.get("summary"))
 
-    results: dict[str, Any] = {"pipeline": plan.cfg.name, "build": build, "train": trained, "evaluations": {}}
+    results: dict[str, Any] = {"pipeline": plan.cfg.name, "build": build, "train": trained, "model": expected,
+                               "evaluations": {}}
+    if sizing is not None:
+        results["forgetting_sizing"] = sizing
     if plan.eval_config is not None and plan.base_model is not None:
         models = [("tuned", tuned, adapter, model_sha)]
         if plan.cfg.evaluate is not None and plan.cfg.evaluate.base:
@@ -141,6 +180,8 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                 {"config": plan.eval_config.model_dump(mode="json"), "model": model, "adapter": adp, "sha": sha,
                  "data": build["manifest_sha256"]},
                 config=plan.eval_config, out=str(eo), model=model, adapter=adp)
+            check_scored(expected if name == "tuned" else base_lineage(plan.base_model), f"evaluate/{name}",
+                         results["evaluations"][name])
     gate = None
     if plan.forgetting_config is not None and plan.base_model is not None:
         fo = root / "forgetting"
@@ -148,19 +189,48 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                     {"config": plan.forgetting_config.model_dump(mode="json"), "base": plan.base_model,
                      "tuned": tuned, "adapter": adapter, "sha": model_sha},
                     config=plan.forgetting_config, out=str(fo), base=plan.base_model,
-                    tuned=tuned if adapter is None else None, adapter=adapter)
-        assert plan.cfg.forgetting is not None
-        gate = gate_decision(res["forgetting"], plan.cfg.forgetting.gate)
+                    tuned=tuned, adapter=adapter)  # the adapter goes on the model its stage trained on
+        assert plan.cfg.forgetting is not None and expected is not None
+        check_scored(expected, "forgetting (tuned side)", res)
+        check_scored(base_lineage(plan.base_model), "forgetting (base side)", res, "base_lineage")
+        gate = gate_decision(res["forgetting"], plan.cfg.forgetting.gate, plan.cfg.forgetting.on_inconclusive)
         results["forgetting"] = res["forgetting"]
+        results["forgetting_lineage"] = {"tuned": res["lineage"], "base": res["base_lineage"]}
         results["gate"] = gate
     results["steps"] = {"ran": steps.ran, "reused": steps.reused}
     _report(root, results)
     if gate is not None and not gate["passed"]:
-        raise TuneforgeError("forgetting gate failed: " + "; ".join(gate["reasons"]) +
-                             f" (see {root / 'report.html'})")
-    if gate is not None and gate["verdict"] == "forgetting":
-        log.warning("forgetting detected (gate is 'warn'): %s", "; ".join(gate["reasons"]))
+        raise TuneforgeError(f"forgetting gate failed: {gate_line(gate)} (see {root / 'report.html'})")
+    if gate is not None and gate["status"] == "warn":
+        log.warning("%s", gate_line(gate))
     return PipelineResult(results)
+
+
+def base_lineage(base_model: str) -> dict[str, Any]:
+    from tuneforge.common.lineage import eval_lineage
+
+    return eval_lineage(base_model, None)
+
+
+def _size_forgetting(plan: Plan) -> dict[str, Any] | None:
+    """Before any step: what drop the forgetting check can see with the questions it was given (logged;
+    a warning when it cannot conclude `no significant change` whatever training does)."""
+    if plan.forgetting_config is None or plan.cfg.forgetting is None:
+        return None
+    from tuneforge.eval.sizing import size_forgetting, sizing_lines
+
+    f = plan.cfg.forgetting
+    sizing = size_forgetting(plan.forgetting_config, f.expected_flip_rate)
+    for line in sizing_lines(sizing):
+        log.info("forgetting check sizing: %s", line)
+    if not sizing["can_conclude"]:
+        then = {"fail": "the gate will FAIL the run unless a drop is detected or every gated suite improves",
+                "warn": "the gate will warn (inconclusive)",
+                "pass": "the gate will pass it anyway (on_inconclusive: pass)"}[f.on_inconclusive]
+        log.warning("forgetting check is under-powered before training: it cannot conclude 'no significant "
+                    "change' at its tolerance with these questions; %s. Add questions (suites, subjects, "
+                    "limit) or raise the tolerance", then)
+    return sizing
 
 
 def _report(root: Path, results: dict[str, Any]) -> None:

@@ -28,7 +28,17 @@ from typing import Any
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import write_json
 from tuneforge.pipeline.config import PipelineConfig, deep_merge, load_pipeline, plan_pipeline
-from tuneforge.pipeline.run import StepRunner, _build, _direct, _evaluate, _forgetting, _Steps, train_stages
+from tuneforge.pipeline.run import (
+    StepRunner,
+    _build,
+    _direct,
+    _evaluate,
+    _forgetting,
+    _Steps,
+    check_scored,
+    produced_lineage,
+    train_stages,
+)
 from tuneforge.pipeline.search_config import INT_KNOBS, SHORTHAND, KnobRange, SearchSpec, decode, encode
 
 log = logging.getLogger("tuneforge.search")
@@ -171,7 +181,8 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
         tuned, adapter, model_sha, trained = train_stages(steps, plan, tdir, f"trials/{h}/", ctx["data_sha"])
         rec["final"] = trained[-1]["final"] if trained else None
         rec["train"] = [{k: s.get(k) for k in ("final", "adapter", "merged", "metrics") if k in s} for s in trained]
-        tuned_arg = tuned if adapter is None else None
+        tuned_arg = tuned  # the model the last stage trained on (its adapter goes on it)
+        expected = produced_lineage(trained, plan.base_model)
         fkey = {"base": plan.base_model, "tuned": tuned, "adapter": adapter, "sha": model_sha}
         if ctx["prune"] and plan.forgetting_config is not None:
             pcfg = _prune_config(plan.forgetting_config, ctx["prune"])
@@ -180,7 +191,8 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
                          {"config": pcfg.model_dump(mode="json"), **fkey},
                          config=pcfg, out=str(po), base=plan.base_model, tuned=tuned_arg, adapter=adapter,
                          base_eval=str(base_eval_dir(root, pcfg, plan.base_model)))
-            pgate = gate_decision(pres["forgetting"], "fail")
+            pgate = gate_decision(pres["forgetting"], "fail", "pass")  # prunes only on a detected drop
+            check_scored(expected, f"trial {h}: prune check", pres)
             rec["prune"] = {"gate": pgate, "dir": str(po)}
             if not pgate["passed"]:
                 rec.update(state=PRUNED, reason="pruned at the cheap forgetting check: " + "; ".join(pgate["reasons"]),
@@ -192,6 +204,7 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
                        {"config": plan.eval_config.model_dump(mode="json"), "model": tuned, "adapter": adapter,
                         "sha": model_sha, "data": ctx["data_sha"]},
                        config=plan.eval_config, out=str(eo), model=tuned, adapter=adapter)
+            check_scored(expected, f"trial {h}: evaluate", ev)
             rec["heldout"] = ev.get("heldout")
             rec["eval_dir"] = str(eo)
         if plan.forgetting_config is not None:
@@ -201,8 +214,10 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
                          config=plan.forgetting_config, out=str(fo), base=plan.base_model, tuned=tuned_arg,
                          adapter=adapter, base_eval=str(base_eval_dir(root, plan.forgetting_config, plan.base_model)))
             assert plan.cfg.forgetting is not None
-            rec["gate"] = gate_decision(fres["forgetting"], plan.cfg.forgetting.gate)
-            rec["constraint"] = gate_decision(fres["forgetting"], "fail")
+            check_scored(expected, f"trial {h}: forgetting", fres)
+            rec["gate"] = gate_decision(fres["forgetting"], plan.cfg.forgetting.gate, plan.cfg.forgetting.on_inconclusive)
+            # the search's constraint is "no detected drop": an under-powered trial is not excluded for it
+            rec["constraint"] = gate_decision(fres["forgetting"], "fail", "pass")
             rec["forgetting_dir"] = str(fo)
             rec["forgetting_verdict"] = fres["forgetting"].get("verdict")
             if not rec["constraint"]["passed"]:

@@ -12,6 +12,7 @@ import yaml
 
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import sha256_file, write_json, write_text
+from tuneforge.common.lineage import write_trained
 from tuneforge.common.models import resolve_model
 from tuneforge.trainers import truncation as tr
 from tuneforge.trainers.config import TrainConfig, check_paths, load_config
@@ -166,11 +167,12 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
 
     final = out / "final"
     trainer.save_model(str(final))
-    merged = None
+    merged = lineage = None
     if main:
         tokenizer.save_pretrained(str(final))
         if merge and config.peft is not None:
             merged = merge_adapter(final, out / "merged", config.stage, tokenizer)
+        lineage = write_trained(final, config.base_model, config.stage, out, config.peft is not None, merged)
     rows = read_metrics(metrics_path) if main else []
     plot = plot_loss(rows, out / "loss.png") if main else None
     key = "loss/policy_avg" if config.stage == "ppo" else "loss"
@@ -181,7 +183,7 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         "merged": str(merged) if merged else None,
         "metrics": str(metrics_path), "plot": str(plot) if plot else None,
         "steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else None,
-        "template": template_name, "train_rows": train_rows,
+        "template": template_name, "train_rows": train_rows, "lineage": lineage,
         "rows": {split: {k: v for k, v in r.items() if k != "dropped_rows"} for split, r in fitting.items()},
     }
     if main:

@@ -4,6 +4,7 @@ and the prepared rows into a ready TRL trainer."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +18,7 @@ from tuneforge.trainers._trl import stage_classes
 from tuneforge.trainers.config import TrainConfig, trl_config_class
 from tuneforge.trainers.data import prompt_and_reference
 
+log = logging.getLogger("tuneforge.train")
 # A user's own TensorBoard folder wins; otherwise each run logs into its own DIR/tensorboard.
 _USER_TB_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")
 
@@ -78,7 +80,12 @@ def _fit_all(data: dict, config: TrainConfig, fn: Any, columns: list[str], desc:
         kept, report = tr.apply(ds, fn, split, desc)
         done[name] = kept.select_columns(columns)
         reports.append(report)
-    return Prepared(done["train"], done.get("eval"), reports)
+    ev = done.get("eval")
+    if ev is not None and len(ev) == 0:  # every eval row was dropped by the fitting (counted in its report)
+        log.warning("eval split %r: no row fits max_length %d; training runs without an eval set",
+                    config.splits.eval, config.max_length)
+        ev = None
+    return Prepared(done["train"], ev, reports)
 
 
 def prepare_sft(config, data, tokenizer, template) -> Prepared:
