@@ -25,8 +25,10 @@ from tuneforge.eval.stats import (
 from tuneforge.eval.suites import Suite, load_suite
 
 Progress = Callable[[str], None] | None
-# benchmarks/RESULTS.md: on C-Eval val every bf16 flip had a bf16 top-two margin under 0.09 logits
-DEFAULT_RESCORE_MARGIN = 0.1
+# Half precision on CUDA re-scores in float32 the questions whose top-two letter logits are closer than this many
+# steps of the dtype at the largest logit's magnitude (`native.needs_rescore`): a safety factor of 2 on the
+# largest error bf16 made on C-Eval val, measured in those steps (benchmarks/RESULTS.md, eval dtype section).
+DEFAULT_RESCORE_ULPS = 1.0
 
 
 def _suites(cfg: EvalConfig) -> list[tuple[SuiteConfig, Suite]]:
@@ -115,19 +117,19 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
             chat = chat_renderer(lm.tokenizer, cfg.chat_template) if cfg.chat else None
             fp32 = None
             half = str(lm.model.dtype) in ("torch.bfloat16", "torch.float16")
-            margin = cfg.rescore_margin
+            margin, ulps = cfg.rescore_margin, 0.0  # an explicit margin is a fixed one; 0 turns re-scoring off
             if margin is None:
-                margin = DEFAULT_RESCORE_MARGIN if half and str(lm.device).startswith("cuda") else 0.0
-            if margin > 0 and half:
+                margin = 0.0
+                ulps = DEFAULT_RESCORE_ULPS if half and str(lm.device).startswith("cuda") else 0.0
+            if (margin > 0 or ulps > 0) and half:
                 fp32 = load_for_eval(cfg.model, cfg.adapter, cfg.device, "float32").model
             eng = NativeEngine(lm.model, lm.tokenizer, lm.device, batch_size=cfg.batch_size,
                                max_batch_tokens=cfg.max_batch_tokens, chat=chat, prefix_cache=cfg.prefix_cache,
-                               rescore_model=fp32, rescore_margin=margin)
+                               rescore_model=fp32, rescore_margin=margin, rescore_ulps=ulps)
             for sc, suite in logit_suites:
                 rows += eng.score_suite(suite, sc.shots, sc.limit, progress)
             timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored")})
-            timing["prefix_cache"] = eng.prefix_cache
-            timing["rescore_margin"] = margin if fp32 is not None else 0.0
+            timing.update(eng.describe())  # dtype, prefix cache, attention path, the re-scoring rule in force
             timing["questions"] += eng.stats["questions"]
             timing["seconds"] += eng.stats["seconds"]
         if gen_suites:
