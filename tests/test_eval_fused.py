@@ -109,3 +109,22 @@ def test_prefix_attention_without_a_prefix_is_plain_causal_attention():
     mask = torch.ones(5, 8, dtype=torch.bool).tril(diagonal=3)
     ref = F.scaled_dot_product_attention(q, fk, fv, attn_mask=mask)
     assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+
+
+def test_results_json_records_the_path_and_the_rule(tiny, shared, tmp_path):
+    """CPU default: float32 with the prefix cache on transformers' path, nothing re-scored; bf16 with an explicit
+    margin: the fixed rule in force and how many questions float32 scored again."""
+    import json
+
+    from tuneforge.eval import run_eval
+
+    suites = [{"benchmark": f"ceval:{shared / 'ceval'}", "subjects": ["law"], "limit": 4, "shots": 1}]
+    run_eval({"suites": suites}, out=tmp_path / "fp32", model=str(tiny), report=False)
+    t = json.loads((tmp_path / "fp32" / "results.json").read_text())["timing"]
+    assert (t["dtype"], t["prefix_cache"], t["rescore_rule"], t["rescored"]) == ("float32", True, "none", 0)
+    assert t["attention"] == "transformers cache + mask"
+    run_eval({"suites": suites, "dtype": "bfloat16", "rescore_margin": 100.0}, out=tmp_path / "bf16",
+             model=str(tiny), report=False)
+    t = json.loads((tmp_path / "bf16" / "results.json").read_text())["timing"]
+    assert (t["dtype"], t["prefix_cache"], t["rescore_rule"]) == ("bfloat16", True, "margin < 100")
+    assert t["rescored"] == 4 and t["rescore_margin"] == 100.0
