@@ -6,9 +6,9 @@ batched by length so padding stays small. Prompts are tokenized whole, exactly a
 shared prefix is the longest common token prefix, so caching never changes what the model sees.
 
 In half precision on CUDA the questions attend to the cached prefix through `prefix_attention`: one fused
-SDPA call over [prefix K/V + the question's K/V] with a lower-right causal mask (FlashAttention runs it; the
-explicit 4-D mask transformers builds for a cache does not), and the questions whose answer half precision
-could get wrong (`needs_rescore`) are scored again in float32.
+SDPA call over [prefix K/V + the question's K/V] with a lower-right causal mask, which FlashAttention runs as
+is (transformers' cache path instead copies the cache per batch and builds an explicit 4-D mask), and the
+questions whose answer half precision could get wrong (`needs_rescore`) are scored again in float32.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class NativeEngine:
                  fused_prefix: bool | None = None) -> None:
         """`prefix_cache`: run each subject's shared prefix once and reuse its KV cache (default on).
         `fused_prefix`: questions attend to that cache through `prefix_attention` (None: in half precision on
-        CUDA, where transformers' masked cache attention leaves FlashAttention). `rescore_model` (an fp32
+        CUDA; float32 keeps transformers' cache path, the reference re-scoring must match). `rescore_model` (an fp32
         copy) re-scores the questions `needs_rescore` flags: top-two letter logits closer than `rescore_ulps`
         steps of the model's dtype at the largest logit's magnitude, or than the fixed `rescore_margin`."""
         self.model, self.tok, self.device = model, tokenizer, device
