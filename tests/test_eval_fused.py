@@ -1,0 +1,130 @@
+"""The half-precision GPU path's two parts, on CPU: the re-scoring rule (a pure function of the letter logits)
+and the fused prefix attention (SDPA over [cached prefix K/V + suffix] with a lower-right causal mask), which
+must give the transformers cache path's logits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from eval_tiny import tiny_model_dir  # tests/ is on sys.path under pytest
+
+from tuneforge.eval.native import needs_rescore, rescore_threshold, rule_text, ulp
+
+
+def test_ulp_is_the_dtype_spacing_at_that_magnitude():
+    assert ulp(37.0) == 0.25  # bf16 in [32, 64): 8 significant bits -> steps of 2^(5-7)
+    assert ulp(-37.0) == 0.25 and ulp(32.0) == 0.25 and ulp(31.99) == 0.125
+    assert ulp(1.0) == 2 ** -7 and ulp(1.0, "float16") == 2 ** -10 and ulp(1.0, "float32") == 2 ** -23
+    assert ulp(0.0) > 0
+    import torch
+
+    for x in (0.3, 1.7, 12.0, 37.2, 300.0):  # the next representable value above x is x + ulp
+        t = torch.tensor(x, dtype=torch.bfloat16)
+        v = float(t)
+        nxt = float(torch.nextafter(t, torch.tensor(math.inf, dtype=torch.bfloat16)))
+        assert nxt - v == ulp(v)
+
+
+def test_rescore_threshold_follows_the_magnitude_of_the_logits():
+    # same margin (0.2), different sizes: at |logit| ~37 one bf16 step is 0.25, at ~3 it is 1/64
+    big, small = [37.1, 36.9, 30.0, 29.0], [3.1, 2.9, 1.0, 0.0]
+    assert needs_rescore(big, ulps=1.0) and not needs_rescore(small, ulps=1.0)
+    assert rescore_threshold(big, ulps=1.5) == 1.5 * 0.25
+    assert rescore_threshold([-40.0, -41.0, -45.0, -70.0], ulps=1.0) == 0.5  # magnitude, not the signed max
+    assert not needs_rescore(big, ulps=0.0) and needs_rescore(big, margin=0.3)  # the fixed margin still works
+    assert rescore_threshold(small, ulps=1.0, margin=0.1) == 0.1  # whichever is larger
+    assert needs_rescore([37.0, 37.0, 1.0, 0.0], ulps=0.01)  # a tie is always re-scored
+    assert not needs_rescore([37.0, 37.0, 1.0, 0.0])  # no rule, nothing re-scored
+    assert needs_rescore([3.1, 3.09, 0, 0], ulps=1.0, dtype="bfloat16")
+    assert not needs_rescore([3.1, 3.09, 0, 0], ulps=1.0, dtype="float16")
+    assert rule_text(2.0, 0.0, "bfloat16") == "margin < 2 * ulp_bfloat16(max|logit|)"
+    assert rule_text(0.0, 0.1, "bfloat16") == "margin < 0.1" and rule_text(0, 0, "bfloat16") == "none"
+
+
+@pytest.fixture(scope="module")
+def tiny(smollm2_path, tmp_path_factory) -> Path:
+    return tiny_model_dir(smollm2_path, tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny, shared):
+    from tuneforge.eval.models import load_for_eval
+    from tuneforge.eval.suites import load_suite
+
+    lm = load_for_eval(str(tiny), device="cpu")
+    suite = load_suite(f"ceval:{shared / 'ceval'}", subjects=["law", "logic", "art_studies"])
+    return lm, suite
+
+
+def test_fused_prefix_attention_matches_the_cache_path(loaded):
+    """Same questions, same float32 weights: the fused path gives the transformers cache path's logits (its
+    batches of 3 mix question lengths, so right padding and the lower-right causal mask are exercised), and
+    leaves the model's attention implementation as it found it."""
+    from tuneforge.eval.native import NativeEngine
+
+    lm, suite = loaded
+    before = lm.model.config._attn_implementation
+    ref_eng = NativeEngine(lm.model, lm.tokenizer, "cpu", batch_size=3)
+    assert not ref_eng.fused_prefix  # CPU float32 keeps its path
+    ref = ref_eng.score_suite(suite, 5, 7)
+    eng = NativeEngine(lm.model, lm.tokenizer, "cpu", batch_size=3, fused_prefix=True)
+    assert eng.fused_prefix and eng.describe()["attention"].startswith("fused")
+    got = eng.score_suite(suite, 5, 7)
+    assert len(got) == 21 and [r["pred"] for r in got] == [r["pred"] for r in ref]
+    assert max(abs(a - b) for x, y in zip(ref, got, strict=True)
+               for a, b in zip(x["logits"], y["logits"], strict=True)) < 1e-3
+    assert eng.stats["cached_tokens"] == ref_eng.stats["cached_tokens"] > 0
+    assert eng.stats["forward_tokens"] == ref_eng.stats["forward_tokens"]
+    assert lm.model.config._attn_implementation == before
+    # zero-shot without a shared prefix beyond BOS-less text still runs (prefix may be empty)
+    zero = NativeEngine(lm.model, lm.tokenizer, "cpu", batch_size=3, fused_prefix=True).score_suite(suite, 0, 3)
+    zref = NativeEngine(lm.model, lm.tokenizer, "cpu", batch_size=3).score_suite(suite, 0, 3)
+    assert max(abs(a - b) for x, y in zip(zref, zero, strict=True)
+               for a, b in zip(x["logits"], y["logits"], strict=True)) < 1e-3
+
+
+def test_prefix_attention_without_a_prefix_is_plain_causal_attention():
+    import torch
+    import torch.nn.functional as F
+
+    from tuneforge.eval.native import _PREFIX_KV, prefix_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    mod = type("M", (), {"layer_idx": 0})()
+    out, _ = prefix_attention(mod, q, k, v)
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+    # with a prefix of 3: every question token sees the whole prefix and its own earlier tokens
+    pk, pv = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
+    token = _PREFIX_KV.set([(pk, pv)])
+    try:
+        out, _ = prefix_attention(mod, q, k, v)
+    finally:
+        _PREFIX_KV.reset(token)
+    fk = torch.cat([pk.expand(2, -1, -1, -1), k], 2).repeat_interleave(2, 1)
+    fv = torch.cat([pv.expand(2, -1, -1, -1), v], 2).repeat_interleave(2, 1)
+    mask = torch.ones(5, 8, dtype=torch.bool).tril(diagonal=3)
+    ref = F.scaled_dot_product_attention(q, fk, fv, attn_mask=mask)
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+
+
+def test_results_json_records_the_path_and_the_rule(tiny, shared, tmp_path):
+    """CPU default: float32 with the prefix cache on transformers' path, nothing re-scored; bf16 with an explicit
+    margin: the fixed rule in force and how many questions float32 scored again."""
+    import json
+
+    from tuneforge.eval import run_eval
+
+    suites = [{"benchmark": f"ceval:{shared / 'ceval'}", "subjects": ["law"], "limit": 4, "shots": 1}]
+    run_eval({"suites": suites}, out=tmp_path / "fp32", model=str(tiny), report=False)
+    t = json.loads((tmp_path / "fp32" / "results.json").read_text())["timing"]
+    assert (t["dtype"], t["prefix_cache"], t["rescore_rule"], t["rescored"]) == ("float32", True, "none", 0)
+    assert t["attention"] == "transformers cache + mask"
+    run_eval({"suites": suites, "dtype": "bfloat16", "rescore_margin": 100.0}, out=tmp_path / "bf16",
+             model=str(tiny), report=False)
+    t = json.loads((tmp_path / "bf16" / "results.json").read_text())["timing"]
+    assert (t["dtype"], t["prefix_cache"], t["rescore_rule"]) == ("bfloat16", True, "margin < 100")
+    assert t["rescored"] == 4 and t["rescore_margin"] == 100.0
