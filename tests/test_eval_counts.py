@@ -138,11 +138,15 @@ def test_prefect_step_sends_evaluation_progress_to_the_task_log(caplog, monkeypa
     def one(out: str) -> dict:
         return prefect_step("forgetting", step, {"out": out})
 
-    caplog.set_level(logging.INFO)
     import tuneforge.flows.pipeline as fp
 
     monkeypatch.setitem(fp.PUBLISH, "forgetting", lambda name, res: None)  # nothing to publish from a stand-in
-    with prefect_test_harness(server_startup_timeout=120):
-        one(out="x")
+    task_log = logging.getLogger("prefect.task_runs")  # Prefect's loggers do not propagate to the root
+    task_log.addHandler(caplog.handler)
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            one(out="x")
+    finally:
+        task_log.removeHandler(caplog.handler)
     assert any(r.getMessage().startswith("perplexity: 3/3 documents") and r.name.startswith("prefect.task_runs")
                for r in caplog.records)
