@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneforge.eval.compare import competition_ranks, compare_runs
+from tuneforge.eval.compare import compare_runs, competition_ranks
 
 
 def _write(folder: Path, obj: dict) -> Path:
