@@ -56,7 +56,7 @@ def test_compare_reads_a_pipeline_folder_and_shows_every_metric(tmp_path):
     assert "mean None" not in board_md and "not measured" not in board_md.split("| eval loss |")[0]
     assert "20.20 (chance 25.00) ⚠ below chance" in board_md
     assert "30.00 (chance 25.00) |" in board_md
-    assert "held-out bleu4" in board_md and "| 13.25 |" in board_md and "| 1.75 |" in board_md
+    assert "held-out bleu4" in board_md and "| 13.2500 |" in board_md and "| 1.75 |" in board_md
     assert "Below chance" in board_md and "demo: base: ceval, exam" in board_md
 
 

@@ -188,7 +188,8 @@ def compare_runs(paths: list[str | Path], out: str | Path) -> dict:
                                                                   e["n"][s])],
              e["mean"], *[(e["heldout"] or {}).get(m, "not measured") if e["heldout"] else "not measured"
                           for m in heldout],
-             e["perplexity"] if e["perplexity"] is not None else "not measured", e["forgetting_summary"]]
+             f"{e['perplexity']:.4f}" if e["perplexity"] is not None else "not measured",  # small changes show
+             e["forgetting_summary"]]
             for e in board]
     extra = [("judge win rate", lambda e: e["judge"]),
              ("final train loss", lambda e: (e["train"] or {}).get("final_loss")),
