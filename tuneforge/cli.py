@@ -85,6 +85,25 @@ def build(
         raise typer.Exit(1)
 
 
+@app.command()
+def check(
+    file: Path = typer.Argument(..., help="a recipe, training config, eval config or pipeline (YAML)",
+                                exists=True, dir_okay=False),
+    kind: str | None = typer.Option(None, "--kind", help="recipe | train | eval | pipeline (default: by its keys)"),
+) -> None:
+    """Validate a file without running anything: schema, paths, templates, each step's input. Exit 2 lists
+    every error."""
+    from tuneforge.check import check_file
+
+    report = check_file(file, kind)
+    if not report.ok:
+        err.print(f"[red]{file}: {len(report.errors)} error(s) in this {report.kind}:[/red]", soft_wrap=True)
+        for e in report.errors:
+            err.print(f"  - {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    typer.echo(f"{file}: {report.kind} ok" + "".join(f"; {n}" for n in report.notes))
+
+
 # Sub-commands owned by later stages register here; their modules import heavy libraries only inside
 # the commands, so `tuneforge --help` stays fast.
 def _register() -> None:

@@ -97,6 +97,9 @@ def forgetting_command(
     tolerance: float | None = typer.Option(None, "--tolerance", help="points of accuracy drop tolerated (1)"),
     alpha: float | None = typer.Option(None, "--alpha", help="significance level (0.05)"),
     device: str | None = typer.Option(None, "--device"),
+    base_eval: Path | None = typer.Option(None, "--base-eval", file_okay=False,
+                                          help="folder for the base model's evaluation, shared by checks of one "
+                                               "base: reused when it ran this same config, else written there"),
     out: Path = typer.Option(..., "--out", "-o"),
     fail_on_forgetting: bool = typer.Option(False, help="exit 1 when the verdict is forgetting (a gate)"),
 ) -> None:
@@ -115,7 +118,7 @@ def forgetting_command(
                                                                           None)})
     elif not cfg.suites:
         raise TuneforgeError("name the general suites: --suites ceval,cmmlu (or suites: in --config)")
-    res = run_forgetting(base, tuned, out=out, adapter=adapter, config=cfg, progress=_progress)
+    res = run_forgetting(base, tuned, out=out, adapter=adapter, config=cfg, progress=_progress, base_eval=base_eval)
     fg = res["forgetting"]
     for name, s in fg["suites"].items():
         typer.echo(f"{name} [{s.get('tier', 'critical')}]: {s['base_accuracy']:.2f} -> {s['tuned_accuracy']:.2f} "
@@ -135,20 +138,34 @@ def forgetting_command(
 
 
 def compare_command(
-    runs: list[Path] = typer.Argument(..., help="eval run folders (each with results.json)"),
+    runs: list[Path] = typer.Argument(..., help="eval run folders (each with results.json) or pipeline folders "
+                                                 "(`tuneforge run` outputs: their base and tuned models)"),
     out: Path = typer.Option(..., "--out", "-o"),
 ) -> None:
-    """One leaderboard report across eval runs."""
+    """One leaderboard report across eval runs and pipelines."""
     from tuneforge.eval.compare import compare_runs
 
     res = compare_runs([str(r) for r in runs], out)
     for e in res["leaderboard"]:
-        typer.echo(f"{e['rank']}. {e['run']}: mean {e['mean']}  " +
-                   "  ".join(f"{s} {v} (n={e['n'][s]})" for s, v in e["suites"].items()))
+        typer.echo(f"{e['rank']}. {e['run']}: {_summary_line(e)}")
     for e in res.get("not_comparable", []):
-        typer.echo(f"not ranked (other questions): {e['run']}  " +
-                   "  ".join(f"{s} {v} (n={e['n'][s]})" for s, v in e["suites"].items()))
+        typer.echo(f"not ranked (other questions): {e['run']}: {_summary_line(e)}")
     typer.echo(f"-> {out}/report.html")
+
+
+def _summary_line(e: dict) -> str:
+    """Every metric a compared run has: suites with chance (marked when below), held-out, perplexity."""
+    from tuneforge.eval.report import with_chance
+
+    parts = [f"mean {e['mean']}"] if e.get("mean") is not None else []
+    parts += [f"{s} {with_chance(v, e['chance'].get(s)) if e['chance'].get(s) is not None else v} (n={e['n'][s]})"
+              for s, v in e["suites"].items()]
+    parts += [f"held-out {k} {v}" for k, v in (e.get("heldout") or {}).items() if k not in ("n", "tokenize",
+                                                                                             "exact_match_n")]
+    parts.append(f"perplexity {e['perplexity'] if e.get('perplexity') is not None else 'not measured'}")
+    if e.get("forgetting"):
+        parts.append(f"forgetting {e['forgetting_summary']}")
+    return "  ".join(parts)
 
 
 def register(app: typer.Typer) -> None:

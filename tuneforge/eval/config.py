@@ -143,12 +143,26 @@ def resolve_suite_paths(data: dict, base_dir: Path) -> None:
             sc["benchmark"] = f"{name}:{local.resolve()}"
 
 
+# Other paths an eval config names (suites' are handled above): a local file or folder each.
+PATH_FIELDS = (("heldout", "dataset"), ("perplexity", "corpus"), ("judge", "cache"))
+
+
+def resolve_paths(data: dict, base_dir: Path) -> None:
+    """Relative `heldout.dataset`, `perplexity.corpus` and `judge.cache` resolve against the config's folder."""
+    for block, key in PATH_FIELDS:
+        sub = data.get(block)
+        if isinstance(sub, dict) and isinstance(sub.get(key), str) and sub[key].strip() \
+                and not Path(sub[key]).expanduser().is_absolute():
+            data[block] = {**sub, key: str((base_dir / Path(sub[key]).expanduser()).resolve())}
+
+
 def load_config(source: str | Path | dict | EvalConfig | None, *, base_dir: str | Path | None = None,
                 **overrides: Any) -> EvalConfig:
     """A YAML path, a dict or a config, with non-None keyword overrides applied on top.
 
-    Relative `mcq:`/folder paths in suites resolve against `base_dir`: by default the YAML file's folder
-    (a dict or config is taken as written unless `base_dir` is given)."""
+    Relative paths (`mcq:`/folder suites, heldout.dataset, perplexity.corpus, judge.cache) resolve against
+    `base_dir`: by default the YAML file's folder (a dict or config is taken as written unless `base_dir` is
+    given)."""
     src = source
     if isinstance(src, EvalConfig):
         data = src.model_dump()
@@ -163,6 +177,7 @@ def load_config(source: str | Path | dict | EvalConfig | None, *, base_dir: str 
     if base_dir is not None:
         data["suites"] = [dict(sc) if isinstance(sc, dict) else sc for sc in data.get("suites") or []]
         resolve_suite_paths(data, Path(base_dir))
+        resolve_paths(data, Path(base_dir))
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as e:
@@ -184,3 +199,22 @@ def check_suite_paths(cfg: EvalConfig) -> None:
         if not p.exists() and not looks_hub:
             raise TuneforgeError(f"suites[{i}] {sc.benchmark!r}: {p} does not exist (relative paths in a config "
                                  "file are relative to that file's folder)")
+
+
+def check_paths(cfg: EvalConfig, *, skip: tuple[str, ...] = ()) -> None:
+    """Before any model loads: the suites' paths, then the held-out dataset and the perplexity corpus exist
+    (`skip` names fields an earlier step produces, e.g. "heldout.dataset" in a pipeline). One error lists
+    every missing path."""
+    missing = []
+    try:
+        check_suite_paths(cfg)
+    except TuneforgeError as e:
+        missing.append(str(e))
+    for block, key in PATH_FIELDS[:2]:
+        sub = getattr(cfg, block)
+        value = getattr(sub, key, None) if sub is not None else None
+        if value and f"{block}.{key}" not in skip and not Path(value).exists():
+            missing.append(f"{block}.{key}: {value} does not exist")
+    if missing:
+        raise TuneforgeError("eval config paths (relative paths resolve against the config file's folder): "
+                             + "; ".join(missing))

@@ -62,9 +62,12 @@ def _cut(text: str, stops: list[str]) -> str:
 def generate_texts(model: Any, tok: Any, device: str, prompts: list[str], *, max_new_tokens: int,
                    batch_size: int = 8, stops: list[str] | None = None, do_sample: bool = False,
                    temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                   max_batch_tokens: int | None = None) -> list[str]:
+                   max_batch_tokens: int | None = None, on_batch: Callable[[int], None] | None = None,
+                   stats: dict[str, int] | None = None) -> list[str]:
     """Batched generation: length-sorted batches, left padding, single-token stops as EOS ids and the rest
-    as `stop_strings`; each output is cut at its first stop string."""
+    as `stop_strings`; each output is cut at its first stop string. `on_batch(n)` after each batch; `stats`
+    gets `cut_at_max_new_tokens` (outputs that ran out of tokens before a stop) and `over_context` (prompts
+    longer than the model's context, which it cannot read whole)."""
     import torch
 
     stops = [s for s in (stops or []) if s]
@@ -82,6 +85,9 @@ def generate_texts(model: Any, tok: Any, device: str, prompts: list[str], *, max
     else:
         kw.update(temperature=None, top_p=None, top_k=None)
     multi = [s for s in stops if s not in vocab]
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    counts = {"cut_at_max_new_tokens": 0,
+              "over_context": sum(len(e) > context for e in enc_all) if isinstance(context, int) else 0}
     if multi:  # stop_strings' set-up scans the vocabulary: only for stops that are not one token
         kw.update(stop_strings=multi, tokenizer=tok)
     by_index: dict[int, str] = {}
@@ -97,12 +103,21 @@ def generate_texts(model: Any, tok: Any, device: str, prompts: list[str], *, max
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.inference_mode():
                 gen = model.generate(**{k: v.to(device) for k, v in enc.items()}, **kw)
+            ends = set(kw["eos_token_id"]) | {tok.pad_token_id}
             for row, i in enumerate(idx):
-                by_index[i] = _cut(tok.decode(gen[row, enc.input_ids.shape[1]:], skip_special_tokens=False),
-                                   stops + [t for t in (tok.eos_token, tok.pad_token) if t])
+                new = gen[row, enc.input_ids.shape[1]:]
+                raw = tok.decode(new, skip_special_tokens=False)
+                by_index[i] = _cut(raw, stops + [t for t in (tok.eos_token, tok.pad_token) if t])
+                if len(new) >= max_new_tokens and int(new[-1]) not in ends and not any(s in raw for s in multi):
+                    counts["cut_at_max_new_tokens"] += 1
+            if on_batch is not None:
+                on_batch(len(idx))
             start = end
     finally:
         tok.padding_side = old_side
+    if stats is not None:
+        for k, v in counts.items():
+            stats[k] = stats.get(k, 0) + v
     return [by_index[i] for i in range(len(prompts))]
 
 
@@ -127,7 +142,8 @@ class GenerativeEngine:
         return completion_prompt(suite.subject_name(subject), shots, item, suite.style)
 
     def score_suite(self, suite: Suite, k: int, limit: int | None = None, cot: bool = False,
-                    progress: Callable[[str], None] | None = None) -> list[dict]:
+                    progress: Callable[[str], None] | None = None,
+                    on_batch: Callable[[int], None] | None = None) -> list[dict]:
         g = self.gen
         max_new = g.max_new_tokens or (512 if cot else 32)
         stops = list(self.stops) + list(g.stop or []) + ([] if self.render is not None else ["\n\n"])
@@ -144,7 +160,8 @@ class GenerativeEngine:
         t0 = time.perf_counter()
         outs = generate_texts(self.model, self.tok, self.device, prompts, max_new_tokens=max_new,
                               batch_size=g.batch_size, stops=stops, do_sample=g.do_sample,
-                              temperature=g.temperature, top_p=g.top_p, seed=g.seed)
+                              temperature=g.temperature, top_p=g.top_p, seed=g.seed, on_batch=on_batch,
+                              stats=self.stats)
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["questions"] += len(work)
         rows: list[dict] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,10 @@ def score(outputs: list[str], references: list[str], level: str = "char", em_max
             if short else None, "exact_match_n": len(short), "tokenize": level}
 
 
-def load_examples(dataset: str, split: str, limit: int | None) -> tuple[list[dict], str | None]:
-    """(prompt messages, reference) pairs from a build output folder or a saved DatasetDict, and its template."""
+def load_examples(dataset: str, split: str, limit: int | None,
+                  counts: dict[str, int] | None = None) -> tuple[list[dict], str | None]:
+    """(prompt messages, reference) pairs from a build output folder or a saved DatasetDict, and its template.
+    `counts` gets `total` (rows read) and `skipped` (rows with no assistant reply to compare against)."""
     from datasets import load_from_disk
 
     root = Path(dataset)
@@ -77,11 +80,16 @@ def load_examples(dataset: str, split: str, limit: int | None) -> tuple[list[dic
         raise TuneforgeError(f"{root}: no split {split!r} (have {', '.join(dd)})")
     ds = dd[split]
     out = []
-    for rec in ds.select(range(min(limit, len(ds)))) if limit else ds:
+    rows = ds.select(range(min(limit, len(ds)))) if limit else ds
+    if counts is not None:
+        counts.update(total=len(rows), skipped=0)
+    for rec in rows:
         if "messages" in rec:
             msgs = rec["messages"]
             last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
             if last is None:
+                if counts is not None:
+                    counts["skipped"] += 1
                 continue
             out.append({"id": rec["id"], "prompt": msgs[:last], "reference": msgs[last]["content"]})
         elif "chosen" in rec:
@@ -91,35 +99,43 @@ def load_examples(dataset: str, split: str, limit: int | None) -> tuple[list[dic
     return out, template
 
 
-def generate(lm: Any, prompts: list[str], cfg: HeldoutConfig, stops: list[str]) -> list[str]:
+def generate(lm: Any, prompts: list[str], cfg: HeldoutConfig, stops: list[str], **kw: Any) -> list[str]:
     from tuneforge.eval.generate import generate_texts
 
     return generate_texts(lm.model, lm.tokenizer, lm.device, prompts, max_new_tokens=cfg.max_new_tokens,
                           batch_size=cfg.batch_size, stops=stops, do_sample=cfg.do_sample,
-                          temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+                          temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, **kw)
 
 
 def _last_user(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
 
 
-def run_heldout(lm: Any, cfg: HeldoutConfig, out: Path) -> dict:
+def run_heldout(lm: Any, cfg: HeldoutConfig, out: Path, progress: Callable[[str], None] | None = None) -> dict:
+    """Generate and score; `rows` counts every row read: generated, skipped (no reply), cut at
+    max_new_tokens, over the model's context."""
+    from tuneforge.eval.progress import Counter
     from tuneforge.templates import get_template
 
-    examples, manifest_template = load_examples(cfg.dataset, cfg.split, cfg.limit)
+    counts: dict[str, int] = {}
+    examples, manifest_template = load_examples(cfg.dataset, cfg.split, cfg.limit, counts)
     name = cfg.template or manifest_template or "tokenizer"
     tpl = get_template(name, tokenizer=lm.tokenizer) if name == "tokenizer" else get_template(name)
     prompts = [tpl.render(e["prompt"], add_generation_prompt=True) for e in examples]
-    outputs = generate(lm, prompts, cfg, list(tpl.stop_strings))
+    with Counter("held-out", len(prompts), "rows", progress) as bar:
+        outputs = generate(lm, prompts, cfg, list(tpl.stop_strings), on_batch=bar.advance, stats=counts)
     metrics = score(outputs, [e["reference"] for e in examples], cfg.tokenize, cfg.exact_match_max_chars)
     rows = [{"id": e["id"], "prompt": prompts[i], "question": _last_user(e["prompt"]), "reference": e["reference"],
              "output": outputs[i]} for i, e in enumerate(examples)]
     write_jsonl(out / "heldout_outputs.jsonl", rows)
     decoding = "greedy" if not cfg.do_sample else f"sampling T={cfg.temperature} top_p={cfg.top_p}"
+    counts["generated"] = len(rows)
     return {"dataset": cfg.dataset, "split": cfg.split, "template": name, "decoding": decoding,
-            "metrics": metrics, "examples": rows[:50],
-            "note": (f"{len(rows)} examples of `{cfg.split}`, template `{name}`, {decoding}, max "
-                     f"{cfg.max_new_tokens} new tokens. BLEU-4 (sacrebleu, corpus) and ROUGE-1/2/L F1 (rouge_score) "
+            "metrics": metrics, "examples": rows[:50], "rows": counts,
+            "note": (f"{len(rows)} examples of `{cfg.split}` ({counts['skipped']} of {counts['total']} rows "
+                     f"skipped: no assistant reply), template `{name}`, {decoding}, max "
+                     f"{cfg.max_new_tokens} new tokens ({counts['cut_at_max_new_tokens']} outputs cut there; "
+                     f"{counts['over_context']} prompts longer than the model's context). BLEU-4 (sacrebleu, corpus) and ROUGE-1/2/L F1 (rouge_score) "
                      f"on {'characters' if cfg.tokenize == 'char' else 'jieba words'}; exact match on "
                      f"references of at most {cfg.exact_match_max_chars} characters.")}
 

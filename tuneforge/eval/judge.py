@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def _question(row: dict) -> str:
     return row.get("question") or row.get("prompt") or ""
 
 
-async def _judge_all(pairs: list[tuple[dict, dict]], jc: Any, cache_file: Path) -> list[dict]:
+async def _judge_all(pairs: list[tuple[dict, dict]], jc: Any, cache_file: Path,
+                     on_request: Callable[[int], None] | None = None) -> list[dict]:
     from tuneforge.augment.cache import ResponseCache
     from tuneforge.augment.client import LLM, ItemState, RequestFailed, Tally
     from tuneforge.augment.config import LLMConfig
@@ -113,6 +115,9 @@ async def _judge_all(pairs: list[tuple[dict, dict]], jc: Any, cache_file: Path) 
                                            item=ItemState(), json_schema=("judgment", SCHEMA))
             except RequestFailed:
                 return None
+            finally:
+                if on_request is not None:
+                    on_request(1)
             return parse_verdict(reply.content)
 
         jobs = []
@@ -134,7 +139,8 @@ async def _judge_all(pairs: list[tuple[dict, dict]], jc: Any, cache_file: Path) 
     return [*out, {"_usage": out_usage}]
 
 
-def judge_win_rate(base_rows: list[dict], tuned_rows: list[dict], jc: Any, *, cache: str | Path | None = None) -> dict:
+def judge_win_rate(base_rows: list[dict], tuned_rows: list[dict], jc: Any, *, cache: str | Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict:
     """Win rate of tuned over base on the held-out prompts both answered (matched by id)."""
     from tuneforge.common.home import tuneforge_home
 
@@ -146,7 +152,10 @@ def judge_win_rate(base_rows: list[dict], tuned_rows: list[dict], jc: Any, *, ca
         raise TuneforgeError("judge: base and tuned have no held-out prompts in common")
     cache_file = Path(cache or getattr(jc, "cache", None) or tuneforge_home() / "augment" / "cache.sqlite")
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    got = asyncio.run(_judge_all(pairs, jc, cache_file))
+    from tuneforge.eval.progress import Counter
+
+    with Counter("judge", 2 * len(pairs), "requests", progress) as bar:  # each pair judged in both orders
+        got = asyncio.run(_judge_all(pairs, jc, cache_file, bar.advance))
     usage = got.pop()["_usage"]
     return {**summarize(got, jc.bootstrap, jc.seed), "judge": usage["model"], "endpoint": usage["endpoint"],
             "requests": usage["requests"], "cached": usage["cached"], "pairs": got,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,22 @@ def load_texts(path: str | Path | None = None, limit: int | None = None) -> list
     return texts[:limit] if limit else texts
 
 
-def perplexity(model: Any, tokenizer: Any, texts: list[str], device: str, max_length: int = 512) -> dict:
-    """Token-weighted perplexity, each document truncated to `max_length` tokens."""
+def perplexity(model: Any, tokenizer: Any, texts: list[str], device: str, max_length: int = 512,
+               on_document: Callable[[int], None] | None = None) -> dict:
+    """Token-weighted perplexity, each document truncated to `max_length` tokens; how many were truncated
+    and how many skipped (under two tokens: nothing to predict) is counted."""
     import torch
 
-    nll, count = 0.0, 0
+    nll, count, truncated, skipped = 0.0, 0, 0, 0
     with torch.inference_mode():
         for text in texts:
-            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).input_ids
+            full = tokenizer(text, return_tensors="pt").input_ids
+            truncated += full.shape[1] > max_length
+            ids = full[:, :max_length]
+            if on_document is not None:
+                on_document(1)
             if ids.shape[1] < 2:
+                skipped += 1
                 continue
             out = model(input_ids=ids.to(device), labels=ids.to(device))
             n = ids.shape[1] - 1
@@ -46,4 +54,4 @@ def perplexity(model: Any, tokenizer: Any, texts: list[str], device: str, max_le
     if not count:
         raise TuneforgeError("perplexity corpus has no text")
     return {"perplexity": round(math.exp(nll / count), 4), "tokens": count, "documents": len(texts),
-            "max_length": max_length}
+            "max_length": max_length, "truncated": truncated, "skipped": skipped}

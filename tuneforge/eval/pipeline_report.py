@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.common.io import read_jsonl
-from tuneforge.eval.report import Section, Table, bar_chart, build_sections, lineage_table, write_report_files
+from tuneforge.eval.report import (
+    Section,
+    Table,
+    bar_chart,
+    build_sections,
+    lineage_table,
+    with_chance,
+    write_report_files,
+)
 
 
 def _load(folder: Path) -> dict[str, Any]:
@@ -24,8 +32,10 @@ def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
     head = Section("Pipeline", text=(f"Pipeline `{summary.get('pipeline')}`. Dataset: input {c.get('input')} = "
                                      f"kept {c.get('kept')} + rejected {c.get('rejected')} + deduplicated "
                                      f"{c.get('deduplicated')}; splits {c.get('splits')} (card: `data/README.md`)."))
-    head.tables.append(Table(["stage", "steps", "final loss", "adapter", "output"],
-                             [[t.get("stage"), t.get("steps"), t.get("final_loss"), t.get("adapter"), t.get("final")]
+    head.tables.append(Table(["stage", "steps", "final loss", "eval loss", "rows cut or dropped", "adapter", "output"],
+                             [[t.get("stage"), t.get("steps"), t.get("final_loss"),
+                               t.get("eval_loss") if t.get("eval_loss") is not None else "no eval split",
+                               t.get("rows_line") or _rows_line(t), t.get("adapter"), t.get("final")]
                               for t in summary.get("train") or []], "training"))
     if gate:
         head.tables.append(Table(["gate", "on inconclusive", "verdict", "status", "why"],
@@ -51,6 +61,13 @@ def pipeline_sections(summary: dict[str, Any], root: Path) -> list[Section]:
         metrics = [m for m in next(iter(held.values()))["metrics"] if m not in ("tokenize",)]
         s = Section("Held-out domain evaluation: base vs tuned",
                     text=next(iter(held.values())).get("note", "") or "Generation on the dataset's test split.")
+        counts = {k: v["rows"] for k, v in held.items() if v.get("rows")}
+        if counts:
+            s.tables.append(Table(["model", "rows read", "generated", "skipped (no reply)", "cut at max_new_tokens",
+                                   "prompts over the context"],
+                                  [[k, c.get("total"), c.get("generated"), c.get("skipped"),
+                                    c.get("cut_at_max_new_tokens"), c.get("over_context")] for k, c in counts.items()],
+                                  "heldout-rows"))
         s.tables.append(Table(["model", *metrics], [[k, *[v["metrics"].get(m) for m in metrics]]
                                                     for k, v in held.items()], "heldout-compare"))
         scores = [m for m in ("bleu4", "rouge1", "rouge2", "rougeL") if m in metrics]
@@ -82,12 +99,20 @@ def _suite_section(evals: dict[str, dict[str, Any]]) -> Section | None:
         row: list[Any] = [suite]
         for model in ("base", "tuned"):
             r = (evals.get(model, {}).get("suites") or {}).get(suite) or {}
-            row += [r.get("accuracy"), r.get("n")]
+            row += [with_chance(r.get("accuracy"), r.get("chance")), r.get("n")]
         rows.append(row)
     s = Section("Evaluate step: multiple-choice suites, base vs tuned",
-                text="Accuracy (%) and number of questions of each suite of the evaluate step's config.")
+                text="Accuracy (%) with its chance level (1 / number of options) and number of questions of each "
+                     "suite of the evaluate step's config.")
     s.tables.append(Table(["suite", "base accuracy", "base n", "tuned accuracy", "tuned n"], rows, "evaluate-suites"))
     return s
+
+
+def _rows_line(t: dict[str, Any]) -> str | None:
+    """Older summaries: the line from their per-split counts."""
+    from tuneforge.trainers.truncation import fitting_line
+
+    return fitting_line(t["rows"], t.get("max_length", "?")) if t.get("rows") else None
 
 
 def write_pipeline_report(root: str | Path, summary: dict[str, Any]) -> None:

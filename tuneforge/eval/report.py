@@ -72,8 +72,21 @@ def bar_chart(title: str, labels: list[str], values: list[float], ylabel: str = 
     return _png(fig)
 
 
+def below_chance(accuracy: float | None, chance: float | None) -> bool:
+    return accuracy is not None and chance is not None and accuracy < chance
+
+
+def with_chance(accuracy: float | None, chance: float | None) -> str | None:
+    """`31.20 (chance 25.00)`, marked `below chance` when a guess would do better on average."""
+    if accuracy is None or chance is None:
+        return None if accuracy is None else _fmt(accuracy)
+    return f"{accuracy:.2f} (chance {chance:.2f})" + (" ⚠ below chance" if below_chance(accuracy, chance) else "")
+
+
 def delta_chart(title: str, labels: list[str], deltas: list[float], lows: list[float], highs: list[float],
-                tolerance: float) -> bytes:
+                tolerance: float | list[float]) -> bytes:
+    """Deltas with their CIs; `tolerance` one for all bars, or each bar's own (its suite's tier), drawn as a
+    dashed line under that bar."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2), 3.2))
     err = [[d - lo for d, lo in zip(deltas, lows, strict=True)], [hi - d for d, hi in zip(deltas, highs, strict=True)]]
@@ -81,7 +94,16 @@ def delta_chart(title: str, labels: list[str], deltas: list[float], lows: list[f
               for lo, hi in zip(lows, highs, strict=True)]
     ax.bar(labels, deltas, yerr=err, capsize=4, color=colors)
     ax.axhline(0, color="black", lw=0.8)
-    ax.axhline(-tolerance, color="#C44E52", lw=0.8, ls="--", label=f"-{tolerance:g} pt tolerance")
+    tols = tolerance if isinstance(tolerance, list) else [tolerance] * len(labels)
+    if len(set(tols)) <= 1:
+        ax.axhline(-tols[0] if tols else 0, color="#C44E52", lw=0.8, ls="--",
+                   label=f"-{tols[0] if tols else 0:g} pt tolerance")
+    else:
+        seen: set[float] = set()
+        for i, t in enumerate(tols):
+            ax.hlines(-t, i - 0.45, i + 0.45, color="#C44E52", lw=1.2, ls="--",
+                      label=None if t in seen else f"-{t:g} pt tolerance")
+            seen.add(t)
     ax.set_ylabel("tuned − base (points, 95% CI)")
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
@@ -125,19 +147,23 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
             s.tables.append(Table(["tier", "suites", "tolerance (pt)", "gates", "verdict"],
                                   [[t, ", ".join(v["suites"]), v["tolerance"], v["gates"], v["verdict"]]
                                    for t, v in fg["tiers"].items()], "forgetting-tiers"))
-        rws, labels, d, lo, hi = [], [], [], [], []
+        rws, labels, d, lo, hi, tol = [], [], [], [], [], []
         for name, r in fg["suites"].items():
-            rws.append([name, r.get("tier"), "all", r["n"], r["base_accuracy"], r["tuned_accuracy"], r["delta"],
+            chance = ((results.get("suites") or {}).get(name) or {}).get("chance")
+            rws.append([name, r.get("tier"), "all", r["n"], with_chance(r["base_accuracy"], chance),
+                        with_chance(r["tuned_accuracy"], chance), r["delta"],
                         f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]", r["lost"], r["gained"], f"{r['p_value']:.3g}",
                         r.get("mde"), r["verdict"], r.get("note", "")])
             labels.append(name)
             d.append(r["delta"]), lo.append(r["ci_low"]), hi.append(r["ci_high"])
+            tol.append(r.get("tolerance", fg["tolerance"]))
             for cat, c in r["categories"].items():
                 rws.append([name, r.get("tier"), cat, c["n"], c["base_accuracy"], c["tuned_accuracy"], c["delta"],
                             f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]", c["lost"], c["gained"],
                             f"{c.get('p_holm', c['p_value']):.3g}", c.get("mde"), c["verdict"], c.get("note", "")])
                 labels.append(f"{name}/{cat}")
                 d.append(c["delta"]), lo.append(c["ci_low"]), hi.append(c["ci_high"])
+                tol.append(r.get("tolerance", fg["tolerance"]))
         s.tables.append(Table(["suite", "tier", "category", "n", "base", "tuned", "delta", "95% CI", "right→wrong",
                                "wrong→right", "p (Holm for categories)", "MDE (pt)", "verdict", "note"], rws,
                               "forgetting"))
@@ -149,7 +175,7 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
                                    "McNemar p", "Holm p", "MDE (pt)", "verdict"], subj_rows, "forgetting-subjects"))
         if labels:
             s.images.append(("forgetting_deltas", delta_chart("Accuracy change, tuned vs base", labels, d, lo, hi,
-                                                               fg["tolerance"])))
+                                                               tol)))
         if fg.get("perplexity"):
             p = fg["perplexity"]
             s.tables.append(Table(["perplexity base", "perplexity tuned", "change %", "verdict"],
@@ -177,17 +203,21 @@ def build_sections(results: dict, rows: list[dict], samples: int = 20) -> list[S
                + f"; {sr.get('unextracted', 0)} answers unextractable (counted wrong); extraction levels "
                + ", ".join(f"{k} {v}" for k, v in (sr.get("extraction") or {}).items())
                if mode == "generate" else "mode `logits`")
+        warn = (f" Below chance: {sr['accuracy']:.2f}% is under the {sr['chance']:.2f}% a uniform guess scores "
+                "on average." if below_chance(sr["accuracy"], sr.get("chance")) else "")
         s = Section(f"Suite {name}", text=(f"split `{sr.get('split')}`, {sr.get('shots')}-shot, {sr['n']} questions, "
                                            f"{how}; pooled over questions (micro, as lm-eval's group) "
-                                           f"{_fmt(sr.get('micro_accuracy'))}."))
+                                           f"{_fmt(sr.get('micro_accuracy'))}; chance "
+                                           f"{_fmt(sr.get('chance'))} (1 / number of options).{warn}"))
         cats = sr.get("categories") or {}
-        crow = [["average (mean over subjects)", sr["accuracy"], sr["n"]]] + [[c, v["accuracy"], v["n"]] for c, v in cats.items()]
+        crow = [["average (mean over subjects)", with_chance(sr["accuracy"], sr.get("chance")), sr["n"]]] + [[c, v["accuracy"], v["n"]] for c, v in cats.items()]
         if sr.get("hard"):
             crow.append(["C-Eval Hard", sr["hard"]["accuracy"], sr["hard"]["n"]])
         s.tables.append(Table(["group", "accuracy", "n"], crow, f"{name}-categories"))
         if cats and sr["accuracy"] is not None:
             s.images.append((f"{name}_categories", bar_chart(f"{name}: accuracy per category", list(cats),
-                                                             [v["accuracy"] for v in cats.values()])))
+                                                             [v["accuracy"] for v in cats.values()],
+                                                             chance=sr.get("chance", 25.0))))
         if mode == "generate":
             s.tables.append(Table(["subject", "category", "accuracy", "n", "unextracted"],
                                   [[k, v["category"], v["accuracy"], v["n"], v.get("unextracted")]

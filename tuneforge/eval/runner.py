@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import write_json, write_jsonl
 from tuneforge.common.lineage import eval_lineage, fingerprint
-from tuneforge.eval.config import EvalConfig, SuiteConfig, check_suite_paths, load_config
+from tuneforge.eval.config import EvalConfig, SuiteConfig, check_paths, load_config
 from tuneforge.eval.models import LoadedModel, load_for_eval, pick_device
+from tuneforge.eval.progress import Counter, message
 from tuneforge.eval.scoring import submission, summarize
 from tuneforge.eval.stats import (
     FORGETTING,
@@ -26,6 +28,9 @@ from tuneforge.eval.stats import (
 from tuneforge.eval.suites import Suite, load_suite
 
 Progress = Callable[[str], None] | None
+log = logging.getLogger("tuneforge.eval")
+# per generate-mode suite and held-out run: outputs that ran out of new tokens, prompts over the model's context
+GENERATION_COUNTS = ("cut_at_max_new_tokens", "over_context")
 # Half precision on CUDA re-scores in float32 the questions whose top-two letter logits are closer than this many
 # steps of the dtype at the largest logit's magnitude (`native.needs_rescore`): 2x the largest error each dtype
 # made on C-Eval val (bf16 0.78 steps, fp16 0.87; SmolLM2-135M), held out on CMMLU test and MMLU val
@@ -56,6 +61,16 @@ def _question_key(rows: list[dict]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(sorted(str(r["uid"]) for r in rows)).encode()).hexdigest()[:16]
+
+
+def _n_questions(suite: Suite, limit: int | None) -> int:
+    return sum(len(suite.items(s, limit)) for s in suite.subjects)
+
+
+def chance_level(suite: Suite, limit: int | None) -> float | None:
+    """Accuracy (%) of guessing uniformly: the mean over the scored questions of 1 / number of options."""
+    opts = [len(it.options) for s in suite.subjects for it in suite.items(s, limit) if it.options]
+    return round(100.0 * sum(1 / k for k in opts) / len(opts), 2) if opts else None
 
 
 def _generation_template(tokenizer: Any, name: str | None) -> tuple[Callable[[list[dict]], str] | None, list[str]]:
@@ -110,6 +125,7 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
             timing["seconds"] += st["seconds"]
     else:
         assert lm is not None
+        gen_counts: dict[str, dict[str, int]] = {}
         logit_suites = [(sc, s) for sc, s in suites if _mode(cfg, sc) == "logits"]
         gen_suites = [(sc, s) for sc, s in suites if _mode(cfg, sc) == "generate"]
         if logit_suites:
@@ -130,7 +146,12 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
                                max_batch_tokens=cfg.max_batch_tokens, chat=chat, prefix_cache=cfg.prefix_cache,
                                rescore_model=fp32, rescore_margin=margin, rescore_ulps=ulps)
             for sc, suite in logit_suites:
-                rows += eng.score_suite(suite, sc.shots, sc.limit, progress)
+                with Counter(f"{suite.name} (logits)", _n_questions(suite, sc.limit), "questions",
+                             progress) as bar:
+                    for subject in suite.subjects:  # one subject at a time: the bar moves as they finish
+                        done = eng.score_subject(suite, subject, sc.shots, sc.limit)
+                        rows += done
+                        bar.advance(len(done))
             timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored")})
             timing.update(eng.describe())  # dtype, prefix cache, attention path, the re-scoring rule in force
             timing["questions"] += eng.stats["questions"]
@@ -143,12 +164,19 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
                                     stops=stops)
             for sc, suite in gen_suites:
                 cot = cfg.generation.cot if sc.cot is None else sc.cot
-                rows += geng.score_suite(suite, sc.shots if suite.shots_split else 0, sc.limit, cot, progress)
+                before = {k: geng.stats.get(k, 0) for k in GENERATION_COUNTS}
+                with Counter(f"{suite.name} (generate)", _n_questions(suite, sc.limit), "questions",
+                             progress) as bar:
+                    rows += geng.score_suite(suite, sc.shots if suite.shots_split else 0, sc.limit, cot,
+                                             on_batch=bar.advance)
+                gen_counts[suite.name] = {k: geng.stats.get(k, 0) - before[k] for k in GENERATION_COUNTS}
             timing["questions"] += geng.stats["questions"]
             timing["seconds"] += geng.stats["seconds"]
             timing["generate_questions"] = geng.stats["questions"]
     timing["questions_per_s"] = round(timing["questions"] / timing["seconds"], 3) if timing["seconds"] else None
     timing["seconds"] = round(timing["seconds"], 3)
+    if cfg.engine != "native":
+        gen_counts = {}
     layouts = {s.name: (s, sc) for sc, s in suites}
     summary = {}
     for name, (suite, sc) in layouts.items():
@@ -158,8 +186,10 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
                          "layout": suite.bench.layout, "limit": sc.limit, "tier": sc.tier,
                          "mode": _mode(cfg, sc) if cfg.engine == "native" else "logits",
                          "questions": _question_key(srows)}
+        summary[name]["chance"] = chance_level(suite, sc.limit)
         if summary[name]["mode"] == "generate":
             summary[name]["cot"] = cfg.generation.cot if sc.cot is None else sc.cot
+            summary[name].update(gen_counts.get(name, {}))
         if suite.split == "test" and suite.bench.layout == "ceval":
             write_json(out / f"submission_{name}.json", submission(srows))
             summary[name]["submission"] = f"submission_{name}.json"
@@ -176,7 +206,7 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
         raise TuneforgeError("no model: pass --model (embedded:smollm2, a local folder or a hub id)")
     if not cfg.suites and not cfg.heldout and not cfg.perplexity:
         raise TuneforgeError("nothing to evaluate: name suites (--benchmark) or held-out data in the config")
-    check_suite_paths(cfg)
+    check_paths(cfg)
     # Which weights are scored, checked before anything loads: an adapter on other weights is refused.
     lineage = eval_lineage(cfg.model, cfg.adapter)
     out = Path(out)
@@ -192,18 +222,31 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
         rows, mcq = _score_mcq(cfg, lm, out, progress, suites_loaded)
         results.update(mcq)
         write_jsonl(out / "predictions.jsonl", rows)
+        for name, sr in mcq["suites"].items():
+            cut = "".join(f", {sr[k]} {k.replace('_', ' ')}" for k in GENERATION_COUNTS if sr.get(k))
+            log.info("%s: accuracy %s on %s questions (chance %s)%s", name, sr["accuracy"], sr["n"],
+                     sr.get("chance"), cut)
     if cfg.perplexity:
         from tuneforge.eval.perplexity import load_texts, perplexity
 
         assert lm is not None
         pc = cfg.perplexity
-        results["perplexity"] = {**perplexity(lm.model, lm.tokenizer, load_texts(pc.corpus, pc.limit), lm.device,
-                                              pc.max_length), "corpus": pc.corpus or "shipped general_text"}
+        texts = load_texts(pc.corpus, pc.limit)
+        with Counter("perplexity", len(texts), "documents", progress) as bar:
+            ppl = perplexity(lm.model, lm.tokenizer, texts, lm.device, pc.max_length, on_document=bar.advance)
+        results["perplexity"] = {**ppl, "corpus": pc.corpus or "shipped general_text"}
+        log.info("perplexity %s on %s tokens of %s documents (%s truncated at max_length %s, %s skipped: "
+                 "under 2 tokens)", ppl["perplexity"], ppl["tokens"], ppl["documents"], ppl["truncated"],
+                 pc.max_length, ppl["skipped"])
     if cfg.heldout:
         from tuneforge.eval.heldout import run_heldout
 
         assert lm is not None
-        results["heldout"] = run_heldout(lm, cfg.heldout, out)
+        results["heldout"] = ho = run_heldout(lm, cfg.heldout, out, progress=progress)
+        log.info("held-out: %s of %s rows generated (%s skipped: no assistant reply), %s cut at max_new_tokens "
+                 "%s, %s prompts over the model's context", ho["metrics"]["n"], ho["rows"]["total"],
+                 ho["rows"]["skipped"], ho["rows"]["cut_at_max_new_tokens"], cfg.heldout.max_new_tokens,
+                 ho["rows"]["over_context"])
     results["config"] = cfg.model_dump(mode="json")
     results["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(out / "results.json", results)
@@ -354,13 +397,11 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
     base_dir = Path(base_eval) if base_eval is not None else out / "base"
     base_res = _reusable_base(base_dir, cfg, base) if base_eval is not None else None
     if base_res is None:
-        if progress:
-            progress(f"base: {base}")
+        message(progress, f"base: {base}")
         base_res = run_eval(cfg, out=base_dir, model=base, report=False, progress=progress)
-    elif progress:
-        progress(f"base: {base} (its evaluation in {base_dir} reused)")
-    if progress:
-        progress(f"tuned: {tuned or base} + {adapter or 'no adapter'}")
+    else:
+        message(progress, f"base: {base} (its evaluation in {base_dir} reused)")
+    message(progress, f"tuned: {tuned or base} + {adapter or 'no adapter'}")
     tuned_res = run_eval(cfg, out=out / "tuned", model=tuned or base, adapter=adapter, report=False,
                          progress=progress)
     from tuneforge.common.io import read_jsonl
@@ -377,10 +418,9 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
     if cfg.judge is not None and cfg.heldout is not None:
         from tuneforge.eval.judge import judge_win_rate
 
-        if progress:
-            progress("judge: tuned vs base on the held-out prompts")
         results["judge"] = judge_win_rate(read_jsonl(base_dir / "heldout_outputs.jsonl"),
-                                          read_jsonl(out / "tuned" / "heldout_outputs.jsonl"), cfg.judge)
+                                          read_jsonl(out / "tuned" / "heldout_outputs.jsonl"), cfg.judge,
+                                          progress=progress)
         results["base_heldout"] = {k: v for k, v in base_res.get("heldout", {}).items() if k != "examples"}
     write_json(out / "results.json", results)
     write_jsonl(out / "predictions.jsonl", tuned_rows)

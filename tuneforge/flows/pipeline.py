@@ -4,6 +4,7 @@ with the build's, training's and evaluations' tables as artifacts). Caching is t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,24 @@ PUBLISH: dict[str, Callable[[str, dict[str, Any]], None]] = {
 }
 
 
+def reporting_progress(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """The step with the evaluations' progress lines (counts, rate) sent to its task run's log."""
+
+    @functools.wraps(fn)
+    def run(**kwargs: Any) -> dict[str, Any]:
+        from prefect import get_run_logger
+
+        from tuneforge.eval.progress import reporting
+
+        with reporting(get_run_logger().info):
+            return fn(**kwargs)
+
+    return run
+
+
 def prefect_step(name: str, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Run one pipeline step as a Prefect task, then publish its artifacts."""
-    result = task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)(**kwargs)
+    result = task(reporting_progress(fn), name=name, cache_policy=NO_CACHE, persist_result=False)(**kwargs)
     PUBLISH[name.split("/", 1)[0]](name, result)
     return result
 
@@ -38,7 +54,7 @@ def pipeline_flow(pipeline: str, out: str, overrides: dict[str, Any] | None = No
 # The search (issue 17) as a flow; each trial a subflow, each of its steps a task.
 def search_step(name: str, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
     """A search step as a Prefect task: `trials/<hash>/<step>` publishes as the pipeline's `<step>` would."""
-    result = task(fn, name=name, cache_policy=NO_CACHE, persist_result=False)(**kwargs)
+    result = task(reporting_progress(fn), name=name, cache_policy=NO_CACHE, persist_result=False)(**kwargs)
     inner = name.split("/", 2)[2] if name.startswith("trials/") else name  # train/sft, evaluate, prune...
     publish = PUBLISH.get(inner.split("/", 1)[0])
     if publish is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from tuneforge.trainers.metrics import LossProgress, MetricsLog, plot_loss, read
 from tuneforge.trainers.models import load_tokenizer_and_template
 from tuneforge.trainers.peft_methods import METHODS
 from tuneforge.trainers.stages import STAGES
+
+log = logging.getLogger("tuneforge.trainers")
 
 
 def last_checkpoint(out: Path) -> Path | None:
@@ -69,6 +72,16 @@ def merge_adapter(final: Path, target: Path, stage: str, tokenizer: Any) -> Path
     model.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
     return target
+
+
+def final_eval(trainer: Any) -> None:
+    """Eval loss on the eval split at the last step, when the trainer has one and evaluation is on but did not
+    fall on that step (short runs end before the first `eval_steps`); it lands in metrics.jsonl."""
+    args, state = trainer.args, trainer.state
+    if getattr(trainer, "eval_dataset", None) is None or args.eval_strategy == "no":
+        return
+    if not any("eval_loss" in h and h.get("step") == state.global_step for h in state.log_history):
+        trainer.evaluate()
 
 
 def _rows_trained(trainer: Any, kept: int) -> int:
@@ -137,6 +150,8 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
                                               "truncation": fitting})
             raise (tr.DroppedRowsError(f"--strict: {msg}") if strict else RecipeError(
                 f"{msg}; that is over truncation.max_drop_share {100 * config.truncation.max_drop_share:g}%"))
+    rows_line = tr.fitting_line(fitting, config.max_length)
+    log.info("%s: %s", config.stage, rows_line)
     resume_step = int(re.search(r"(\d+)$", ckpt.name).group(1)) if resume and ckpt else None
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -164,6 +179,7 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         trainer.train()
     else:
         trainer.train(resume_from_checkpoint=str(ckpt) if resume_step is not None else None)
+        final_eval(trainer)
 
     final = out / "final"
     trainer.save_model(str(final))
@@ -177,12 +193,14 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
     plot = plot_loss(rows, out / "loss.png") if main else None
     key = "loss/policy_avg" if config.stage == "ppo" else "loss"
     losses = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    eval_losses = [r["eval_loss"] for r in rows if isinstance(r.get("eval_loss"), (int, float))]
     summary = {
         "run_dir": str(out), "stage": config.stage, "final": str(final),
         "adapter": config.peft is not None, "peft_method": config.peft.method if config.peft is not None else None,
         "merged": str(merged) if merged else None,
         "metrics": str(metrics_path), "plot": str(plot) if plot else None,
         "steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else None,
+        "eval_loss": eval_losses[-1] if eval_losses else None, "rows_line": rows_line,
         "template": template_name, "train_rows": train_rows, "lineage": lineage,
         "rows": {split: {k: v for k, v in r.items() if k != "dropped_rows"} for split, r in fitting.items()},
     }

@@ -154,6 +154,15 @@ def prepare_grpo(config, data, tokenizer, template) -> Prepared:
 # ------------------------------------------------------------------ build (loads the model)
 
 
+def evaluation(config: TrainConfig, p: Prepared) -> dict[str, Any]:
+    """Eval loss on the eval split at each checkpoint (`save_steps`, a whole pass over the split is not
+    free), none without one; `args.eval_strategy`/`eval_steps` in the config override it. `train()` adds
+    one at the last step."""
+    if p.eval is None or not len(p.eval):
+        return {"eval_strategy": "no"}
+    return {"eval_strategy": "steps", "eval_steps": config.args.get("save_steps", 200)}
+
+
 def _peft_for(config, model, p: Prepared, args, task_type: str = "CAUSAL_LM") -> Any:
     return models.peft_config(config, task_type, model=model, steps=models.total_steps(args, len(p.train)))
 
@@ -165,40 +174,40 @@ def _trainer(cls, config, p: Prepared, tokenizer, args, model, **kw) -> Any:
 
 def build_sft(config, p, tokenizer, out):
     cls, _ = stage_classes("sft")
-    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
+    args = trl_args(config, out, max_length=config.max_length, **evaluation(config, p))
     return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
 def build_pt(config, p, tokenizer, out):
     cls, _ = stage_classes("pt")
     args = trl_args(config, out, max_length=config.max_length, dataset_text_field="text", packing=True,
-                    packing_strategy="wrapped", eval_strategy="no")
+                    packing_strategy="wrapped", **evaluation(config, p))
     return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
 def build_dpo(config, p, tokenizer, out):
     cls, _ = stage_classes("dpo")
-    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
+    args = trl_args(config, out, max_length=config.max_length, **evaluation(config, p))
     return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
 def build_kto(config, p, tokenizer, out):
     """KTO: TRL's KTOTrainer on unpaired rows; the KL term needs batches of 2 or more (TRL checks)."""
     cls, _ = stage_classes("kto")
-    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
+    args = trl_args(config, out, max_length=config.max_length, **evaluation(config, p))
     return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
 def build_reference_free(config, p, tokenizer, out):
     """orpo (ORPOTrainer) and simpo (CPOTrainer, loss_type simpo): preference pairs, no reference model."""
     cls, _ = stage_classes(config.stage)
-    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no", remove_unused_columns=False)
+    args = trl_args(config, out, max_length=config.max_length, **evaluation(config, p), remove_unused_columns=False)
     return _trainer(cls, config, p, tokenizer, args, models.load_policy(config))
 
 
 def build_rm(config, p, tokenizer, out):
     cls, _ = stage_classes("rm")
-    args = trl_args(config, out, max_length=config.max_length, eval_strategy="no")
+    args = trl_args(config, out, max_length=config.max_length, **evaluation(config, p))
     model = models.load_scorer(config.base_model, config, tokenizer)
     return cls(model=model, args=args, train_dataset=p.train, eval_dataset=p.eval, processing_class=tokenizer,
                peft_config=_peft_for(config, model, p, args, "SEQ_CLS"), callbacks=models.peft_callbacks(config))

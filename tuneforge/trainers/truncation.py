@@ -262,3 +262,16 @@ def preflight(reports: list[SplitReport], max_length: int, max_drop_share: float
                               f"max_length or max_drop_share")
     if not reports or reports[0].kept == 0:
         raise TuneforgeError(f"no training row fits within max_length {max_length}")
+
+
+def fitting_line(fitting: dict[str, dict[str, Any]], max_length: int) -> str:
+    """One line per run for logs and summaries: per split, how many rows were cut to fit and how many dropped
+    (`fitting` is run.json's `truncation`: SplitReport.to_json per split, with TRL's own drops)."""
+    parts = []
+    for split, r in fitting.items():
+        cut = r.get("trimmed", 0) + r.get("truncated", 0)
+        by_trl = r.get("dropped_by_trl", 0)
+        parts.append(f"{split}: {cut} of {r['rows']} rows truncated at max_length {max_length} "
+                     f"({r.get('trimmed', 0)} lost older turns, {r.get('truncated', 0)} cut inside a turn), "
+                     f"{r.get('dropped', 0) + by_trl} dropped" + (f" ({by_trl} by TRL)" if by_trl else ""))
+    return "; ".join(parts)
