@@ -102,9 +102,9 @@ def main() -> None:
                  f"{counts['one'][0]:,}/{counts['one'][1]:,}, many files {counts['many'][0]:,}/{counts['many'][1]:,}.",
                  f"- {args.repeat} run(s) each, fastest kept: one file "
                  f"{secs(runs['one'])} s, many files {secs(runs['many'])} s.",
-                 "- Stage seconds (many files): " + ", ".join(
-                     f"{k} {v}" for k, v in best["many"]["timings"]["timings"].items()
-                     if isinstance(v, int | float) and k not in ("shards",))]
+                 *(f"- Stage seconds ({label}): " + ", ".join(
+                     f"{k} {v}" for k, v in best[k2]["timings"]["timings"].items()
+                     if isinstance(v, int | float) and k not in ("shards",)) for label, k2 in rows)]
         text = (f"## small files\n\n`benchmarks/small_files.py --files {args.files} --per-file {args.per_file} "
                 f"--repeat {args.repeat}` on this machine ({cores} cores): the `tuneforge build` CLI (no Prefect; "
                 f"worker processes, one per core) on a folder of small alpaca JSONL files, against the same "

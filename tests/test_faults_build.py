@@ -97,6 +97,18 @@ def test_a_kill_at_any_point_of_the_last_step_leaves_the_old_or_the_new_output(t
     assert seen == {"old", "new"}  # the kill points straddle the switch
 
 
+def test_training_reads_one_version_of_an_output(tmp_path):
+    from tuneforge.trainers.data import pinned
+
+    (tmp_path / "data").mkdir()
+    _corpus(tmp_path / "data" / "a.jsonl", 10)
+    out = tmp_path / "out"
+    build(_recipe(tmp_path), out, runner="serial")
+    live = pinned(out)
+    assert live.parent.name == "versions" and (live / "manifest.json").is_file() and (live / "dataset").is_dir()
+    assert pinned(tmp_path / "nothing") == tmp_path / "nothing"  # not an output: the usual error follows
+
+
 def test_an_output_of_the_layout_before_versions_is_replaced(tmp_path):
     (tmp_path / "data").mkdir()
     _corpus(tmp_path / "data" / "a.jsonl", 10)
