@@ -119,6 +119,8 @@ class _Scan:
         self.size = 0
         self.utf8 = True
         self.cuts: list[tuple[int, int]] = []  # (byte offset, newlines before it)
+        self.head = b""  # the first bytes (a BOM?)
+        self.content: bool | None = None  # anything but whitespace and a BOM (known when one chunk held it all)
         pending = b""  # the start of a character cut by the chunk boundary
         newlines = 0
         tail = b""
@@ -131,8 +133,11 @@ class _Scan:
             while chunk := f.read(CHUNK):
                 if hashed is not None:
                     hashed.result()  # chunks reach the hash in order
+                if self.size == 0:
+                    self.head = chunk[:4]
                 if hasher is None and self.size == 0 and len(chunk) < CHUNK:
                     self.sha.update(chunk)
+                    self.content = bool(chunk.replace(codecs.BOM_UTF8, b"").strip())
                 else:
                     hasher = hasher or stack.enter_context(ThreadPoolExecutor(1))
                     hashed = hasher.submit(self.sha.update, chunk)
@@ -189,8 +194,7 @@ def _encoding(path: Path, cfg: SourceConfig, scan: _Scan, kind: str) -> str:
             return f"{cfg.encoding}|mixed"
         raise SourceError(f"{path}: not valid {cfg.encoding} at byte {bad[0]}: {bad[1]}; check `encoding:` for this "
                           f"source in the recipe")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    head = scan.head
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig" if scan.utf8 else _fallback(path, kind)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -439,7 +443,7 @@ def plan_file(path: Path, rel: str, cfg: SourceConfig, sharding: Sharding) -> Fi
         raise SourceError(f"{rel}: changed while the build read it (it was {stamp[0]:,} bytes, "
                           f"{scan.size:,} were read); re-run once it is written completely (or build from a copy)")
     unchanged(plan)
-    if scan.size == 0 or (kind != "parquet" and not _has_content(path)):
+    if scan.size == 0 or (kind != "parquet" and not (_has_content(path) if scan.content is None else scan.content)):
         plan.warnings.append("empty")
         return plan
     if kind == "parquet":
