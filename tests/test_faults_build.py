@@ -196,6 +196,22 @@ def test_a_full_disk_is_exit_2_leaves_no_scratch_and_the_next_build_works(tmp_pa
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]["input"] == 1
 
 
+def test_a_read_only_file_system_is_exit_2(tmp_path):
+    (tmp_path / "data").mkdir()
+    _corpus(tmp_path / "data" / "a.jsonl", 5)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        r = _cli("build", str(_recipe(tmp_path)), "--out", str(ro / "out"), "--no-prefect", "--runner", "serial")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "read-only" in r.stderr and "bug in tuneforge" not in r.stderr
+
+
 # ---------------------------------------------------------------- bounded work
 
 def test_yaml_alias_bombs_and_cycles_are_refused_fast(tmp_path):
