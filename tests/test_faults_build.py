@@ -191,9 +191,15 @@ def test_a_full_disk_is_exit_2_leaves_no_scratch_and_the_next_build_works(tmp_pa
     small = tmp_path / "small.yaml"
     small.write_text(big.read_text(encoding="utf-8").replace("a.jsonl", "b.jsonl").replace("name: big",
                                                                                           "name: small"))
-    r = _cli("build", str(small), "--out", str(out), "--no-prefect", "--runner", "serial", "--force")
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli("build", str(small), "--out", str(out), "--no-prefect", "--runner", "serial")
+    assert r.returncode == 0, r.stderr[-2000:]  # nothing was published: no --force needed
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["counts"]["input"] == 1
+    # The big one fails again, and the small output stays as it was, still the small recipe's.
+    before = _state(out)
+    r = _cli("build", str(big), "--out", str(out), "--no-prefect", "--runner", "serial", "--force")
+    assert r.returncode == 2 and _state(out) == before
+    r = _cli("build", str(small), "--out", str(out), "--no-prefect", "--runner", "serial")
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_a_read_only_file_system_is_exit_2(tmp_path):

@@ -91,7 +91,8 @@ class OutputDir:
                 raise OutputError(f"--out {self.out}: its {MARK}/{MARKER} is unreadable; remove the folder by "
                                   f"hand if it is an old output") from None
             other = self.previous.get("recipe")
-            if other != str(self.recipe) and not self.force:
+            # Only a published output is another recipe's to keep: a failed first build left nothing to protect.
+            if other != str(self.recipe) and self.previous.get("written") and not self.force:
                 raise OutputError(f"--out {self.out} holds a build of another recipe ({other}); pass --force to "
                                   f"replace it")
 
@@ -117,7 +118,10 @@ class OutputDir:
         self.staging = self.versions / str(max(numbers, default=0) + 1)
         self.staging.mkdir()
         self.work.mkdir(parents=True, exist_ok=True)
-        write_json(self.mark / MARKER, {**self.previous, "recipe": str(self.recipe), "status": "building",
+        # The live output stays the earlier recipe's until the switch: a failed build does not take it over.
+        owner = self.previous.get("recipe") if self.previous.get("written") else str(self.recipe)
+        write_json(self.mark / MARKER, {**self.previous, "recipe": owner, "building": str(self.recipe),
+                                        "status": "building",
                                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "pid": os.getpid(), "written": self.previous.get("written", [])})
 
@@ -170,6 +174,7 @@ class OutputDir:
         marker = {**self.previous, "recipe": str(self.recipe), "status": "complete", "written": sorted(names),
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         marker.pop("pid", None)
+        marker.pop("building", None)
         write_json(self.mark / MARKER, marker)
         kill_point("marker")
         for v in self.versions.iterdir():
