@@ -273,8 +273,9 @@ def _secs(runs: list[dict]) -> str:
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and ".tuneforge" not in p.parts)
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and ".tuneforge" not in p.parts)
+    from tuneforge.builder.outdir import published
+
+    files_a, files_b = published(a), published(b)
     return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
 
 

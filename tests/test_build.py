@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tuneforge.builder.outdir import published
 from tuneforge.common.errors import RecipeError
 from tuneforge.recipe import load_recipe
 
@@ -50,7 +51,7 @@ def _read_jsonl(p: Path) -> list[dict]:
 
 def _outputs(root: Path) -> list[Path]:
     """The files a build published (.tuneforge/ is its own bookkeeping: paths, timings)."""
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".tuneforge" not in p.parts)
+    return published(root)  # the published names are links into .tuneforge/current/
 
 
 def _build(recipe: Path, out: Path, **kw):

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
     from click import ClickException
 from rich.console import Console
 
-from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.errors import TuneforgeError, machine_fault
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # An ephemeral Prefect API starts in a subprocess; on a busy 2-core machine its default 20 s can run out.
@@ -146,6 +146,9 @@ def main() -> None:
     except Exception as e:
         if STATE["debug"]:
             traceback.print_exc()
+        if fix := machine_fault(e):  # a full disk, a quota, a permission: the user's to fix, not a bug
+            err.print(f"[red]error:[/red] {fix}")
+            sys.exit(2)
         err.print(f"[red]internal error:[/red] {type(e).__name__}: {str(e)[:500]}\n"
                   f"This is a bug in tuneforge, not in your data. Re-run with --debug for the traceback and "
                   f"report it.")

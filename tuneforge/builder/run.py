@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.builder.outdir import MANIFEST, OutputDir
+from tuneforge.builder.outdir import MANIFEST, OutputDir, kill_point
 from tuneforge.builder.progress import BuildProgress
 from tuneforge.builder.tasks import (
     CleanJob,
@@ -36,7 +38,7 @@ from tuneforge.builder.tasks import (
 )
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.stage import merge_counts
-from tuneforge.common.errors import StrictError, TuneforgeError
+from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.executor import Executor, importing_main_script, make_executor
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS, SPLIT_KINDS
@@ -44,6 +46,7 @@ from tuneforge.common.results import BuildResult
 from tuneforge.common.shardio import column_numbers, json_line, numbers, read_table
 from tuneforge.common.source_hash import BUILD, source_hash
 from tuneforge.ingest import FileJob, Sharding, plan_files, rel_path, shards_of
+from tuneforge.ingest.plan import unchanged
 from tuneforge.publish.split import SPLITS, GroupUnion, assign_groups
 from tuneforge.recipe import Recipe, load_recipe
 
@@ -102,15 +105,18 @@ class Build:
                    for q in ((self.base / x) for x in ([src.path] if isinstance(src.path, str) else src.path))
                    if q.is_dir()]  # a source folder: an OUT inside it would be read as input next time
         self.out.check([Path(j.path) for j in jobs] + folders)
-        self.ex.expect(sum(_size(Path(j.path)) for j in jobs))
+        sizes = [_size(Path(j.path)) for j in jobs]
+        self.ex.expect(sum(sizes))
         self.out.claim()
         try:
             with BuildProgress(self.opts.progress) as bar:
                 self.bar = bar
-                plans = self._map("plan", plan_task, jobs, lambda p: 0)
+                batches = _batches(jobs, sizes, self.opts.sharding.target_bytes)
+                plans = [p for batch in self._map("plan", plan_task, batches, lambda p: 0) for p in batch]
                 self._shas = {p.path: p.sha256 for p in plans}
-                shards = shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)])
+                shards = shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)], self.opts.sharding)
                 cleaned = self._clean(shards)
+                self._unchanged(plans)  # every source byte is read by now
                 keys, offsets, ids = self._keys(cleaned)
                 dedup = self._dedup(keys, cleaned, offsets)
                 augment = self._augment(cleaned, offsets, keys, dedup)
@@ -118,6 +124,9 @@ class Build:
                 exported = self._export(shards, cleaned, offsets, dedup, augment, groups_file, keys)
             manifest = self._publish(jobs, plans, shards, cleaned, exported, dedup, augment, keys, ids, notes)
             self.out.prune(self.used)
+        except BaseException as e:
+            self.out.discard(full=disk_full(e))
+            raise
         finally:
             self.out.release()
         self.timings["total"] = round(time.monotonic() - t0, 3)
@@ -144,6 +153,11 @@ class Build:
                        r.clean.model_dump(mode="json"), r.variables, [self._sha(p.path) for p in sh.parts])
             jobs.append(CleanJob(sh, r.clean, str(self.base), dict(r.variables), self._unit("clean", key), key))
         return self._map("clean", clean_task, jobs, lambda s: s["input"])
+
+    @staticmethod
+    def _unchanged(plans: list) -> None:
+        for p in plans:
+            unchanged(p)
 
     def _sha(self, path: str) -> str:
         return self._shas[path]
@@ -318,6 +332,7 @@ class Build:
         from tuneforge.publish.formats import get_writer
         from tuneforge.publish.write import first_line, write_dataset_dict
 
+        kill_point("publish")
         t = time.monotonic()
         r = self.recipe
         stage = self.out.staging
@@ -423,6 +438,8 @@ class Build:
                  "turn_lengths": lengths, "turns": turns}
         write_text(stage / "README.md", render_card(manifest, stats, examples, notes))
         names.append("README.md")
+        self._unchanged(plans)  # export re-reads no source, but a late change still fails before the switch
+        kill_point("staged")
         self.out.commit(names)
         self.timings["publish"] = round(time.monotonic() - t, 3)
         return manifest
@@ -496,9 +513,32 @@ class Build:
         return out
 
 
+PLAN_BATCH = 256  # files planned in one task at most
+
+
+def _batches(jobs: list[FileJob], sizes: list[int], target: int) -> list[tuple[FileJob, ...]]:
+    """Consecutive files in tasks of up to PLAN_BATCH files and about `target` bytes."""
+    out: list[tuple[FileJob, ...]] = []
+    batch: list[FileJob] = []
+    total = 0
+    for job, size in zip(jobs, sizes, strict=True):
+        if batch and (len(batch) >= PLAN_BATCH or total + size > target):
+            out.append(tuple(batch))
+            batch, total = [], 0
+        batch.append(job)
+        total += size
+    if batch:
+        out.append(tuple(batch))
+    return out
+
+
 def _size(p: Path) -> int:
-    if p.is_file():
-        return p.stat().st_size
+    try:
+        st = os.stat(p)
+    except OSError:
+        return 0
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 

@@ -2,7 +2,7 @@
 process, worker processes, a Dask cluster, Prefect task runs) can run them. Each reads and writes shard files
 under the work folder and returns a small summary; none receives or returns a record list.
 
-- `plan_task`: hash and cut one input file (ingest planning).
+- `plan_task`: hash and cut a batch of input files (ingest planning).
 - `clean_task`: read one shard, normalise/scrub/filter every record, compute its dedup keys.
 - `verify_task`: the exact Jaccard of candidate near-duplicate pairs whose later record is in one shard.
 - `export_task`: one shard's records to their split, in every dataset and export format, with its rejects.
@@ -47,8 +47,10 @@ RANK = {"ingest": 0, "clean": 1, "dedup": 2, "augment": 3, "contamination": 4}
 
 
 @gc_paused_task
-def plan_task(job: FileJob) -> FilePlan:
-    return plan_file(job)
+def plan_task(jobs: tuple[FileJob, ...]) -> list[FilePlan]:
+    """Plan a batch of files (one for a big file, up to hundreds of small ones: a task costs more than a
+    small file's plan)."""
+    return [plan_file(job) for job in jobs]
 
 
 # ---------------------------------------------------------------- clean

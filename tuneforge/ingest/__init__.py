@@ -44,22 +44,29 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def resolve_files(cfg: SourceConfig, base: Path, allow_outside: bool = False) -> list[Path]:
+    """Files of a source (see `_resolve`)."""
+    return [f for f, _real in _resolve(cfg, base, allow_outside)]
+
+
+def _resolve(cfg: SourceConfig, base: Path, allow_outside: bool = False) -> list[tuple[Path, str]]:
     """Files of a source: a file, a directory (recursively, known file types), a glob, or a saved dataset.
-    Each real file once, in order; a path outside the recipe folder needs `allow_outside`."""
+    Each real file once, in order; a path outside the recipe folder needs `allow_outside`. Neither a folder
+    nor `**` is walked into a symbolically linked folder (a link cycle would never end)."""
     patterns = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
     files: list[Path] = []
     for pattern in patterns:
         p = Path(pattern).expanduser()
         p = p if p.is_absolute() else base / p
         if any(ch in pattern for ch in "*?["):
-            matched = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            matched = _glob(p)
             files += [m for m in matched if m.is_file()]
             if not matched:
                 raise SourceError(f"source {cfg.name!r}: no file matches {pattern!r} (relative to {base})")
         elif p.is_dir() and (cfg.file_type == "arrow" or any((p / m).exists() for m in ARROW_MARKERS)):
             files.append(p)
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIX_TYPES)
+            found = sorted((f for f in p.rglob("*") if f.suffix.lower() in SUFFIX_TYPES and f.is_file()),
+                           key=_order)
             if not found:
                 raise SourceError(f"source {cfg.name!r}: directory {p} holds no readable files")
             files += found
@@ -67,18 +74,38 @@ def resolve_files(cfg: SourceConfig, base: Path, allow_outside: bool = False) ->
             files.append(p)
         else:
             raise SourceError(f"source {cfg.name!r}: {p} does not exist")
-    seen: set[Path] = set()
+    seen: set[str] = set()
     unique = []
+    root = os.path.realpath(base)
     for f in files:
-        real = f.resolve()
+        real = os.path.realpath(f)  # once a file: 20,000 small files made six resolves each a second-long wait
         if real in seen:
             continue
         seen.add(real)
-        if not (allow_outside or cfg.allow_outside) and not _inside(real, base):
+        if not (allow_outside or cfg.allow_outside) and not (real == root or real.startswith(root + os.sep)):
             raise SourceError(f"source {cfg.name!r}: {f} is outside the recipe's folder {base.resolve()}; set "
                               f"`allow_outside: true` on the source (or pass --allow-outside) to read it")
-        unique.append(f)
+        unique.append((f, real))
     return unique
+
+
+def _glob(pattern: Path) -> list[Path]:
+    """`glob` matches, sorted; `**` does not enter symbolically linked folders, so a link cycle cannot make
+    the walk endless (glob's `**` follows links: `a/loop -> ..` matched `a/loop/loop/...` without end)."""
+    if "**" not in pattern.parts:
+        return sorted(Path(m) for m in glob.glob(str(pattern), recursive=True))
+    parts = pattern.parts
+    first = next(i for i, x in enumerate(parts) if any(ch in x for ch in "*?["))
+    root, rest = Path(*parts[:first]), parts[first:]
+    hidden_ok = any(x.startswith(".") for x in rest)
+    # pathlib's `**` skips linked folders; like glob, a wildcard does not match a hidden name.
+    return sorted((m for m in root.glob(str(Path(*rest)))
+                   if hidden_ok or not any(x.startswith(".") for x in m.relative_to(root).parts)), key=_order)
+
+
+def _order(path: Path) -> tuple[str, ...]:
+    """Path order (component by component), without pathlib's slow comparisons: 20,000 files sorted in 0.1 s."""
+    return path.parts
 
 
 @dataclass(frozen=True)
@@ -99,8 +126,10 @@ def plan_files(sources: list[SourceConfig], base: Path, sharding: Sharding,
     for cfg in sources:
         if cfg.format != "auto" and cfg.format not in FORMATS:
             raise SourceError(f"source {cfg.name!r}: unknown format {cfg.format!r}; known: {', '.join(FORMATS)}")
-        for f in resolve_files(cfg, base, allow_outside):
-            jobs.append(FileJob(str(f), rel_path(f, base), cfg, sharding))
+        root = os.path.realpath(base)
+        for f, real in _resolve(cfg, base, allow_outside):
+            rel = real[len(root) + 1:] if real.startswith(root + os.sep) else os.path.relpath(real, root)
+            jobs.append(FileJob(str(f), Path(rel).as_posix(), cfg, sharding))
     return jobs
 
 
@@ -163,8 +192,15 @@ class Shard:
     parts: tuple[Part, ...]
 
 
-def shards_of(plans: list[tuple[SourceConfig, FilePlan]]) -> list[Shard]:
-    """Shards in build order; reading them in this order gives the records of a single-process read."""
+PACK_FILES = 4096  # small files in one shard at most
+
+
+def shards_of(plans: list[tuple[SourceConfig, FilePlan]], sharding: Sharding | None = None) -> list[Shard]:
+    """Shards in build order; reading them in this order gives the records of a single-process read.
+
+    Consecutive small files of a source (each one part) share a shard of up to `target_bytes`: a shard per
+    file made 20,000 small files 20,000 units of work, each with its own scratch files and task overhead."""
+    target = (sharding or Sharding()).target_bytes
     shards: list[Shard] = []
     limited: dict[str, list[Part]] = {}
     order: list[tuple[str, SourceConfig | None, Part | None]] = []
@@ -176,10 +212,33 @@ def shards_of(plans: list[tuple[SourceConfig, FilePlan]]) -> list[Shard]:
                 limited.setdefault(cfg.name, []).append(part)
             else:
                 order.append((cfg.name, cfg, part))
+    sizes = {plan.path: plan.size for _cfg, plan in plans
+             if len(plan.parts) == 1 and plan.file_type not in ("arrow", "parquet")}
+    pack: list[Part] = []
+    pack_bytes = 0
+    pack_cfg: SourceConfig | None = None
+
+    def flush() -> None:
+        nonlocal pack, pack_bytes
+        if pack:
+            assert pack_cfg is not None
+            shards.append(Shard(len(shards), pack_cfg, tuple(pack)))
+        pack, pack_bytes = [], 0
+
     for name, cfg, part in order:
         assert cfg is not None
+        small = part is not None and part.path in sizes
+        if not small or cfg is not pack_cfg or pack_bytes + sizes[part.path] > target or len(pack) >= PACK_FILES:
+            flush()
+        if small:
+            assert part is not None
+            pack_cfg = cfg
+            pack.append(part)
+            pack_bytes += sizes[part.path]
+            continue
         parts = tuple(limited[name]) if part is None else (part,)
         shards.append(Shard(len(shards), cfg, parts))
+    flush()
     return shards
 
 
@@ -280,7 +339,7 @@ def ingest(sources: list[SourceConfig], base_dir: Path, variables: dict[str, str
             res.inputs[p.rel] = p.sha256
         if "empty" in p.warnings:
             res.warnings.append(f"source {j.source.name!r}: {p.rel} is empty")
-    for shard in shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)]):
+    for shard in shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)], sharding):
         reader = ShardReader(shard, variables or {})
         for inp in reader:
             res.records += inp.records

@@ -10,6 +10,7 @@ rows. Small files are one part. The cuts depend only on the file and the targets
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import io
@@ -49,6 +50,30 @@ class FilePlan:
     encoding: str
     parts: list[Part] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stamp: tuple[int, ...] | None = None  # (size, mtime, ctime, inode) when hashed: see `unchanged`
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def unchanged(plan: FilePlan) -> None:
+    """The file is still the one the plan hashed; a source written to during the build is an error naming it,
+    because the records would come from bytes its manifest hash does not cover (a grown file, a half-written
+    last line). Size, modification and change times: a rewrite cannot hide from the change time."""
+    if plan.stamp is None:
+        return
+    path = Path(plan.path)
+    try:
+        now = _stamp(path)
+    except OSError as e:
+        raise SourceError(f"{plan.rel}: disappeared during the build ({e.strerror or e}); re-run once it is "
+                          f"back") from None
+    if now != plan.stamp:
+        grew = f" (it was {plan.stamp[0]:,} bytes, now {now[0]:,})" if now[0] != plan.stamp[0] else ""
+        raise SourceError(f"{plan.rel}: changed while the build read it{grew}; re-run once it is written "
+                          f"completely (or build from a copy)")
 
 
 def _check_codec(enc: str, path: Path) -> None:
@@ -60,7 +85,14 @@ def _check_codec(enc: str, path: Path) -> None:
 
 def _utf8_valid(data: bytes) -> bool:
     """Strict UTF-8 (no surrogates, overlongs or code points past U+10FFFF, like Python's decoder), checked
-    by Arrow's validator without building a str: 0.04 s for 245 MB of Chinese JSON lines, decoding 0.37 s."""
+    by Arrow's validator without building a str: 0.04 s for 245 MB of Chinese JSON lines, decoding 0.37 s.
+    A small buffer (a small file) is decoded: Arrow's fixed cost is larger there."""
+    if len(data) < 1 << 16:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
     arr = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, len(data)], np.int64)),
                                                         pa.py_buffer(data)])
     try:
@@ -87,18 +119,28 @@ class _Scan:
         self.size = 0
         self.utf8 = True
         self.cuts: list[tuple[int, int]] = []  # (byte offset, newlines before it)
+        self.head = b""  # the first bytes (a BOM?)
+        self.content: bool | None = None  # anything but whitespace and a BOM (known when one chunk held it all)
         pending = b""  # the start of a character cut by the chunk boundary
         newlines = 0
         tail = b""
         next_cut = target if target else None
         # The hash runs on a thread of its own (hashlib lets go of the GIL), beside the UTF-8 check and the
         # cuts: a third of the pass, and a single big file's plan is one task while the other workers wait.
-        with open(path, "rb") as f, ThreadPoolExecutor(1) as hasher:
+        with open(path, "rb") as f, contextlib.ExitStack() as stack:
             hashed = None
+            hasher = None  # started at the second chunk: a small file is hashed inline (a thread costs more)
             while chunk := f.read(CHUNK):
                 if hashed is not None:
                     hashed.result()  # chunks reach the hash in order
-                hashed = hasher.submit(self.sha.update, chunk)
+                if self.size == 0:
+                    self.head = chunk[:4]
+                if hasher is None and self.size == 0 and len(chunk) < CHUNK:
+                    self.sha.update(chunk)
+                    self.content = bool(chunk.replace(codecs.BOM_UTF8, b"").strip())
+                else:
+                    hasher = hasher or stack.enter_context(ThreadPoolExecutor(1))
+                    hashed = hasher.submit(self.sha.update, chunk)
                 if self.utf8:
                     buf = pending + chunk if pending else chunk
                     cut = _complete(buf)
@@ -152,8 +194,7 @@ def _encoding(path: Path, cfg: SourceConfig, scan: _Scan, kind: str) -> str:
             return f"{cfg.encoding}|mixed"
         raise SourceError(f"{path}: not valid {cfg.encoding} at byte {bad[0]}: {bad[1]}; check `encoding:` for this "
                           f"source in the recipe")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    head = scan.head
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig" if scan.utf8 else _fallback(path, kind)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -393,11 +434,16 @@ def plan_file(path: Path, rel: str, cfg: SourceConfig, sharding: Sharding) -> Fi
     elif kind == "text" and cfg.text_unit == "paragraph":
         delim = b"\n\n"
     try:
-        scan = _Scan(path, _even_share(path.stat().st_size, sharding.target_bytes), delim)
+        stamp = _stamp(path)
+        scan = _Scan(path, _even_share(stamp[0], sharding.target_bytes), delim)
     except OSError as e:
         raise SourceError(f"{path}: cannot read: {e.strerror or e}") from None
-    plan = FilePlan(str(path), rel, scan.sha.hexdigest(), scan.size, kind, "binary")
-    if scan.size == 0 or (kind != "parquet" and not _has_content(path)):
+    plan = FilePlan(str(path), rel, scan.sha.hexdigest(), scan.size, kind, "binary", stamp=stamp)
+    if scan.size != stamp[0]:
+        raise SourceError(f"{rel}: changed while the build read it (it was {stamp[0]:,} bytes, "
+                          f"{scan.size:,} were read); re-run once it is written completely (or build from a copy)")
+    unchanged(plan)
+    if scan.size == 0 or (kind != "parquet" and not (_has_content(path) if scan.content is None else scan.content)):
         plan.warnings.append("empty")
         return plan
     if kind == "parquet":

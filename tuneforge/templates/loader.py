@@ -1,13 +1,20 @@
 """One Jinja2 loader for every template: chat templates, augmentation prompts and users' own files.
 
 Everything renders in a `SandboxedEnvironment` with `StrictUndefined`: a user template cannot reach Python
-internals, and a missing variable is an error that names it instead of an empty string in the data.
+internals, and a missing variable is an error that names it instead of an empty string in the data. A
+template is untrusted work too: one render may take `MAX_SECONDS` and produce `MAX_CHARS` characters (strings,
+lists, numbers and filter widths it builds included); past either it is a `TemplateLimit` naming the limit, so
+a recipe's document template turns that record into a reject instead of hanging or exhausting memory.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +30,137 @@ PROMPTS_DIR = PACKAGE_DIR / "prompts"
 CHAT_DIR = PACKAGE_DIR / "chat"
 
 
+MAX_SECONDS = 2.0  # one render of one template
+MAX_CHARS = 1_000_000  # its output, and any string, list or number (in digits) it builds
+
+
 class TemplateError(TuneforgeError):
     """A template failed to load or render; the message names the template and the cause."""
 
 
+class TemplateLimit(TemplateError):
+    """A render went past MAX_SECONDS or MAX_CHARS."""
+
+
+_RENDER = threading.local()  # this thread's render deadline (None outside a render)
+
+
+def _check_time() -> None:
+    deadline = getattr(_RENDER, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateLimit(f"rendering took over {MAX_SECONDS:g} s (the limit for one template)")
+
+
+def _check_size(value: Any, what: str = "a value") -> Any:
+    if isinstance(value, str | bytes | list | tuple | dict) and len(value) > MAX_CHARS:
+        raise TemplateLimit(f"{what} of {len(value):,} items is over the limit of {MAX_CHARS:,}")
+    if isinstance(value, int) and value.bit_length() > MAX_CHARS * 3.33:
+        raise TemplateLimit(f"{what} is a number of over {MAX_CHARS:,} digits")
+    return value
+
+
+def _check_args(args: tuple, kwargs: dict) -> None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_CHARS:
+            raise TemplateLimit(f"an argument of {a:,} is over the limit of {MAX_CHARS:,}")
+
+
+def _limited_filter(fn: Any) -> Any:
+    """A filter whose widths and counts are bounded and whose result is checked (`center(10**10)`)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_time()
+        _check_args(args[1:], kwargs)
+        return _check_size(fn(*args, **kwargs), "a filter's result")
+    return wrapper
+
+
+class _Limits:
+    """The sandbox's hooks (attribute reads, calls, `*` and `**`) also keep each render within the limits."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def _limit_filters(self) -> None:
+        self.filters = {k: _limited_filter(f) for k, f in self.filters.items()}  # type: ignore[attr-defined]
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_time()
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+                and abs(left) > 1 and left.bit_length() * right > MAX_CHARS * 3.33:
+            raise TemplateLimit(f"{left} ** {right} is a number of over {MAX_CHARS:,} digits")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_CHARS:
+                    raise TemplateLimit(f"repeating {len(seq):,} items {n:,} times is over the limit of "
+                                        f"{MAX_CHARS:,}")
+        return _check_size(super().call_binop(context, operator, left, right),  # type: ignore[misc]
+                           f"the result of {operator!r}")
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_time()
+        return _check_size(super().getattr(obj, attribute))  # type: ignore[misc]
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_time()
+        return _check_size(super().getitem(obj, argument))  # type: ignore[misc]
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_time()
+        _check_args(args, kwargs)
+        return _check_size(super().call(__context, __obj, *args, **kwargs), "a call's result")  # type: ignore[misc]
+
+
+class LimitedSandbox(_Limits, SandboxedEnvironment):
+    """The sandbox for documents and prompts, bounded in time and size."""
+
+
 def make_env(search: list[Path] | None = None) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+    env = LimitedSandbox(
         loader=jinja2.FileSystemLoader([str(p) for p in (search or [])]) if search else None,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
     env.filters["tojson_zh"] = _tojson_zh
+    env._limit_filters()
     return env
+
+
+class _Alarm(BaseException):
+    """SIGALRM inside a render (a loop with no call or attribute read to check the clock)."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Alarm
+
+
+def _bounded(produce: Any) -> str:
+    """Run a render under the limits: the clock checked at every hook and output chunk; on the main thread
+    (a process worker, the serial runner) also a timer, for loops that call nothing."""
+    _RENDER.deadline = time.monotonic() + MAX_SECONDS
+    timer = threading.current_thread() is threading.main_thread() and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    old = signal.signal(signal.SIGALRM, _on_alarm) if timer else None
+    if timer:
+        signal.setitimer(signal.ITIMER_REAL, MAX_SECONDS + 0.5)
+    try:
+        out: list[str] = []
+        size = 0
+        for chunk in produce():
+            size += len(chunk)
+            if size > MAX_CHARS:
+                raise TemplateLimit(f"the output is over the limit of {MAX_CHARS:,} characters")
+            out.append(chunk)
+            _check_time()
+        return "".join(out)
+    except _Alarm:
+        raise TemplateLimit(f"rendering took over {MAX_SECONDS:g} s (the limit for one template)") from None
+    except (MemoryError, OverflowError, RecursionError) as e:
+        raise TemplateLimit(f"{type(e).__name__}: {e}"[:300]) from None
+    finally:
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        _RENDER.deadline = None
 
 
 def _tojson_zh(value: Any, indent: int | None = None) -> str:
@@ -72,7 +197,9 @@ def prompt_source(name_or_path: str | Path) -> str:
 def render(template: jinja2.Template, /, **variables: Any) -> str:
     name = template.name or "<string>"
     try:
-        return template.render(**variables)
+        return _bounded(lambda: template.generate(**variables))
+    except TemplateLimit as e:
+        raise TemplateLimit(f"template {name}: {e}") from None
     except jinja2.UndefinedError as e:
         raise TemplateError(f"template {name}: {e.message} (pass it as a variable)") from None
     except jinja2.exceptions.SecurityError as e:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import read_json_file
 from tuneforge.trainers.config import STAGE_KIND, TrainConfig
+
+
+def pinned(folder: Path) -> Path:
+    """The build output's live version (its manifest's real folder): the manifest and the datasets are read
+    from it, so a build that replaces the output meanwhile cannot pair an old manifest with a new dataset."""
+    return Path(os.path.realpath(Path(folder) / "manifest.json")).parent
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -36,8 +43,9 @@ def load_split(path: Path, split: str) -> Any:
 
 def load_stage_data(config: TrainConfig) -> dict[str, Any]:
     """{"kind", "train", "eval" (or None), "manifest"} for the config's stage, replay already mixed in."""
-    manifest = read_manifest(config.dataset)
-    kind, path = dataset_folder(config.dataset, manifest, STAGE_KIND[config.stage], config.stage)
+    folder = pinned(config.dataset)
+    manifest = read_manifest(folder)
+    kind, path = dataset_folder(folder, manifest, STAGE_KIND[config.stage], config.stage)
     train = load_split(path, config.splits.train)
     ev = None
     if config.splits.eval:
@@ -57,8 +65,9 @@ def mix_replay(train: Any, config: TrainConfig, kind: str) -> Any:
     from datasets import concatenate_datasets
 
     spec = config.replay
-    manifest = read_manifest(spec.dataset)
-    _, rpath = dataset_folder(spec.dataset, manifest, (kind,), f"{config.stage} (replay)")
+    folder = pinned(spec.dataset)
+    manifest = read_manifest(folder)
+    _, rpath = dataset_folder(folder, manifest, (kind,), f"{config.stage} (replay)")
     general = load_split(rpath, spec.split)
     want = max(1, round(len(train) * spec.ratio / (1 - spec.ratio)))
     general = general.shuffle(seed=config.seed)
