@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.common.mcq import LETTERS, MCQItem
+from tuneforge.common.mcq import MCQItem
 from tuneforge.eval.extract import extract_answer, reasoning_markers
 from tuneforge.eval.suites import PromptStyle, Suite
 
@@ -30,7 +30,7 @@ def _lang(style: PromptStyle) -> str:
 
 
 def question_block(item: MCQItem, instruction: str | None) -> str:
-    lines = [item.question] + [f"{letter}. {opt}" for letter, opt in zip(LETTERS, item.options, strict=True)]
+    lines = [item.question] + [f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True)]
     return "\n".join(lines) + (f"\n\n{instruction}" if instruction else "")
 
 

@@ -22,7 +22,7 @@ from tuneforge.eval.stats import (
     holm,
     inconclusive_note,
 )
-from tuneforge.eval.suites import Suite, load_suite
+from tuneforge.eval.suites import Suite, check_scorable, load_suite, suite_rejects
 
 Progress = Callable[[str], None] | None
 # benchmarks/RESULTS.md: on C-Eval val every bf16 flip had a bf16 top-two margin under 0.09 logits
@@ -41,6 +41,17 @@ def _suites(cfg: EvalConfig) -> list[tuple[SuiteConfig, Suite]]:
         names.add(suite.name)
         out.append((sc, suite))
     return out
+
+
+def _check_suites(cfg: EvalConfig, suites: list[tuple[SuiteConfig, Suite]], out: Path) -> dict[str, int]:
+    """Rows kept out of each suite go to OUT/rejects.jsonl (file, line, reason); a suite with nothing to score
+    is an error. Returns rejected rows per suite."""
+    rows = [r for sc, s in suites for r in suite_rejects(s, sc.shots)]
+    write_jsonl(out / "rejects.jsonl", rows)
+    for sc, s in suites:
+        check_scorable(s, [r for r in rows if r["suite"] == s.name], limit=sc.limit, engine=cfg.engine,
+                       mode=_mode(cfg, sc))
+    return {s.name: sum(r["suite"] == s.name for r in rows) for _, s in suites}
 
 
 def _mode(cfg: EvalConfig, sc: SuiteConfig) -> str:
@@ -176,12 +187,15 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     suites_loaded = _suites(cfg) if cfg.suites else []  # every suite file is read before the model loads
+    rejects = _check_suites(cfg, suites_loaded, out)
     needs_model = cfg.engine == "native" or cfg.heldout or cfg.perplexity
     lm = load_for_eval(cfg.model, cfg.adapter, cfg.device, cfg.dtype) if needs_model else None
     results: dict[str, Any] = {"model": cfg.model, "adapter": cfg.adapter, "engine": cfg.engine, "suites": {}}
     rows: list[dict] = []
     if cfg.suites:
         rows, mcq = _score_mcq(cfg, lm, out, progress, suites_loaded)
+        for name, block in mcq["suites"].items():  # n counts what was scored; rejected rows are apart
+            block["rejected"] = rejects.get(name, 0)
         results.update(mcq)
         write_jsonl(out / "predictions.jsonl", rows)
     if cfg.perplexity:
