@@ -10,7 +10,7 @@ from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import write_json, write_jsonl
-from tuneforge.eval.config import EvalConfig, SuiteConfig, check_suite_paths, load_config
+from tuneforge.eval.config import EvalConfig, SuiteConfig, check_model_paths, check_suite_paths, load_config
 from tuneforge.eval.models import LoadedModel, load_for_eval, pick_device
 from tuneforge.eval.scoring import submission, summarize
 from tuneforge.eval.stats import (
@@ -183,6 +183,7 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
     if not cfg.suites and not cfg.heldout and not cfg.perplexity:
         raise TuneforgeError("nothing to evaluate: name suites (--benchmark) or held-out data in the config")
     check_suite_paths(cfg)
+    check_model_paths(cfg.model, cfg.adapter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -354,6 +355,9 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
     if tuned is None and adapter is None:
         raise TuneforgeError("forgetting needs --tuned MODEL and/or --adapter PATH")
     cfg = forgetting_eval_config(config, suites, **overrides)
+    check_model_paths(base, None)
+    check_model_paths(tuned or base, adapter)  # both sides, before the base's evaluation runs
+    check_suite_paths(cfg)
     out = Path(out)
     base_dir = Path(base_eval) if base_eval is not None else out / "base"
     base_res = _reusable_base(base_dir, cfg, base) if base_eval is not None else None
