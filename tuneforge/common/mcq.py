@@ -257,11 +257,11 @@ def load_mcq_file(path: str | Path, columns: dict[str, str] | None = None, name:
         why = f"no {', '.join(missing)} field" if missing else why
         if row.get(cols["question"]) is None:
             why = f"no {cols['question']} field"
+        bench.subjects.setdefault(subj, Subject(subj, subj, subj, "Other"))  # also when every row is rejected
         if why is not None and validate:
             bench.rejects.append({"file": str(p), "line": line, "subject": subj, "split": split, "id": rid,
                                   "reason": why})
             continue
         item = MCQItem(bench.name, subj, split, rid, str(row.get(cols["question"]) or ""), options, ans)
         bench.items.setdefault((subj, split), []).append(item)
-        bench.subjects.setdefault(subj, Subject(subj, subj, subj, "Other"))
     return bench

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tuneforge.common.decoding import whole_chars
 from tuneforge.common.mcq import MCQItem
 from tuneforge.eval.extract import extract_answer, reasoning_markers
 from tuneforge.eval.suites import PromptStyle, Suite
@@ -98,8 +99,9 @@ def generate_texts(model: Any, tok: Any, device: str, prompts: list[str], *, max
             with torch.inference_mode():
                 gen = model.generate(**{k: v.to(device) for k, v in enc.items()}, **kw)
             for row, i in enumerate(idx):
-                by_index[i] = _cut(tok.decode(gen[row, enc.input_ids.shape[1]:], skip_special_tokens=False),
-                                   stops + [t for t in (tok.eos_token, tok.pad_token) if t])
+                text = _cut(tok.decode(gen[row, enc.input_ids.shape[1]:], skip_special_tokens=False),
+                            stops + [t for t in (tok.eos_token, tok.pad_token) if t])
+                by_index[i] = whole_chars(text).rstrip()  # cut at max_new_tokens inside a character
             start = end
     finally:
         tok.padding_side = old_side

@@ -231,7 +231,7 @@ RESERVED_ARGS = {"output_dir", "logging_dir", "resume_from_checkpoint"}
 
 _POSITIVE, _AT_LEAST_1, _NOT_NEGATIVE = "must be > 0", "must be a whole number >= 1", "must be >= 0"
 # Ranges transformers and TRL leave unchecked: a negative learning rate fails inside the optimizer, `max_steps: 0`
-# falls back to epochs, a zero batch size divides by zero. (stages or None, test, why)
+# trains a step and reports success (#34), a zero batch size divides by zero. (stages or None, test, why)
 ARG_RULES: dict[str, tuple[tuple[str, ...] | None, Any, str]] = {
     "learning_rate": (None, lambda v: v > 0, _POSITIVE),
     "max_steps": (None, lambda v: isinstance(v, int) and (v == -1 or v >= 1),
