@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULTS = ("429", "500", "hang", "drop", "truncated", "bad_content")
+# Not among the default faults: "401" (a wrong key), "length" (the reply cut at max_tokens: half the text,
+# finish_reason "length").
 _SCHEMA_LINE = re.compile(r"JSON Schema:\s*(\{.*\})\s*$", re.MULTILINE)
 
 
@@ -274,10 +276,12 @@ class FakeOpenAIServer:
         content = self.responder(body)
         if fault == "bad_content":
             content = content[: max(1, len(content) // 2)] + "…"
+        if fault == "length":
+            content = content[: max(1, len(content) // 2)]
         reply = {
             "id": f"chatcmpl-{key}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop",
+            "choices": [{"index": 0, "finish_reason": "length" if fault == "length" else "stop",
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 2,
                       "completion_tokens": max(1, len(content) // 2), "total_tokens": 0},
@@ -289,6 +293,16 @@ class FakeOpenAIServer:
         self.stats.ok += 1
         await self._send(writer, 200, data)
         return True
+
+
+def refused_url() -> str:
+    """A loopback base URL where nothing listens: connecting to it is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def main() -> None:

@@ -50,7 +50,8 @@ def use_prefect(flag: bool | None) -> bool:
 def build(
     recipe: Path = typer.Argument(..., help="datasets/<domain>/recipe.yaml", exists=True, dir_okay=False),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (new, empty, or an earlier output of this recipe)"),
-    strict: bool = typer.Option(False, help="exit 1 if any input record is rejected"),
+    strict: bool = typer.Option(False, help="exit 1 if any input record is rejected; 2 if an augment step failed "
+                                "every item"),
     seed: int | None = typer.Option(None, help="override the recipe's seed"),
     llm_base_url: str | None = typer.Option(None, "--llm-base-url", help="OpenAI-compatible endpoint for augmentation"),
     llm_model: str | None = typer.Option(None, "--llm-model", help="model name at that endpoint"),
@@ -80,6 +81,13 @@ def build(
     typer.echo(f"built {out} in {time.perf_counter() - t:.1f} s: input {c['input']} = kept {c['kept']} + rejected "
                f"{c['rejected']} + deduplicated {c['deduplicated']}; splits {c['splits']}; "
                f"datasets {', '.join(m['datasets'].values()) or 'none'}; rejects in {out / 'rejects.jsonl'}")
+    from tuneforge.augment.run import failed_step_warnings
+
+    failed_steps = failed_step_warnings(m)  # the last lines: a build with nothing generated is not a success
+    for w in failed_steps:
+        err.print(f"[{'red' if strict else 'yellow'}]{'error' if strict else 'warning'}:[/] {w}", soft_wrap=True)
+    if strict and failed_steps:
+        raise typer.Exit(2)
     if strict and c["rejected"]:
         err.print(f"[red]--strict: {c['rejected']} input records rejected; see {out}/rejects.jsonl[/red]")
         raise typer.Exit(1)

@@ -63,6 +63,27 @@ class RequestFailed(Exception):
     """A request that failed for good (attempts exhausted, or an error retrying cannot fix)."""
 
 
+class ReplyTruncated(RequestFailed):
+    """The reply stopped at `max_tokens` (`finish_reason: length`): cut mid-answer, so not a usable output."""
+
+
+def unreachable(error: BaseException) -> str | None:
+    """'connection refused' or 'host not found' when that is what an error comes down to (the aiohttp
+    transport reports a refused connection as `APITimeoutError`, "Request timed out"); else None."""
+    import socket
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, socket.gaierror):
+            return "host not found"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class EndpointFailed(TuneforgeError):
     """The endpoint refuses every request (bad key, unknown model): stop instead of failing each item."""
 
@@ -229,12 +250,19 @@ class LLM:
             page = await client.models.list()
             ids = [m.id for m in page.data]
         except openai.OpenAIError as e:
+            why = unreachable(e)
+            if why:
+                raise EndpointFailed(self._unreachable_message(why)) from None
             raise EndpointFailed(f"no model named and {self.spec.public_url}/models failed: "
                                  f"{self.redact(str(e))[:300]}; set augment.llm.model or --llm-model") from None
         if not ids:
             raise EndpointFailed(f"{self.spec.public_url} lists no models; set augment.llm.model or --llm-model")
         self.spec.model = self.spec.label = ids[0]
         log.info("using model %s, the first listed by %s", ids[0], self.spec.public_url)
+
+    def _unreachable_message(self, why: str) -> str:
+        return (f"cannot reach the endpoint {self.spec.public_url}: {why}; is the server running there? "
+                "(augment.llm.base_url or --llm-base-url)")
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -307,6 +335,7 @@ class LLM:
         if hit is not None:
             tally.cached += 1
             self.usage.cached += 1
+            self._check_complete(hit, sampling)
             return Reply(hit.content, key, True)
         tally.requested += 1
         client = await self._connect()
@@ -335,7 +364,15 @@ class LLM:
             except FormatRejected as e:
                 self.downgrade(fmt, str(e))
         self.cache.put(key, sampling.label, resp)
+        self._check_complete(resp, sampling)
         return Reply(resp.content, key, False)
+
+    def _check_complete(self, resp: CachedResponse, sampling: Sampling) -> None:
+        """A reply cut by `max_tokens` fails its item (cached all the same: the same request is cut again),
+        unless the config says truncation is harmless (`keep_truncated`)."""
+        if resp.finish_reason == "length" and not self.cfg.keep_truncated:
+            raise ReplyTruncated(f"reply cut at max_tokens {sampling.max_tokens} (finish_reason length); raise "
+                                 "augment.llm.max_tokens, or set keep_truncated: true where a cut reply is fine")
 
     async def _post(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
                     sent: list[float], deadline: float | None = None, copy: bool = False,
@@ -476,13 +513,22 @@ class LLM:
                     delay = parse_retry_after(e.response.headers)
                 elif status < 500 and status not in _RETRY_STATUS:
                     raise RequestFailed(last) from None
-            except (openai.APITimeoutError, TimeoutError):
-                last = f"timeout after {self.deadline(attempt):.3g}s"
+            except (openai.APITimeoutError, TimeoutError) as e:
+                why = unreachable(e)
+                if why and self.usage.completions == 0:  # never reached: every request would fail the same way
+                    raise EndpointFailed(self._unreachable_message(why)) from None
+                last = f"{why} at {self.spec.public_url}" if why else f"timeout after {self.deadline(attempt):.3g}s"
             except openai.APIConnectionError as e:
+                why = unreachable(e)
+                if why and self.usage.completions == 0:
+                    raise EndpointFailed(self._unreachable_message(why)) from None
                 last = f"connection error: {self.redact(str(e.__cause__ or e))[:300]}"
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 last = f"malformed response: {self.redact(str(e))[:300]}"
             except (OSError, aiohttp.ClientError) as e:
+                why = unreachable(e)
+                if why and self.usage.completions == 0:
+                    raise EndpointFailed(self._unreachable_message(why)) from None
                 last = f"connection error: {self.redact(str(e))[:300]}"
             if attempt == self.cfg.max_attempts:
                 break

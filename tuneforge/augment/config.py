@@ -24,6 +24,8 @@ class LLMConfig(_Strict):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int = Field(512, ge=1)
+    # A reply cut by max_tokens (finish_reason length) fails its item; true keeps it (where a cut reply is harmless)
+    keep_truncated: bool = False
     # How a JSON reply is asked for: auto (probe the endpoint on first contact: json_schema, else json_object,
     # else the instruction in the prompt with one repair round), or one of them pinned.
     response_format: Literal["auto"] | ResponseFormat = "auto"

@@ -37,6 +37,8 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the handler's annotations against these globals
 
+from tuneforge.common.decoding import whole_chars
+
 log = logging.getLogger("tuneforge.augment.local_server")
 # JSON escapes a reply may use: no \u (a small model spells garbage control characters with it), no \b \f \r.
 _ESCAPES = 'nt"\\'
@@ -288,7 +290,9 @@ class Engine:
                 step_ids = nxt.view(n, 1).to(self.device)
                 attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=self.device)], dim=1)
                 step_pos = step_pos[:, -1:] + 1
-        return [(self.tok.decode(o, skip_special_tokens=True), len(o), finish[r]) for r, o in enumerate(out)]
+        # a reply cut at max_tokens may stop inside a character: no U+FFFD at its end
+        return [(whole_chars(self.tok.decode(o, skip_special_tokens=True)), len(o), finish[r])
+                for r, o in enumerate(out)]
 
 
 def torch_where_max(torch: Any, allowed: Any, score: Any) -> Any:

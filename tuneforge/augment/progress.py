@@ -48,15 +48,19 @@ class StepProgress:
         if self._p is not None:
             self._task = self._p.add_task(name, total=total, stats="")
 
-    def stats(self, done: int, failed: int, cached: int, requests: int, cost: float = 0.0) -> str:
+    def stats(self, done: int, failed: int, cached: int, requests: int, cost: float = 0.0, truncated: int = 0) -> str:
+        """`truncated`: of the failed, replies cut at max_tokens."""
         elapsed = max(1e-6, time.monotonic() - self._t0)
         eta, cost_left = projection(done + failed, self._total, elapsed, cost)
-        text = f"done {done}  failed {failed}  cached {cached}  {requests / elapsed:.1f} req/s  ${cost:.4f}"
+        cut = f" (truncated {truncated})" if truncated else ""
+        text = f"done {done}  failed {failed}{cut}  cached {cached}  {requests / elapsed:.1f} req/s  ${cost:.4f}"
         if eta is not None:
             text += f"  left ~{_clock(eta)} ~${cost_left:.4f}"
         return text
 
-    def update(self, done: int, failed: int, cached: int, requests: int, cost: float = 0.0) -> None:
+    def update(self, done: int, failed: int, cached: int, requests: int, cost: float = 0.0,
+               truncated: int = 0) -> None:
         if self._p is None:
             return
-        self._p.update(self._task, completed=done + failed, stats=self.stats(done, failed, cached, requests, cost))
+        self._p.update(self._task, completed=done + failed,
+                       stats=self.stats(done, failed, cached, requests, cost, truncated))

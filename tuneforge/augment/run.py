@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.augment.cache import ResponseCache
-from tuneforge.augment.client import LLM, ItemState, RequestFailed, Tally
+from tuneforge.augment.client import LLM, ItemState, ReplyTruncated, RequestFailed, Tally
 from tuneforge.augment.config import AugmentConfig, StepConfig, cache_path
 from tuneforge.augment.endpoint import resolve_endpoint
 from tuneforge.augment.ops import OPERATORS
@@ -38,6 +38,19 @@ class AugmentResult:
     # and what the capability probe saw.
     structured_output: str | None = None
     endpoint: dict[str, Any] = field(default_factory=dict)
+
+
+def failed_step_warnings(manifest: dict) -> list[str]:
+    """One line per augment step whose every selected item failed (a build that 'succeeds' with nothing
+    generated): what failed, by kind, and where the reasons are."""
+    out = []
+    for name, c in (manifest.get("counts", {}).get("stages", {}).get("augment") or {}).items():
+        if c.get("selected") and c.get("failed") == c["selected"]:
+            kinds = ", ".join(f"{c[k]} {label}" for k, label in (("failed_truncated", "cut at max_tokens"),
+                              ("failed_request", "request failed"), ("failed_invalid", "invalid reply")) if c.get(k))
+            out.append(f"augment step {name!r}: all {c['selected']} items failed ({kinds}); "
+                       "reasons in augment_failures.jsonl")
+    return out
 
 
 def run_augment(records: list[Record], cfg: AugmentConfig, recipe_dir: Path | None = None, seed: int = 42,
@@ -148,7 +161,8 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
         except (RequestFailed, OutputInvalid) as e:
             counts["failed"] += 1
             reason = llm.redact(str(e))
-            counts["failed_invalid" if isinstance(e, OutputInvalid) else "failed_request"] += 1
+            counts["failed_invalid" if isinstance(e, OutputInvalid) else
+                   "failed_truncated" if isinstance(e, ReplyTruncated) else "failed_request"] += 1
             result.failures.append({"step": step.name, "record_id": records[i]["id"], "reason": reason,
                                     "attempts": item.attempts})
         except BaseException as e:  # EndpointFailed, a template error: the step stops
@@ -159,7 +173,7 @@ async def _step(step: StepConfig, records: list[Record], cfg: AugmentConfig, llm
             if left[0] == 0 or failure:
                 finished.set()
         cost = (tally.prompt_tokens * price[0] + tally.completion_tokens * price[1]) / 1000
-        bar.update(counts["done"], counts["failed"], tally.cached, tally.attempts, cost)
+        bar.update(counts["done"], counts["failed"], tally.cached, tally.attempts, cost, counts["failed_truncated"])
 
     try:
         for i in chosen:

@@ -77,7 +77,8 @@ def eval_command(
     for name, s in res.get("suites", {}).items():
         hard = f"  hard {s['hard']['accuracy']}" if s.get("hard") else ""
         unex = f"  unextracted {s['unextracted']}" if s.get("unextracted") is not None else ""
-        typer.echo(f"{name}: accuracy {s['accuracy']} on {s['n']} questions{hard}{unex}")
+        rej = f"  rejected {s['rejected']} (see {out}/rejects.jsonl)" if s.get("rejected") else ""
+        typer.echo(f"{name}: accuracy {s['accuracy']} on {s['n']} questions{hard}{unex}{rej}")
     if "heldout" in res:
         typer.echo("heldout: " + json.dumps(res["heldout"]["metrics"], ensure_ascii=False))
     if "perplexity" in res:

@@ -19,9 +19,9 @@ class SuiteConfig(_Strict):
     benchmark: str  # ceval | ceval:PATH | cmmlu:PATH | mmlu:PATH | mcq:FILE | ceval/ceval-exam
     name: str | None = None
     subjects: list[str] | None = None
-    shots: int = 5
+    shots: int = Field(5, ge=0)
     split: str | None = None  # default: val, else test; ceval `test` writes the submission JSON
-    limit: int | None = None  # first N questions per subject
+    limit: int | None = Field(None, ge=1)  # first N questions per subject
     columns: dict[str, str] | None = None  # for mcq files
     style: Literal["ceval", "mmlu"] | None = None
     strict_subjects: bool = True  # False when one --subjects list is shared by several suites
@@ -35,12 +35,12 @@ class GenerationConfig(_Strict):
 
     cot: bool = False  # chain-of-thought instruction ("think step by step, then 'The answer is X'")
     instruction: str | None = None  # replaces the built-in answer-only / CoT instruction
-    max_new_tokens: int | None = None  # default 32 answer-only, 512 with CoT
-    batch_size: int = 16
+    max_new_tokens: int | None = Field(None, ge=1)  # default 32 answer-only, 512 with CoT
+    batch_size: int = Field(16, ge=1)
     stop: list[str] | None = None  # extra stop strings (the chat template's own are always used)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
 
 
@@ -48,25 +48,25 @@ class HeldoutConfig(_Strict):
     dataset: str  # a `tuneforge build` output folder (manifest.json) or a saved DatasetDict
     split: str = "test"
     template: str | None = None  # default: the manifest's template, else the tokenizer's own
-    limit: int | None = None
-    max_new_tokens: int = 256
+    limit: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 8
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
     tokenize: Literal["char", "word"] = "char"
-    exact_match_max_chars: int = 16
+    exact_match_max_chars: int = Field(16, ge=0)
     seed: int = 0
 
 
 class PerplexityConfig(_Strict):
     corpus: str | None = None  # default: the shipped general-text sample
-    limit: int | None = 60
-    max_length: int = 512
+    limit: int | None = Field(60, ge=1)
+    max_length: int = Field(512, ge=2)
 
 
 class TierConfig(_Strict):
-    tolerance: float | None = None  # points a suite of this tier may drop; None: forgetting.tolerance
+    tolerance: float | None = Field(None, ge=0)  # points a suite of this tier may drop; None: forgetting.tolerance
     gates: bool = True  # False: reported, never fails the gate
 
 
@@ -76,12 +76,12 @@ def _default_tiers() -> dict[str, TierConfig]:
 
 
 class ForgettingConfig(_Strict):
-    tolerance: float = 1.0  # points of accuracy (the critical tier's, unless tiers.critical says otherwise)
-    alpha: float = 0.05
-    power: float = 0.8  # for the minimum detectable effect at the run's n
-    bootstrap: int = 10000
+    tolerance: float = Field(1.0, ge=0)  # points of accuracy (the critical tier's, unless tiers.critical says otherwise)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    power: float = Field(0.8, gt=0, lt=1)  # for the minimum detectable effect at the run's n
+    bootstrap: int = Field(10000, ge=1)
     seed: int = 0
-    perplexity_tolerance_pct: float = 10.0
+    perplexity_tolerance_pct: float = Field(10.0, ge=0)
     tiers: dict[Literal["critical", "supporting", "advisory"], TierConfig] = Field(default_factory=_default_tiers)
 
     def tier_tolerance(self, tier: str) -> float:
@@ -98,8 +98,8 @@ class JudgeConfig(_Strict):
 
     llm: dict[str, Any] = Field(default_factory=dict)  # an augment `llm:` block: endpoint, model, cache, ...
     cache: str | None = None  # default: the augment response cache ($TUNEFORGE_HOME/augment/cache.sqlite)
-    limit: int | None = 100
-    bootstrap: int = 10000
+    limit: int | None = Field(100, ge=1)
+    bootstrap: int = Field(10000, ge=1)
     seed: int = 0
     prompt: str | None = None  # a judge prompt with {question}, {answer_a}, {answer_b}; default built in
 
@@ -110,12 +110,12 @@ class EvalConfig(_Strict):
     engine: Literal["native", "lm-eval"] = "native"
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 16
-    max_batch_tokens: int = 8192
+    batch_size: int = Field(16, ge=1)
+    max_batch_tokens: int = Field(8192, ge=1)
     prefix_cache: bool | None = None  # logits mode: reuse each subject's shared prefix (None: auto, see docs)
     # bf16/fp16: re-score in fp32 the questions whose top-two letter logits are closer than this
     # (None: 0.1 on CUDA in half precision, where it gave 100% agreement with fp32 on C-Eval val; 0 disables)
-    rescore_margin: float | None = None
+    rescore_margin: float | None = Field(None, ge=0)
     chat: bool = False  # wrap MCQ prompts in the model's chat template (C-Eval's chat mode)
     chat_template: str | None = None
     mode: Literal["logits", "generate"] = "logits"  # MCQ scoring: next-token letter logits, or generate+extract
@@ -125,7 +125,7 @@ class EvalConfig(_Strict):
     perplexity: PerplexityConfig | None = None
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     judge: JudgeConfig | None = None
-    samples_in_report: int = 20
+    samples_in_report: int = Field(20, ge=0)
 
 
 def resolve_suite_paths(data: dict, base_dir: Path) -> None:
@@ -218,3 +218,23 @@ def check_paths(cfg: EvalConfig, *, skip: tuple[str, ...] = ()) -> None:
     if missing:
         raise TuneforgeError("eval config paths (relative paths resolve against the config file's folder): "
                              + "; ".join(missing))
+
+
+def _looks_local(ref: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, `./`, `~`, or more than one folder deep."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or Path(ref).expanduser().exists()
+
+
+def check_model_paths(model: str | None, adapter: str | None) -> None:
+    """Before any model loads: a local model is a folder, a local adapter a PEFT adapter folder."""
+    if model and not model.startswith("embedded:") and _looks_local(model):
+        p = Path(model).expanduser()
+        if not p.is_dir():
+            raise TuneforgeError(f"--model {model}: {'not a model folder' if p.exists() else 'does not exist'}")
+    if adapter and _looks_local(adapter):
+        p = Path(adapter).expanduser()
+        if not p.exists():
+            raise TuneforgeError(f"--adapter {adapter}: does not exist (a training run's DIR/final folder)")
+        if not (p / "adapter_config.json").is_file():
+            raise TuneforgeError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json); "
+                                 "a fully fine-tuned model goes in --model")

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tuneforge.common.mcq import LETTERS
+from tuneforge.common.mcq import OPTION_LETTERS
 
 THINK_PAIRS: list[tuple[str, str]] = [("<think>", "</think>"), ("<thinking>", "</thinking>"),
                                       ("<|begin_of_thought|>", "<|end_of_thought|>"), ("◁think▷", "◁/think▷")]
@@ -122,7 +122,7 @@ def _by_text(text: str, options: tuple[str, ...] | list[str] | None) -> str | No
     found = [i for i, o in enumerate(options) if _norm(o) and _norm(o) in out]
     # an option contained in another found option ("3" inside "30") is not a match of its own
     found = [i for i in found if not any(j != i and _norm(options[i]) in _norm(options[j]) for j in found)]
-    return LETTERS[found[0]] if len(found) == 1 else None
+    return OPTION_LETTERS[found[0]] if len(found) == 1 else None
 
 
 def extract_answer(output: str, options: tuple[str, ...] | list[str] | None = None,

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.common.mcq import LETTERS, MCQItem
+from tuneforge.common.decoding import whole_chars
+from tuneforge.common.mcq import MCQItem
 from tuneforge.eval.extract import extract_answer, reasoning_markers
 from tuneforge.eval.suites import PromptStyle, Suite
 
@@ -30,7 +31,7 @@ def _lang(style: PromptStyle) -> str:
 
 
 def question_block(item: MCQItem, instruction: str | None) -> str:
-    lines = [item.question] + [f"{letter}. {opt}" for letter, opt in zip(LETTERS, item.options, strict=True)]
+    lines = [item.question] + [f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True)]
     return "\n".join(lines) + (f"\n\n{instruction}" if instruction else "")
 
 
@@ -107,7 +108,8 @@ def generate_texts(model: Any, tok: Any, device: str, prompts: list[str], *, max
             for row, i in enumerate(idx):
                 new = gen[row, enc.input_ids.shape[1]:]
                 raw = tok.decode(new, skip_special_tokens=False)
-                by_index[i] = _cut(raw, stops + [t for t in (tok.eos_token, tok.pad_token) if t])
+                # cut at max_new_tokens inside a character: no broken character at the end
+                by_index[i] = whole_chars(_cut(raw, stops + [t for t in (tok.eos_token, tok.pad_token) if t])).rstrip()
                 if len(new) >= max_new_tokens and int(new[-1]) not in ends and not any(s in raw for s in multi):
                     counts["cut_at_max_new_tokens"] += 1
             if on_batch is not None:

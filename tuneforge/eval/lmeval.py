@@ -47,6 +47,10 @@ def write_tasks(suites: list[Suite], k: int, limit: int | None, folder: Path) ->
             items = suite.items(subject, limit)
             if not items:
                 continue
+            if any(len(it.options) != 4 for it in items + suite.shots(subject, k)):
+                raise TuneforgeError(f"{suite.name}/{subject}: engine lm-eval scores four-option questions "
+                                     "(lm-eval's C-Eval task config); this file has other option counts: use "
+                                     "engine: native")
             if any(it.answer is None for it in items):
                 raise TuneforgeError(f"{suite.name}/{subject}: split {suite.split!r} has no answers; "
                                      "lm-eval scores labelled splits only")

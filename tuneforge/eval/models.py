@@ -43,12 +43,19 @@ def load_for_eval(ref: str, adapter: str | None = None, device: str | None = Non
                   dtype: str | None = None, merge: bool = True) -> LoadedModel:
     dev = pick_device(device)
     path = resolve_model(ref)
-    tok = load_tokenizer(ref)
-    model = load_causal_lm(ref, dtype=pick_dtype(dev, dtype), device=dev)
+    try:
+        tok = load_tokenizer(ref)
+        model = load_causal_lm(ref, dtype=pick_dtype(dev, dtype), device=dev)
+    except OSError as e:  # not a model folder, or a hub id that cannot be fetched (offline, gated, misspelt)
+        raise TuneforgeError(f"model {ref!r} cannot be loaded: {str(e).splitlines()[0][:300]}") from None
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (OSError, ValueError) as e:
+            raise TuneforgeError(f"adapter {adapter!r} cannot be loaded on {ref}: "
+                                 f"{str(e).splitlines()[0][:300]}") from None
         if merge:  # identical outputs for LoRA, and no adapter overhead per forward pass
             model = model.merge_and_unload()
     model.eval()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.mcq import LETTERS, MCQItem
+from tuneforge.common.mcq import LETTERS, OPTION_LETTERS, MCQItem
 from tuneforge.eval.prompts import chat_messages, completion_prompt
 from tuneforge.eval.suites import Suite
 
@@ -120,11 +120,11 @@ def _register_prefix_attention() -> bool:
     return True
 
 
-def letter_token_ids(tokenizer: Any, context: str, sep: str) -> list[int]:
+def letter_token_ids(tokenizer: Any, context: str, sep: str, letters: tuple[str, ...] = LETTERS) -> list[int]:
     """The token each answer letter becomes right after `context` (joint tokenization, as lm-eval does)."""
     base = tokenizer(context, add_special_tokens=False).input_ids
     ids = []
-    for letter in LETTERS:
+    for letter in letters:
         full = tokenizer(context + sep + letter, add_special_tokens=False).input_ids
         if full[: len(base)] != base or len(full) != len(base) + 1:
             raise TuneforgeError(f"answer letter {letter!r} is not a single token after the prompt for this "
@@ -191,12 +191,14 @@ class NativeEngine:
         texts = [self.prompt(suite, subject, shots, it) for it in items]
         ids = self._encode(texts)
         sep = "" if self.chat is not None else suite.style.answer_sep
-        letters = letter_token_ids(self.tok, texts[0][-32:], sep)
+        # the letters of the subject's widest question; each question is scored over its own options
+        letters = letter_token_ids(self.tok, texts[0][-32:], sep, OPTION_LETTERS[:max(len(it.options) for it in items)])
         logits_by_item = self.letter_logits(ids, letters)
         rescored: set[int] = set()
         if self.rescore is not None:
             close = [i for i, lg in logits_by_item.items()
-                     if needs_rescore(lg, ulps=self.rescore_ulps, margin=self.rescore_margin, dtype=self.dtype)]
+                     if needs_rescore(lg[:len(items[i].options)], ulps=self.rescore_ulps,
+                                      margin=self.rescore_margin, dtype=self.dtype)]
             if close:
                 again = self.rescore.letter_logits([ids[i] for i in close], letters)
                 for j, i in enumerate(close):
@@ -207,8 +209,8 @@ class NativeEngine:
         self.stats["questions"] += len(items)
         rows = []
         for i, it in enumerate(items):
-            lg = logits_by_item[i]
-            pred = LETTERS[max(range(4), key=lambda j: lg[j])]
+            lg = logits_by_item[i][: len(it.options)]
+            pred = it.letters[max(range(len(lg)), key=lambda j: lg[j])]
             rows.append({"suite": suite.name, "subject": subject, "category": suite.category(subject),
                          "id": it.id, "uid": it.uid, "answer": it.answer, "pred": pred,
                          "correct": None if it.answer is None else pred == it.answer,

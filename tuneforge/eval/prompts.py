@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.common.mcq import LETTERS, MCQItem
+from tuneforge.common.mcq import MCQItem
 from tuneforge.eval.suites import CEVAL_STYLE, PromptStyle
 
 
@@ -19,8 +19,9 @@ def header(subject_name: str, style: PromptStyle = CEVAL_STYLE) -> str:
 
 
 def format_question(item: MCQItem, style: PromptStyle = CEVAL_STYLE) -> str:
-    """`question\\nA. …\\nB. …\\nC. …\\nD. …\\n答案：`; the question is used as written (not stripped)."""
-    lines = [item.question] + [f"{letter}. {opt}" for letter, opt in zip(LETTERS, item.options, strict=True)]
+    """`question\\nA. …\\nB. …\\nC. …\\nD. …\\n答案：` (as many letters as the question has options); the
+    question is used as written (not stripped)."""
+    lines = [item.question] + [f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options, strict=True)]
     return "\n".join(lines) + "\n" + style.cue
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import write_json, write_jsonl
 from tuneforge.common.lineage import eval_lineage, fingerprint
-from tuneforge.eval.config import EvalConfig, SuiteConfig, check_paths, load_config
+from tuneforge.eval.config import EvalConfig, SuiteConfig, check_model_paths, check_paths, load_config
 from tuneforge.eval.models import LoadedModel, load_for_eval, pick_device
 from tuneforge.eval.progress import Counter, message
 from tuneforge.eval.scoring import submission, summarize
@@ -25,7 +25,7 @@ from tuneforge.eval.stats import (
     holm,
     inconclusive_note,
 )
-from tuneforge.eval.suites import Suite, load_suite
+from tuneforge.eval.suites import Suite, check_scorable, load_suite, suite_rejects
 
 Progress = Callable[[str], None] | None
 log = logging.getLogger("tuneforge.eval")
@@ -50,6 +50,17 @@ def _suites(cfg: EvalConfig) -> list[tuple[SuiteConfig, Suite]]:
         names.add(suite.name)
         out.append((sc, suite))
     return out
+
+
+def _check_suites(cfg: EvalConfig, suites: list[tuple[SuiteConfig, Suite]], out: Path) -> dict[str, int]:
+    """Rows kept out of each suite go to OUT/rejects.jsonl (file, line, reason); a suite with nothing to score
+    is an error. Returns rejected rows per suite."""
+    rows = [r for sc, s in suites for r in suite_rejects(s, sc.shots)]
+    write_jsonl(out / "rejects.jsonl", rows)
+    for sc, s in suites:
+        check_scorable(s, [r for r in rows if r["suite"] == s.name], limit=sc.limit, engine=cfg.engine,
+                       mode=_mode(cfg, sc))
+    return {s.name: sum(r["suite"] == s.name for r in rows) for _, s in suites}
 
 
 def _mode(cfg: EvalConfig, sc: SuiteConfig) -> str:
@@ -207,12 +218,14 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
     if not cfg.suites and not cfg.heldout and not cfg.perplexity:
         raise TuneforgeError("nothing to evaluate: name suites (--benchmark) or held-out data in the config")
     check_paths(cfg)
+    check_model_paths(cfg.model, cfg.adapter)
     # Which weights are scored, checked before anything loads: an adapter on other weights is refused.
     lineage = eval_lineage(cfg.model, cfg.adapter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     suites_loaded = _suites(cfg) if cfg.suites else []  # every suite file is read before the model loads
+    rejects = _check_suites(cfg, suites_loaded, out)
     needs_model = cfg.engine == "native" or cfg.heldout or cfg.perplexity
     lm = load_for_eval(cfg.model, cfg.adapter, cfg.device, cfg.dtype) if needs_model else None
     results: dict[str, Any] = {"model": cfg.model, "adapter": cfg.adapter, "lineage": lineage, "engine": cfg.engine,
@@ -220,6 +233,8 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
     rows: list[dict] = []
     if cfg.suites:
         rows, mcq = _score_mcq(cfg, lm, out, progress, suites_loaded)
+        for name, block in mcq["suites"].items():  # n counts what was scored; rejected rows are apart
+            block["rejected"] = rejects.get(name, 0)
         results.update(mcq)
         write_jsonl(out / "predictions.jsonl", rows)
         for name, sr in mcq["suites"].items():
@@ -393,6 +408,9 @@ def run_forgetting(base: str, tuned: str | None = None, *, out: str | Path, adap
     if tuned is None and adapter is None:
         raise TuneforgeError("forgetting needs --tuned MODEL and/or --adapter PATH")
     cfg = forgetting_eval_config(config, suites, **overrides)
+    check_model_paths(base, None)
+    check_model_paths(tuned or base, adapter)  # both sides, before the base's evaluation runs
+    check_paths(cfg)
     out = Path(out)
     base_dir = Path(base_eval) if base_eval is not None else out / "base"
     base_res = _reusable_base(base_dir, cfg, base) if base_eval is not None else None

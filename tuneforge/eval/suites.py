@@ -136,3 +136,31 @@ def _pick(bench: Benchmark, subjects: list[str] | None, spec: str, split: str | 
     if len(unknown) == len(subjects) or (unknown and strict):
         raise TuneforgeError(f"suite {spec!r}: unknown subjects {', '.join(unknown)} (have: {', '.join(have)})")
     return [s for s in have if s in subjects]
+
+
+def suite_rejects(suite: Suite, shots: int) -> list[dict]:
+    """The rows of the scored (and shots) split of the chosen subjects that the loader kept out."""
+    splits = {suite.split} | ({suite.shots_split} if shots > 0 and suite.shots_split else set())
+    chosen = set(suite.subjects)
+    return [{"suite": suite.name, **r} for r in suite.bench.rejects if r["split"] in splits and r["subject"] in chosen]
+
+
+def check_scorable(suite: Suite, rejects: list[dict], *, limit: int | None, engine: str, mode: str) -> None:
+    """Before the model loads: the suite has questions to score, with answers unless it is an unlabelled
+    C-Eval test split (scored for the submission file), in option counts its engine and mode can read."""
+    items = [it for s in suite.subjects for it in suite.items(s, limit)]
+    where = f"suite {suite.name!r} ({suite.bench.root}, split {suite.split!r})"
+    if not items:
+        first = f"; first: {rejects[0]['file']} line {rejects[0]['line']}: {rejects[0]['reason']}" if rejects else ""
+        raise TuneforgeError(f"{where}: no question to score: {len(rejects)} rows rejected{first} "
+                             "(every reject is listed in OUT/rejects.jsonl)")
+    if all(it.answer is None for it in items) and not (suite.bench.layout == "ceval" and suite.split == "test"):
+        raise TuneforgeError(f"{where}: no question has an answer, so there is no accuracy to report; fill the "
+                             "answer column (or map it with columns: {answer: ...})")
+    counts = sorted({len(it.options) for it in items})
+    if engine == "lm-eval" and counts != [4]:
+        raise TuneforgeError(f"{where}: engine lm-eval scores four-option questions; this one has questions with "
+                             f"{', '.join(map(str, counts))} options: use engine: native")
+    if mode == "generate" and counts[-1] > 4:
+        raise TuneforgeError(f"{where}: mode generate reads answer letters A-D; questions with {counts[-1]} options "
+                             "score in mode: logits")

@@ -10,6 +10,7 @@ says which do not exist.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
-from tuneforge.trainers.peft_methods import LoraSpec, parse_spec, uses_qlora
+from tuneforge.trainers.peft_methods import METHODS, LoraSpec, parse_spec, uses_qlora
 
 Stage = Literal["pt", "sft", "rm", "dpo", "kto", "orpo", "simpo", "ppo", "grpo"]
 # The dataset kind (see tuneforge.common.records) each stage reads, in order of preference.
@@ -228,6 +229,54 @@ def trl_config_class(stage: str) -> type:
 # Filled in by the trainer itself; a config that sets them would be silently overridden.
 RESERVED_ARGS = {"output_dir", "logging_dir", "resume_from_checkpoint"}
 
+_POSITIVE, _AT_LEAST_1, _NOT_NEGATIVE = "must be > 0", "must be a whole number >= 1", "must be >= 0"
+# Ranges transformers and TRL leave unchecked: a negative learning rate fails inside the optimizer, `max_steps: 0`
+# trains a step and reports success (#34), a zero batch size divides by zero. (stages or None, test, why)
+ARG_RULES: dict[str, tuple[tuple[str, ...] | None, Any, str]] = {
+    "learning_rate": (None, lambda v: v > 0, _POSITIVE),
+    "max_steps": (None, lambda v: isinstance(v, int) and (v == -1 or v >= 1),
+                  "must be a positive number of steps, or -1 to train num_train_epochs (0 trains nothing)"),
+    "num_train_epochs": (None, lambda v: v > 0, _POSITIVE),
+    "per_device_train_batch_size": (None, lambda v: isinstance(v, int) and v >= 1, _AT_LEAST_1),
+    "per_device_eval_batch_size": (None, lambda v: isinstance(v, int) and v >= 1, _AT_LEAST_1),
+    "gradient_accumulation_steps": (None, lambda v: isinstance(v, int) and v >= 1, _AT_LEAST_1),
+    "warmup_steps": (None, lambda v: v >= 0, _NOT_NEGATIVE),
+    "weight_decay": (None, lambda v: v >= 0, _NOT_NEGATIVE),
+    "max_grad_norm": (None, lambda v: v >= 0, _NOT_NEGATIVE),
+    "logging_steps": (None, lambda v: v > 0, _POSITIVE),
+    "save_steps": (None, lambda v: v > 0, _POSITIVE),
+    "eval_steps": (None, lambda v: v > 0, _POSITIVE),
+    "beta": (("dpo", "rm"), lambda v: v > 0, _POSITIVE + " (the KL weight; DPO's loss is flat at 0)"),
+    "temperature": (("grpo", "ppo"), lambda v: v > 0, _POSITIVE),
+    "num_generations": (("grpo",), lambda v: isinstance(v, int) and v >= 2, "must be a whole number >= 2 "
+                        "(GRPO compares completions of one prompt)"),
+}
+
+
+_INT_ARGS = {"max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+             "num_generations"}
+
+
+def check_arg_values(config: TrainConfig) -> None:
+    """The `args` values the trainer would only trip over mid-run (or never): one RecipeError naming each.
+    A number YAML read as text (`1e-4`: YAML 1.1 wants `1.0e-4`) becomes the number."""
+    bad = []
+    for key, (stages, ok, why) in ARG_RULES.items():
+        if key not in config.args or config.args[key] is None or (stages and config.stage not in stages):
+            continue
+        v = config.args[key]
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = config.args[key] = float(v)
+        if isinstance(v, float) and v.is_integer() and key in _INT_ARGS:
+            v = config.args[key] = int(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            bad.append(f"args.{key}: {v!r} is not a number")
+        elif not ok(v):
+            bad.append(f"args.{key}: {v!r} {why}")
+    if bad:
+        raise RecipeError("; ".join(bad))
+
 
 def check_args(config: TrainConfig) -> None:
     """Every key in `args` must be a field of the stage's TRL config, and not one the stage block sets."""
@@ -239,6 +288,12 @@ def check_args(config: TrainConfig) -> None:
     reserved = sorted(set(config.args) & RESERVED_ARGS)
     if reserved:
         raise RecipeError(f"args: {', '.join(reserved)} is set by `tuneforge train` (use --out / --resume)")
+    check_arg_values(config)
+    method = config.peft.method if config.peft is not None else None
+    on = [k for k in ("activation_checkpointing", "gradient_checkpointing") if config.args.get(k)]
+    if method and not METHODS[method].checkpointing and on:
+        raise RecipeError(f"args.{on[0]}: peft method {method!r} cannot train with activation checkpointing; "
+                          "remove the key (tuneforge turns it off for this method) or set it false")
     block = config.stage_fields()
     both = sorted(set(config.args) & set(block))
     if both:

@@ -196,6 +196,9 @@ class Method:
     spec: type[_Spec]
     peft_class: str  # the class in `peft`
     merges: bool  # `merge_and_unload` folds it into the base weights (`--merge`)
+    # trains with activation (gradient) checkpointing, TRL's default: prefix tuning's per-layer key/value prefixes
+    # do not survive the recomputed forward pass (attention mask and cache lengths disagree)
+    checkpointing: bool = True
 
 
 METHODS: dict[str, Method] = {
@@ -203,7 +206,7 @@ METHODS: dict[str, Method] = {
     "dora": Method(DoraSpec, "LoraConfig", merges=True),
     "adalora": Method(AdaLoraSpec, "AdaLoraConfig", merges=True),
     "ia3": Method(IA3Spec, "IA3Config", merges=True),
-    "prefix": Method(PrefixSpec, "PrefixTuningConfig", merges=False),
+    "prefix": Method(PrefixSpec, "PrefixTuningConfig", merges=False, checkpointing=False),
     "prompt": Method(PromptSpec, "PromptTuningConfig", merges=False),
     "p_tuning": Method(PTuningSpec, "PromptEncoderConfig", merges=False),
 }

@@ -21,7 +21,9 @@ from tuneforge.trainers.data import load_stage_data
 from tuneforge.trainers.metrics import LossProgress, MetricsLog, plot_loss, read_metrics
 from tuneforge.trainers.models import load_tokenizer_and_template
 from tuneforge.trainers.peft_methods import METHODS
-from tuneforge.trainers.stages import STAGES
+from tuneforge.trainers.stages import STAGES, trl_args
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger("tuneforge.trainers")
 
@@ -104,6 +106,10 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
     max_length; too many dropped rows (or any, with `strict`) fail here, listed in DIR/run.json."""
     config = load_config(config, base_dir=base_dir)
     check_paths(config)
+    args = trl_args(config, Path(out))  # TRL's own checks (GRPO's batch and num_generations...) before data or model
+    if config.peft is not None and not METHODS[config.peft.method].checkpointing and not args.activation_checkpointing:
+        log.info("peft method %s: activation checkpointing off (it cannot be combined with this method)",
+                 config.peft.method)
     strict = config.truncation.strict if strict is None else strict
     if merge and config.peft is not None and not METHODS[config.peft.method].merges:
         raise RecipeError(f"--merge: a {config.peft.method!r} adapter (virtual tokens) cannot be folded into the "

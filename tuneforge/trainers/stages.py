@@ -17,6 +17,7 @@ from tuneforge.trainers import truncation as tr
 from tuneforge.trainers._trl import stage_classes
 from tuneforge.trainers.config import TrainConfig, trl_config_class
 from tuneforge.trainers.data import prompt_and_reference
+from tuneforge.trainers.peft_methods import METHODS
 
 log = logging.getLogger("tuneforge.train")
 # A user's own TensorBoard folder wins; otherwise each run logs into its own DIR/tensorboard.
@@ -55,6 +56,10 @@ def trl_args(config: TrainConfig, out: Path, **stage_defaults: Any) -> Any:
     values.update(stage_defaults)
     values.update(config.stage_fields())
     values.update(config.args)
+    method = config.peft.method if config.peft is not None else None
+    if method and not METHODS[method].checkpointing and not ({"gradient_checkpointing", "activation_checkpointing"}
+                                                             & set(config.args)):
+        values["activation_checkpointing"] = False  # TRL's default is on; said once, by train()
     values["output_dir"] = str(out / "checkpoints")
     cls = trl_config_class(config.stage)
     try:
