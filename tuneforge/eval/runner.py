@@ -219,13 +219,13 @@ def run_eval(config: str | Path | dict | EvalConfig | None = None, *, out: str |
         raise TuneforgeError("nothing to evaluate: name suites (--benchmark) or held-out data in the config")
     check_paths(cfg)
     check_model_paths(cfg.model, cfg.adapter)
-    # Which weights are scored, checked before anything loads: an adapter on other weights is refused.
-    lineage = eval_lineage(cfg.model, cfg.adapter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     suites_loaded = _suites(cfg) if cfg.suites else []  # every suite file is read before the model loads
     rejects = _check_suites(cfg, suites_loaded, out)
+    # Which weights are scored, checked before anything loads: an adapter on other weights is refused.
+    lineage = eval_lineage(cfg.model, cfg.adapter)
     needs_model = cfg.engine == "native" or cfg.heldout or cfg.perplexity
     lm = load_for_eval(cfg.model, cfg.adapter, cfg.device, cfg.dtype) if needs_model else None
     results: dict[str, Any] = {"model": cfg.model, "adapter": cfg.adapter, "lineage": lineage, "engine": cfg.engine,
