@@ -269,6 +269,12 @@ def export_task(job: ExportJob) -> dict[str, Any]:
     def emit(rec: Record, split: int, seq: int) -> bool:
         nonlocal order
         k = KINDS[rec["kind"]]
+        if rec["kind"] == "prompt":  # a question no `answer` step took: it never reaches a split unanswered
+            parts.rejects.append((seq, RANK["augment"], order, json_line(reject_record(
+                rec, "unanswered: no `answer` step selected this prompt (its select, p or limit, or "
+                     "--augment-limit, left it out)", "augment"))))
+            order += 1
+            return False
         meta_json = dumps(rec["meta"])
         if not k.split:
             parts.kb.setdefault(rec["meta"]["source"], []).append(json_line(rec))
@@ -329,6 +335,9 @@ def export_task(job: ExportJob) -> dict[str, Any]:
         for new in aug.created.get(rid, []):
             if emit(new, int(where[i]), seq):
                 st[0] = True
+        for row in aug.rejected.get(rid, []):  # made from this input, then failed the clean stage's checks
+            parts.rejects.append((seq, RANK["augment"], order, json_line(row)))
+            order += 1
     for seq, rank, line in zip(column_list(rejects, "seq"), column_list(rejects, "rank"),
                                column_list(rejects, "line"), strict=True):
         parts.rejects.append((seq, rank, -1, line))
@@ -391,6 +400,7 @@ class _AugmentState:
     replaced: dict[str, Record] = field(default_factory=dict)
     created: dict[str, list[Record]] = field(default_factory=dict)  # root input id -> records, in order
     dropped: dict[str, dict] = field(default_factory=dict)  # id -> reject row
+    rejected: dict[str, list[dict]] = field(default_factory=dict)  # root input id -> reject rows of created records
 
 
 def _augment_state(path: str | None) -> _AugmentState:
@@ -404,6 +414,8 @@ def _augment_state(path: str | None) -> _AugmentState:
                 st.replaced[row["id"]] = row["record"]
             elif row["action"] == "create":
                 st.created.setdefault(row["root"], []).append(row["record"])
+            elif row["action"] == "reject":
+                st.rejected.setdefault(row["root"], []).append(row["reject"])
             else:
                 st.dropped[row["id"]] = row["reject"]
     return st
