@@ -217,3 +217,31 @@ def test_card_recipe_text_masks_secrets(monkeypatch):
         assert secret not in shown
     assert "base_url: https://gw.example.com/v1" in shown and "api_key_env: OPENAI_API_KEY" in shown
     assert "api_key: ***" in shown
+
+
+def test_generated_text_that_duplicates_a_record_is_rejected(tmp_path):
+    """Two different conversations rewritten into the same one: the second is a generated duplicate."""
+    from fake_openai_server import FakeOpenAIServer  # tests/ is on sys.path under pytest
+
+    from tuneforge.builder import build
+
+    convs = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": "早上七点开始。"}]}
+             for u in ("你好，请问早餐几点？", "请问明天的早餐什么时候开始供应呢？")]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in convs) + "\n",
+                                      encoding="utf-8")
+    recipe = {"name": "gen_dup", "sources": [{"name": "c", "path": "c.jsonl"}],
+              "clean": {"dedup": {"near": False}},
+              "augment": {"llm": {"max_attempts": 1, "repair_attempts": 0}, "cache": "cache.sqlite",
+                          "steps": [{"op": "rewrite", "params": {"context_turns": 0}}]},
+              "formats": ["openai"]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    srv = FakeOpenAIServer(responder=lambda body: "你好，请问早餐几点？").start()
+    try:
+        m = build(tmp_path / "recipe.yaml", tmp_path / "out", llm_base_url=srv.base_url, runner="serial")
+    finally:
+        srv.stop()
+    assert {k: m["sources"]["c"][k] for k in ("input", "kept", "rejected")} == {"input": 2, "kept": 1, "rejected": 1}
+    (row,) = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert row["reason"].startswith("generated_duplicate") and row["stage"] == "augment" and row["line"] == 2
+    assert row["raw"]["messages"][0]["content"] == "你好，请问早餐几点？"  # the generated text, kept whole
+    assert m["counts"]["stages"]["generated"]["rejected"] == {"generated_duplicate": 1}
