@@ -72,8 +72,8 @@ def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[
     r = manifest["recipe"]
     out = [f"# {r['name']}", "", r.get("description") or "", "",
            "Built by tuneforge from the recipe below; every number here is also in `manifest.json`.", ""]
-    out += [f"> **Warning:** {w}" for w in empty_sources(manifest)]
-    out += ["", "## Sources", "", "| source | format | files | license | origin | input | kept | rejected | deduplicated |",
+    out += [line for w in empty_sources(manifest) for line in (f"> **Warning:** {w}", "")]
+    out += ["## Sources", "", "| source | format | files | license | origin | input | kept | rejected | deduplicated |",
            "|---|---|---|---|---|---:|---:|---:|---:|"]
     for name, s in manifest["sources"].items():
         out.append(f"| {name} | {s['format']} | {', '.join(s['files'])} | {s['license']} | {s['origin'] or '-'} | "
@@ -82,7 +82,8 @@ def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[
             "| source | train | validation | test | rejected | deduplicated |", "|---|---:|---:|---:|---:|---:|"]
     for name, s in manifest["sources"].items():
         splits = s.get("splits") or {}
-        out.append(f"| {name} | " + " | ".join(str(splits.get(x, 0)) for x in SPLITS)
+        note = " (reference rows, not split)" if s["kept"] and not any(splits.values()) else ""
+        out.append(f"| {name}{note} | " + " | ".join(str(splits.get(x, 0)) for x in SPLITS)
                    + f" | {s['rejected']} | {s['deduplicated']} |")
     out += ["", "## Counts", "",
             f"- input records: **{c['input']}** = kept {c['kept']} + rejected {c['rejected']} + "
