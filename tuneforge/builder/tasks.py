@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,12 +187,17 @@ class ExportJob:
 
 
 _CACHE: dict[str, Any] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _cached(key: str, make: Any) -> Any:
-    """One expensive object per worker process (a tokenizer, a benchmark index, the split table)."""
+    """One expensive object per worker process (a tokenizer, a benchmark index, the split table). Made under a
+    lock: export tasks on a thread runner (Prefect's) would otherwise import transformers at once from several
+    threads, and its lazy module then answers "cannot import name 'AutoTokenizer'" to all but one."""
     if key not in _CACHE:
-        _CACHE[key] = make()
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = make()
     return _CACHE[key]
 
 
