@@ -250,6 +250,40 @@ def test_config_defaults_and_validation():
 
 # --- the run_clean contract ----------------------------------------------------------------------------------
 
+def test_speaker_markers_at_line_starts_are_flagged_or_rejected_running_text_is_not():
+    hh = conv("How do I bake bread?", "Mix flour and water.\nHuman: And then?\nAssistant: Bake it.", 0)
+    zh = conv("用户：今天天气如何？", "晴天。", 1)  # a marker opening a turn's first line counts too
+    fine = [conv("Who said 'User: admin' in the log?", "The Human: Evolution book quotes it.", 2),
+            conv("写一段对话", "客户说：你好。\n店员说：欢迎光临。", 3)]
+    flagged = run_clean([hh, zh, *fine], only())
+    assert len(flagged.kept) == 4 and flagged.counts["flagged"] == {"speaker_marker": 2}
+    flags = {r["meta"]["index"]: r["meta"].get("flags") for r in flagged.kept}
+    assert flags[0] == ["speaker_marker: assistant turn 2 line 2 starts with 'Human:'"]
+    assert flags[1] == ["speaker_marker: user turn 1 line 1 starts with '用户：'"]
+    assert flags[2] is None and flags[3] is None
+    assert flagged.kept[0]["messages"] == hh["messages"]  # flagged, never edited
+    rejected = run_clean([hh, zh, *fine], only(filters={"speaker_markers": "reject"}))
+    assert [r["reason"] for r in rejected.rejects] == [
+        "speaker_marker: assistant turn 2 line 2 starts with 'Human:'",
+        "speaker_marker: user turn 1 line 1 starts with '用户：'"]
+    assert rejected.counts["filters"] == {"speaker_marker": 2} and len(rejected.kept) == 2
+    off = run_clean([hh, zh], only(filters={"speaker_markers": "off"}))
+    assert off.counts["flagged"] == {} and all("flags" not in r["meta"] for r in off.kept)
+
+
+def test_hh_transcript_leftovers_are_counted(tmp_path: Path):
+    """A real HH slice: the one harmless-base pair of the first 100 whose reply still holds a `Human:` line."""
+    from tuneforge.ingest import SourceConfig, ingest
+
+    data = Path(__file__).parent / "data" / "hh_rlhf"
+    res = ingest([SourceConfig(name="hh", path=str(data / "harmless-base-test-first100.jsonl"), format="hh",
+                               allow_outside=True)], tmp_path)
+    out = run_clean(res.records, only())
+    assert out.counts["flagged"] == {"speaker_marker": 1}
+    (rec,) = [r for r in out.kept if r["meta"].get("flags")]
+    assert "starts with 'Human:'" in rec["meta"]["flags"][0]
+
+
 def test_run_clean_contract_order_kb_passthrough_no_mutation():
     kb = new_record("kb", provenance("hotels", "db.json", None, 0), row={"名称": "北京饭店", "电话": "13812345678"})
     recs = [conv("Ｈｅｌｌｏ　ｔｈｅｒｅ", "请拨打13812345678联系我们。", 0), kb, conv("你好", "你好！有什么可以帮你？", 1),

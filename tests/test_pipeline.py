@@ -173,8 +173,8 @@ def test_law_domain_is_only_recipe_and_data(prefect_api, tmp_path):
 
     def answer(body: dict) -> str:
         """A grounded question/answer pair: the answer is the passage's first clause."""
-        prompt = body["messages"][-1]["content"]
-        clause = prompt.split("。")[0][-30:]
+        passage = body["messages"][-1]["content"].split("文段：", 1)[-1].strip()
+        clause = passage.split("。")[0][-30:]  # (the prompt's own first sentence would make 4 duplicates)
         return json.dumps({"pairs": [{"question": "这段材料说了什么？", "answer": clause}]}, ensure_ascii=False)
 
     with FakeOpenAIServer(responder=answer) as srv:

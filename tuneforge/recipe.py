@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge.augment.config import AugmentConfig
 from tuneforge.clean import CleanConfig
@@ -50,6 +50,22 @@ class Recipe(BaseModel):
         if dup:
             raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
         return v
+
+    @model_validator(mode="after")
+    def _prompts_answered(self) -> Recipe:
+        """A `kind: prompt` source needs an `answer` step that takes its records: without one every question
+        would end in the rejects, so the recipe is refused before anything is read."""
+        steps = self.augment.steps if self.augment is not None else []
+        for src in self.sources:
+            if src.kind != "prompt":
+                continue
+            if not any(st.op == "answer" and "prompt" in (st.select.kinds or ("prompt",))
+                       and (not st.select.sources or src.name in st.select.sources)
+                       and (st.select.from_steps is None or "input" in st.select.from_steps) for st in steps):
+                raise ValueError(f"source {src.name!r} has `kind: prompt` (questions without answers) but no "
+                                 f"`augment:` step with `op: answer` selects it; add one, e.g. `augment: {{steps: "
+                                 f"[{{op: answer, select: {{sources: [{src.name}]}}}}]}}`")
+        return self
 
     @field_validator("formats")
     @classmethod

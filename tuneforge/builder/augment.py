@@ -5,6 +5,10 @@ Selection is planned on compact columns (id, kind, source) over every shard: the
 knowledge-base rows, which operators read as reference) are loaded and handed to `run_augment`, which talks to
 one endpoint with one cache and one in-flight window. What comes back (rewritten, created and dropped records)
 is written per shard for the export step. Memory holds the chosen records, never the corpus.
+
+Generated text passes the clean stage's own per-record code (normalisation, PII scrub, filters: `Cleaner`) and
+exact dedup against the corpus, with reasons of its own (`generated_too_short: ...`, `generated_duplicate`). A
+`prompt` the `answer` step did not answer is a reject (`unanswered: ...`), never a record without a reply.
 """
 
 from __future__ import annotations
@@ -19,15 +23,20 @@ import numpy as np
 from tuneforge.augment import AugmentConfig, run_augment
 from tuneforge.augment.ops import OPERATORS
 from tuneforge.augment.select import draw, input_only
+from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.dedup import Keys
-from tuneforge.clean.stage import KIND_CODES, group_code
+from tuneforge.clean.keys import exact_key
+from tuneforge.clean.minhash import key_texts
+from tuneforge.clean.stage import KIND_CODES, Cleaner, group_code
 from tuneforge.common.io import atomic_open, dumps, unpack
+from tuneforge.common.records import KINDS, Record, reject_record, texts_of
 from tuneforge.common.shardio import json_line, read_table
 
 
 def augment_shards(cfg: AugmentConfig, recipe_dir: Path, units: list[str], offsets: np.ndarray, keys: Keys,
                    dedup: Any, seed: int, workdir: Path, llm_base_url: str | None, llm_model: str | None,
-                   progress: bool, sources: list[str] | None = None) -> dict[str, Any]:
+                   progress: bool, sources: list[str] | None = None, clean: CleanConfig | None = None
+                   ) -> dict[str, Any]:
     n = len(keys.kind)
     usable = np.ones(n, dtype=bool)
     if dedup.dups:
@@ -65,24 +74,42 @@ def augment_shards(cfg: AugmentConfig, recipe_dir: Path, units: list[str], offse
     created_groups: list[tuple[int, int]] = []
     generated: dict[int, int] = {}
     seen: set[str] = set()
+    dropped_positions: list[int] = []
+    answered: list[int] = []
+    check = _Generated(clean or CleanConfig(), recipe_dir, keys, usable)
+    failed = {f["record_id"]: f for f in res.failures}
     for rec in res.records:
         rid = rec["id"]
         if rid in by_id:
             seen.add(rid)
             pos, orig = by_id[rid]
-            if dumps(rec) != dumps(orig):
-                per_shard.setdefault(int(shard_of[pos]), []).append({"action": "replace", "id": rid, "record": rec})
+            s = int(shard_of[pos])
+            why = _unanswered(rec, failed.get(rid)) if rec["kind"] == "prompt" else None
+            if why is None and dumps(rec) != dumps(orig):
+                rec, why = check(rec, pos)
+            if why is not None:
+                dropped_positions.append(pos)
+                per_shard.setdefault(s, []).append({"action": "drop", "id": rid,
+                                                    "reject": reject_record(rec, why, stage="augment", **_step(rec))})
+            elif dumps(rec) != dumps(orig):
+                if orig["kind"] == "prompt":
+                    answered.append(pos)
+                per_shard.setdefault(s, []).append({"action": "replace", "id": rid, "record": rec})
             continue
         parent = rec["meta"].get("derived_from")
         root = root_of.get(parent, parent)
         root_of[rid] = root
         pos = by_id[root][0]
         s = int(shard_of[pos])
+        rec, why = check(rec, None)
+        if why is not None:  # the input record stays; only what was made from it is rejected
+            per_shard.setdefault(s, []).append({"action": "reject", "root": root, "id": rid,
+                                                "reject": reject_record(rec, why, stage="augment", **_step(rec))})
+            continue
         per_shard.setdefault(s, []).append({"action": "create", "root": root, "record": rec})
         generated[s] = generated.get(s, 0) + 1
         if rec["kind"] != "kb":
             created_groups.append((pos, group_code(rec["meta"]["group"])))
-    dropped_positions = []
     for row in res.rejects:
         rid = row.get("id")
         if rid in by_id and rid not in seen:
@@ -102,7 +129,63 @@ def augment_shards(cfg: AugmentConfig, recipe_dir: Path, units: list[str], offse
     dropped_kinds = sum(1 for p in dropped_positions if keys.kind[p] != kb)
     return {"files": files, "counts": res.counts, "usage": res.usage, "failures": res.failures,
             "generated": generated, "dropped_positions": dropped_positions, "created_groups": created_groups,
-            "net_records": len(created_groups) - dropped_kinds}
+            "net_records": len(created_groups) - dropped_kinds, "answered_positions": answered,
+            "clean": check.summary()}
+
+
+def _step(rec: Record) -> dict[str, Any]:
+    ops = [o for o in rec["meta"].get("ops") or [] if isinstance(o, dict)]
+    return {"step": ops[-1]["step"]} if ops else {}
+
+
+def _unanswered(rec: Record, failure: dict | None) -> str:
+    if failure is not None:
+        return f"unanswered: step {failure['step']!r} failed: {failure['reason']}"
+    return "unanswered: no `answer` step answered this prompt"
+
+
+class _Generated:
+    """The clean stage's per-record code on generated text, then exact dedup against the corpus and against
+    what was generated before it (first in build order kept)."""
+
+    def __init__(self, cfg: CleanConfig, recipe_dir: Path, keys: Keys, usable: np.ndarray) -> None:
+        self.cfg = cfg
+        self.cleaner = Cleaner(cfg, recipe_dir)
+        self.keys = keys
+        self.corpus: np.ndarray | None = None  # the corpus' exact keys, sorted, built on first use
+        self.usable = usable
+        self.seen: dict[bytes, str] = {}
+        self.rejected: dict[str, int] = {}
+
+    def __call__(self, rec: Record, pos: int | None) -> tuple[Record, str | None]:
+        new, reason, _ = self.cleaner(rec)
+        if reason is not None:
+            return self._count(rec, f"generated_{reason}")
+        if not (self.cfg.enabled and self.cfg.dedup.exact and KINDS[new["kind"]].cleaned):
+            return new, None
+        key = exact_key(new, key_texts([texts_of(new)])[0])
+        if key in self.seen or self._in_corpus(key, pos):
+            return self._count(new, "generated_duplicate: the same text as a record already in the dataset")
+        self.seen[key] = new["id"]
+        return new, None
+
+    def _in_corpus(self, key: bytes, pos: int | None) -> bool:
+        if pos is not None and key == self.keys.exact[pos].tobytes():
+            return False  # its own text, unchanged (a rewrite that repeated it)
+        if self.corpus is None:
+            mask = self.usable & self.keys.alive
+            self.corpus = np.sort(np.ascontiguousarray(self.keys.exact[mask]).view(np.dtype((np.void, 16))).ravel())
+        probe = np.frombuffer(key, dtype=np.dtype((np.void, 16)))
+        i = int(np.searchsorted(self.corpus, probe[0]))
+        return i < len(self.corpus) and self.corpus[i] == probe[0]
+
+    def _count(self, rec: Record, reason: str) -> tuple[Record, str]:
+        k = reason.split(":", 1)[0]
+        self.rejected[k] = self.rejected.get(k, 0) + 1
+        return rec, reason
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.cleaner.summary(), "rejected": dict(sorted(self.rejected.items()))}
 
 
 def _load(units: list[str], offsets: np.ndarray, positions: list[int]) -> list[dict]:

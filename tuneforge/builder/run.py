@@ -177,10 +177,10 @@ class Build:
         sizes = np.array([len(k) for k in kinds], dtype=np.int64)
         offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])) if len(sizes) else np.zeros(0, np.int64)
         kind = np.concatenate(kinds) if kinds else np.empty(0, np.int8)
-        split_codes = [i for i, k in enumerate(KINDS.values()) if k.split]
+        cleaned_codes = [i for i, k in enumerate(KINDS.values()) if k.cleaned]
         keys = Keys(kind=kind, group=np.concatenate(groups) if groups else np.empty(0, np.uint64),
                     exact=np.concatenate(exact) if exact else np.empty((0, 2), np.uint64),
-                    alive=np.isin(kind, split_codes),
+                    alive=np.isin(kind, cleaned_codes),
                     bands=np.concatenate(bands) if bands and len(bands) == len(kinds) else None)
         return keys, offsets, ids
 
@@ -219,7 +219,7 @@ class Build:
         units = [self._clean_unit(s) for s in cleaned]
         res = augment_shards(cfg, self.base, units, offsets, keys, dedup, self.seed, self.out.work / "augment",
                              self.opts.llm_base_url, self.opts.llm_model, self.opts.progress,
-                             [s["source"] for s in cleaned])
+                             [s["source"] for s in cleaned], self.recipe.clean)
         for f in res["files"].values():
             self.used.add(f"augment/{Path(f).name}")
         self.timings["augment"] = round(time.monotonic() - t, 3)
@@ -232,6 +232,7 @@ class Build:
         t = time.monotonic()
         n = len(keys.kind)
         split_kind = np.isin(keys.kind, [i for i, k in enumerate(KINDS.values()) if k.split])
+        split_kind[augment.get("answered_positions", [])] = True  # prompts the `answer` step made conversations
         alive = split_kind.copy()
         if dedup.dups:
             alive[list(dedup.dups)] = False
@@ -404,8 +405,14 @@ class Build:
                                         "clean": clean_counts}
         extra: dict[str, Any] = {"warnings": [f"source {j.source.name!r}: {p.rel} is empty" for j, p in
                                               zip(jobs, plans, strict=True) if "empty" in p.warnings]}
+        from tuneforge.publish.card import empty_sources
+
+        for w in empty_sources({"sources": sources}):
+            log.warning("%s", w)
+            extra["warnings"].append(w)
         if augment["counts"]:
             stage_counts["augment"] = augment["counts"]
+            stage_counts["generated"] = augment["clean"]
             extra["augment_usage"] = augment["usage"]
         extra["split_notes"] = notes
         extra.update(self._checks(exported, dedup, keys, ids))
@@ -436,7 +443,7 @@ class Build:
         turns = [n for e in exported for n in e["turns"]]
         stats = {"unit": "tokens" if r.card.tokenizer else "characters", "sampled": len(turns),
                  "turn_lengths": lengths, "turns": turns}
-        write_text(stage / "README.md", render_card(manifest, stats, examples, notes))
+        write_text(stage / "README.md", render_card(manifest, stats, examples, notes, recipe_text))
         names.append("README.md")
         self._unchanged(plans)  # export re-reads no source, but a late change still fails before the switch
         kill_point("staged")

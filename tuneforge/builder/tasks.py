@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,12 +189,17 @@ class ExportJob:
 
 
 _CACHE: dict[str, Any] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def _cached(key: str, make: Any) -> Any:
-    """One expensive object per worker process (a tokenizer, a benchmark index, the split table)."""
+    """One expensive object per worker process (a tokenizer, a benchmark index, the split table). Made under a
+    lock: export tasks on a thread runner (Prefect's) would otherwise import transformers at once from several
+    threads, and its lazy module then answers "cannot import name 'AutoTokenizer'" to all but one."""
     if key not in _CACHE:
-        _CACHE[key] = make()
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = make()
     return _CACHE[key]
 
 
@@ -271,6 +277,12 @@ def export_task(job: ExportJob) -> dict[str, Any]:
     def emit(rec: Record, split: int, seq: int) -> bool:
         nonlocal order
         k = KINDS[rec["kind"]]
+        if rec["kind"] == "prompt":  # a question no `answer` step took: it never reaches a split unanswered
+            parts.rejects.append((seq, RANK["augment"], order, json_line(reject_record(
+                rec, "unanswered: no `answer` step selected this prompt (its select, p or limit, or "
+                     "--augment-limit, left it out)", "augment"))))
+            order += 1
+            return False
         meta_json = dumps(rec["meta"])
         if not k.split:
             parts.kb.setdefault(rec["meta"]["source"], []).append(json_line(rec))
@@ -331,6 +343,9 @@ def export_task(job: ExportJob) -> dict[str, Any]:
         for new in aug.created.get(rid, []):
             if emit(new, int(where[i]), seq):
                 st[0] = True
+        for row in aug.rejected.get(rid, []):  # made from this input, then failed the clean stage's checks
+            parts.rejects.append((seq, RANK["augment"], order, json_line(row)))
+            order += 1
     for seq, rank, line in zip(column_list(rejects, "seq"), column_list(rejects, "rank"),
                                column_list(rejects, "line"), strict=True):
         parts.rejects.append((seq, rank, -1, line))
@@ -393,6 +408,7 @@ class _AugmentState:
     replaced: dict[str, Record] = field(default_factory=dict)
     created: dict[str, list[Record]] = field(default_factory=dict)  # root input id -> records, in order
     dropped: dict[str, dict] = field(default_factory=dict)  # id -> reject row
+    rejected: dict[str, list[dict]] = field(default_factory=dict)  # root input id -> reject rows of created records
 
 
 def _augment_state(path: str | None) -> _AugmentState:
@@ -406,6 +422,8 @@ def _augment_state(path: str | None) -> _AugmentState:
                 st.replaced[row["id"]] = row["record"]
             elif row["action"] == "create":
                 st.created.setdefault(row["root"], []).append(row["record"])
+            elif row["action"] == "reject":
+                st.rejected.setdefault(row["root"], []).append(row["reject"])
             else:
                 st.dropped[row["id"]] = row["reject"]
     return st

@@ -51,6 +51,9 @@ class FilterConfig(_Strict):
     badwords: str | None = Field(None, description="file of words, one a line (# comments), relative to recipe")
     drop_refusals: bool = Field(False, description="drop responses that are refusals or placeholders")
     refusal_patterns: list[str] = Field(default_factory=list, description="extra regexes that mark a refusal")
+    speaker_markers: Literal["off", "flag", "reject"] = Field(
+        "flag", description="a transcript's speaker marker (Human:, Assistant:, User:, 用户：, 助手：) at the start of "
+                            "a line inside a turn: flag it (kept, counted, `meta.flags`), reject the record, or off")
 
     @property
     def token_filters(self) -> bool:

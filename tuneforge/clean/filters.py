@@ -34,6 +34,19 @@ REFUSALS = [
 PLACEHOLDERS = {"", "无", "暂无", "略", "同上", "空", "无回答", "无答案", "不知道", "na", "n/a", "none", "null",
                 "nil", "nan", "todo", "tbd", "noinput", "nooutput", "noanswer", "placeholder"}
 _NOT_WORD = re.compile(r"[\W_]+")
+# A transcript's speaker marker at the start of a line: left inside a turn, it is a conversation that was not
+# split into turns (Anthropic HH: "\nHuman: ..." inside an Assistant reply). The word in running text is not one.
+SPEAKER_MARKER = re.compile(r"^[ \t]*(Human|Assistant|User|用户|助手)[ \t]*[:：]", re.MULTILINE)
+
+
+def speaker_marker(rec: Record) -> str | None:
+    """`speaker_marker: assistant turn 4 line 3 starts with 'Human:'`, or None."""
+    for i, role, text in turns_of(rec):
+        m = SPEAKER_MARKER.search(text)
+        if m:
+            line = text.count("\n", 0, m.start()) + 1
+            return f"speaker_marker: {role} turn {i} line {line} starts with {m.group().strip()!r}"
+    return None
 
 
 def language_of(text: str, min_share: float) -> tuple[str, float, float]:
@@ -102,6 +115,8 @@ class Filters:
         for i, role, text in turns:
             if role != "system" and (not text or text.isspace()):
                 return f"empty: {role} turn {i} is empty"
+        if c.speaker_markers == "reject" and (found := speaker_marker(rec)):
+            return found
         total = sum(len(t) for _, _, t in turns)
         if c.min_chars and total < c.min_chars:
             return f"too_short: {total} chars < min_chars {c.min_chars}"

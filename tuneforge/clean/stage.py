@@ -16,7 +16,7 @@ import numpy as np
 
 from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.dedup import Keys, deduplicate
-from tuneforge.clean.filters import Filters
+from tuneforge.clean.filters import Filters, speaker_marker
 from tuneforge.clean.keys import band_hashes, exact_key
 from tuneforge.clean.minhash import key_texts
 from tuneforge.clean.normalize import normalize_text
@@ -35,7 +35,7 @@ class Cleaner:
         self.cfg = cfg
         self.filters = Filters(cfg.filters, Path(recipe_dir))  # fails early on a bad badwords file or pattern
         self.counts: dict[str, Any] = {"input": 0, "kept": 0, "passthrough": 0, "normalised": 0, "filters": {},
-                                       "pii": {}}
+                                       "pii": {}, "flagged": {}}
 
     def __call__(self, rec: Record) -> tuple[Record, str | None, bool]:
         """(the cleaned record, or the record unchanged for a pass-through kind; the filter's reason or None;
@@ -45,7 +45,7 @@ class Cleaner:
         kind = rec.get("kind")
         if kind not in KINDS:
             raise TuneforgeError(f"clean: record {rec.get('id')!r} has unknown kind {kind!r}")
-        if not self.cfg.enabled or not KINDS[kind].split:
+        if not self.cfg.enabled or not KINDS[kind].cleaned:
             c["passthrough"] += 1
             c["kept"] += 1
             return rec, None, False
@@ -53,12 +53,17 @@ class Cleaner:
         c["normalised"] += changed
         for k, n in pii.items():
             c["pii"][k] = c["pii"].get(k, 0) + n
-        reason = self.filters.check(new)
+        # A prompt is filtered once it is answered (its length, language... are those of the conversation).
+        reason = None if kind == "prompt" else self.filters.check(new)
         if reason is not None:
             key = reason.split(":", 1)[0]
             c["filters"][key] = c["filters"].get(key, 0) + 1
             return rec, reason, changed
         c["kept"] += 1
+        if self.cfg.filters.speaker_markers == "flag" and (found := speaker_marker(new)):
+            key = found.split(":", 1)[0]  # kept (it may be a real line of a dialogue), counted and marked
+            c["flagged"][key] = c["flagged"].get(key, 0) + 1
+            new["meta"] = {**new["meta"], "flags": [*new["meta"].get("flags", []), found]}
         return new, None, changed or bool(pii)
 
     def _clean(self, rec: Record) -> tuple[Record, bool, dict[str, int]]:
@@ -88,21 +93,22 @@ class Cleaner:
         c = dict(self.counts)
         c["filters"] = dict(sorted(c["filters"].items()))
         c["pii"] = dict(sorted(c["pii"].items()))
+        c["flagged"] = dict(sorted(c["flagged"].items()))
         return c
 
 
 def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum per-shard clean counts."""
     out: dict[str, Any] = {"input": 0, "kept": 0, "passthrough": 0, "normalised": 0, "filters": {}, "pii": {},
-                           "deduplicated": {"exact": 0, "near": 0}}
+                           "flagged": {}, "deduplicated": {"exact": 0, "near": 0}}
     for p in parts:
         for k in ("input", "kept", "passthrough", "normalised"):
             out[k] += p.get(k, 0)
-        for k in ("filters", "pii"):
+        for k in ("filters", "pii", "flagged"):
             for name, n in p.get(k, {}).items():
                 out[k][name] = out[k].get(name, 0) + n
-    out["filters"] = dict(sorted(out["filters"].items()))
-    out["pii"] = dict(sorted(out["pii"].items()))
+    for k in ("filters", "pii", "flagged"):
+        out[k] = dict(sorted(out[k].items()))
     return out
 
 
@@ -117,7 +123,7 @@ def group_code(group: str) -> int:
 def record_keys(records: list[Record], cfg: CleanConfig) -> tuple[Keys, list[str]]:
     """The compact keys of `records` (and their dedup texts), as a shard task computes them."""
     n = len(records)
-    split = [KINDS[r["kind"]].split for r in records]
+    split = [KINDS[r["kind"]].cleaned for r in records]
     keyed = iter(key_texts([texts_of(r) for r, s in zip(records, split, strict=True) if s]))
     keys_text = [next(keyed) if s else "" for s in split]
     zero = bytes(16)

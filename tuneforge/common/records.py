@@ -29,7 +29,8 @@ class Kind:
     text_fields: tuple[str, ...] = ()  # plain strings
     value_fields: tuple[str, ...] = ()  # anything else the dataset keeps (a label, a table row)
     response_fields: tuple[str, ...] = ()  # what a model learns to produce (checked by refusal filters)
-    dataset_dir: str | None = None  # folder of its DatasetDict; None: not split (reference rows)
+    dataset_dir: str | None = None  # folder of its DatasetDict; None: not split (reference rows, prompts)
+    cleaned: bool = True  # its text is normalised, scrubbed and deduplicated (a kb row is reference, kept as is)
     doc: str = ""
 
     @property
@@ -50,10 +51,16 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          response_fields=("completion",), dataset_dir="dataset_unpaired",
          doc="a prompt and one completion marked desirable or not (TRL unpaired preference, KTO)"),
     Kind("text", text_fields=("text",), dataset_dir="dataset_text", doc="a raw document, for continued pre-training"),
-    Kind("kb", value_fields=("row",), doc="a knowledge-base table row, kept structured for augmentation, never split"),
+    Kind("kb", value_fields=("row",), cleaned=False,
+         doc="a knowledge-base table row, kept structured for augmentation, never split"),
+    Kind("prompt", message_fields=("messages",),
+         doc="a conversation ending in a user turn with no reply yet (`kind: prompt` on a source); the `answer` "
+             "step makes it `messages`, and one left unanswered is a reject, never split"),
 )}
 # Kinds that go into the split datasets, in order of preference for the primary dataset.
 SPLIT_KINDS = tuple(k.name for k in KINDS.values() if k.split)
+# Kinds whose text the clean stage normalises, scrubs and deduplicates.
+CLEANED_KINDS = tuple(k.name for k in KINDS.values() if k.cleaned)
 
 
 def kind_of(rec: Record) -> Kind:

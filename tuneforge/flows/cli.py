@@ -155,7 +155,7 @@ def new_domain_command(
     root: Path = typer.Option(Path("."), help="the project folder holding datasets/ and pipelines/"),
 ) -> None:
     """Start a new domain from the commented template: recipe, prompt, eval, training and forgetting configs
-    (copies of the shipped ones, to edit) and a pipeline naming them."""
+    (to edit) and a pipeline naming them, each path relative to the file that holds it."""
     import re
 
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
@@ -164,10 +164,8 @@ def new_domain_command(
     target = root / "datasets" / name
     if target.exists():
         raise TuneforgeError(f"{target} already exists")
-    shutil.copytree(template, target)
     # The pipeline names configs beside the recipe, so the new domain works outside a tuneforge clone.
-    shutil.copyfile(asset("configs", "demo-sft.yaml"), target / "train-sft.yaml")
-    shutil.copyfile(asset("configs", "eval_forgetting.yaml"), target / "forgetting.yaml")
+    shutil.copytree(template, target)
     for f in target.rglob("*"):
         if f.is_file() and f.suffix in (".yaml", ".md", ".jinja"):
             f.write_text(f.read_text(encoding="utf-8").replace("__DOMAIN__", name), encoding="utf-8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Tags(BaseModel):
@@ -27,6 +27,8 @@ class SourceConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     path: str | list[str] = Field(description="file, directory or glob, relative to the recipe")
     format: str = Field("auto", description="source format; `auto` detects it from the first records")
+    kind: Literal["prompt"] | None = Field(
+        None, description="`prompt`: questions with no answers yet (format `prompt`), for the `answer` step")
     encoding: str = Field("auto", description="`auto` (UTF-8, UTF-8 BOM, GB18030) or a Python codec name")
     file_type: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "text", "arrow"] = "auto"
     text_unit: Literal["file", "line", "paragraph"] = "line"
@@ -44,3 +46,13 @@ class SourceConfig(BaseModel):
     allow_outside: bool = Field(False, description="allow paths outside the recipe's folder (listed in the manifest)")
     license: str = "unknown"
     origin: str = Field("", description="where the data came from (repository, commit, path)")
+
+    @model_validator(mode="after")
+    def _prompt_kind(self) -> SourceConfig:
+        """Prompts are declared, never guessed from a missing answer: `kind: prompt` reads with format `prompt`."""
+        if self.kind == "prompt" and self.format not in ("auto", "prompt"):
+            raise ValueError(f"source {self.name!r}: `kind: prompt` reads questions with format `prompt`; remove "
+                             f"`format: {self.format}` (map other field names with `columns: {{prompt: ...}}`)")
+        if self.kind == "prompt" or self.format == "prompt":
+            self.kind, self.format = "prompt", "prompt"
+        return self

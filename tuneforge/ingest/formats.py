@@ -279,6 +279,35 @@ def document(obj: dict, ctx: Context) -> list[Record]:
     return [new_record("text", ctx.meta, text=_text(_field(obj, name, ctx), name))]
 
 
+def prompt(obj: Any, ctx: Context) -> list[Record]:
+    """A question with no answer yet (a source with `kind: prompt`): `messages`/`conversations` ending in a user
+    turn, `prompt`, `question`, `instruction` (+ `input`), or `text` (a line of a .txt file, a CSV column;
+    `columns: {prompt: my_column}` names another field). Answer fields the file may also hold are not read."""
+    if isinstance(obj, str):
+        obj = {"prompt": obj}
+    if not isinstance(obj, dict):
+        raise Invalid(f"expected a JSON object or a string with the question, got {_type_name(obj)}")
+    name = next((n for n in ("prompt", "messages", "conversations", "instruction", "question", "text", "content")
+                 if n in ctx.cfg.columns), None)
+    name = name or next((n for n in ("prompt", "messages", "conversations", "instruction", "question", "text",
+                                     "content") if obj.get(n) is not None), None)
+    if name is None:
+        raise Invalid(f"no question field (prompt, messages, conversations, instruction, question, text) in a "
+                      f"`kind: prompt` source; fields seen: {', '.join(sorted(map(str, obj))[:12]) or 'none'}")
+    if name in ("messages", "conversations"):
+        value = _field(obj, name, ctx)
+        msgs = (_sharegpt_messages(value, ctx, name) if name == "conversations"
+                else _openai_messages(value, name))
+        msgs = _role_order(_system(obj, ctx) + msgs if msgs[0]["role"] != "system" else msgs, ctx)
+        if msgs[-1]["role"] != "user":
+            raise Invalid(f"a prompt's {name!r} should end with a user turn, not a {msgs[-1]['role']} turn")
+    else:
+        text = (_instruction_prompt(obj, ctx) if name == "instruction"
+                else _text(_field(obj, name, ctx), name))
+        msgs = [*_system(obj, ctx), {"role": "user", "content": text}]
+    return [new_record("prompt", ctx.meta, messages=msgs)]
+
+
 def _preference(prompt: list[dict], chosen: list[dict], rejected: list[dict], ctx: Context) -> Record:
     if not chosen or not rejected:
         raise Invalid("chosen or rejected is empty")
@@ -478,6 +507,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("chatglm", chatglm, lambda o: {"prompt", "response"} <= _keys(o)),
     Format("completion", completion, lambda o: {"prompt", "completion"} <= _keys(o)),
     Format("transcript", transcript, lambda o: False),  # proposed by `propose_transcript`, never guessed
+    Format("prompt", prompt, lambda o: False),  # declared with `kind: prompt`, never guessed
     Format("document", document, lambda o: ("text" in _keys(o) and isinstance(o["text"], str))
            or ("content" in _keys(o) and isinstance(o["content"], str) and _keys(o) - {"content"} <= DOC_EXTRA)),
 ]}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 
 from tuneforge.publish.split import SPLITS
@@ -31,17 +33,58 @@ def _pct(values: list[int], q: float) -> int:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0
 
 
-def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[str, dict], notes: list[str]) -> str:
-    """`stats`: {unit, sampled, turn_lengths, turns} over a fixed hash sample of the conversations."""
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+_SECRET_KEY = re.compile(r"(?im)^(\s*-?\s*[\"']?[\w.-]*(?:api[_-]?key|token|secret|password|passwd|authorization)"
+                         r"[\"']?\s*:\s*)(?!\s*$)(.+)$")
+_SECRET_ENV = re.compile(r"(?i)key|token|secret|password")
+
+
+def public_recipe(text: str) -> str:
+    """The recipe's text as the card shows it. Recipes hold no keys (`api_key_env` names a variable), but a user
+    may still paste one: URLs lose user:password and query strings, a `*key`/`token`/`secret`/`password` field
+    its value (an `*_env` field names a variable and stays), and any secret-looking environment value is masked."""
+    from tuneforge.augment.endpoint import public_url
+
+    text = _URL.sub(lambda m: public_url(m.group()) if "@" in m.group() or "?" in m.group() else m.group(), text)
+    text = _SECRET_KEY.sub(lambda m: m.group(0) if m.group(1).rstrip().rstrip(":").rstrip("\"'").endswith("_env")
+                           else f"{m.group(1)}***", text)
+    for name, value in os.environ.items():
+        if _SECRET_ENV.search(name) and len(value) >= 8 and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+def empty_sources(manifest: dict[str, Any]) -> list[str]:
+    """A warning for every source of which no input record was kept (all rejected or deduplicated)."""
+    out = []
+    for name, s in manifest["sources"].items():
+        if s["input"] and not s["kept"]:
+            out.append(f"source {name!r}: no record kept: {s['rejected']} of {s['input']} input records rejected, "
+                       f"{s['deduplicated']} deduplicated (reasons with file and line in rejects.jsonl)")
+    return out
+
+
+def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[str, dict], notes: list[str],
+                recipe_text: str | None = None) -> str:
+    """`stats`: {unit, sampled, turn_lengths, turns} over a fixed hash sample of the conversations;
+    `recipe_text`: the recipe file as written (shown with secrets masked)."""
     c = manifest["counts"]
     r = manifest["recipe"]
     out = [f"# {r['name']}", "", r.get("description") or "", "",
-           "Built by tuneforge from the recipe below; every number here is also in `manifest.json`.", "",
-           "## Sources", "", "| source | format | files | license | origin | input | kept | rejected | deduplicated |",
+           "Built by tuneforge from the recipe below; every number here is also in `manifest.json`.", ""]
+    out += [line for w in empty_sources(manifest) for line in (f"> **Warning:** {w}", "")]
+    out += ["## Sources", "", "| source | format | files | license | origin | input | kept | rejected | deduplicated |",
            "|---|---|---|---|---|---:|---:|---:|---:|"]
     for name, s in manifest["sources"].items():
         out.append(f"| {name} | {s['format']} | {', '.join(s['files'])} | {s['license']} | {s['origin'] or '-'} | "
                    f"{s['input']} | {s['kept']} | {s['rejected']} | {s['deduplicated']} |")
+    out += ["", "### Per source and split", "",
+            "| source | train | validation | test | rejected | deduplicated |", "|---|---:|---:|---:|---:|---:|"]
+    for name, s in manifest["sources"].items():
+        splits = s.get("splits") or {}
+        note = " (reference rows, not split)" if s["kept"] and not any(splits.values()) else ""
+        out.append(f"| {name}{note} | " + " | ".join(str(splits.get(x, 0)) for x in SPLITS)
+                   + f" | {s['rejected']} | {s['deduplicated']} |")
     out += ["", "## Counts", "",
             f"- input records: **{c['input']}** = kept {c['kept']} + rejected {c['rejected']} + "
             f"deduplicated {c['deduplicated']}",
@@ -89,6 +132,10 @@ def render_card(manifest: dict[str, Any], stats: dict[str, Any], examples: dict[
         for fmt, row in examples.items():
             text = json.dumps(row, ensure_ascii=False, indent=2)
             out += [f"### `{fmt}`", "", "```json", text[:1500] + ("\n…" if len(text) > 1500 else ""), "```", ""]
+    if recipe_text is not None:
+        out += ["", "## Recipe", "", f"`{manifest.get('recipe_file', 'recipe.yaml')}` as built (sha256 "
+                f"`{manifest.get('recipe_sha256', '')[:16]}…` of the file; secrets, if any, masked):", "",
+                "```yaml", public_recipe(recipe_text).rstrip("\n"), "```"]
     out += ["", "## Loading", "", "```python", "from datasets import load_from_disk",
             f"ds = load_from_disk(\"{manifest['datasets'].get('messages') or next(iter(manifest['datasets'].values()), 'dataset')}\")",
             "```", ""]

@@ -34,6 +34,16 @@ def reconcile(per_source: dict[str, dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def public_recipe(recipe: dict) -> dict:
+    """The recipe as the manifest keeps it: an endpoint URL without user:password or query string."""
+    from tuneforge.augment.endpoint import public_url
+
+    llm = (recipe.get("augment") or {}).get("llm") or {}
+    if not llm.get("base_url"):
+        return recipe
+    return {**recipe, "augment": {**recipe["augment"], "llm": {**llm, "base_url": public_url(llm["base_url"])}}}
+
+
 def build_manifest(*, recipe: dict, recipe_text: str, recipe_file: str, seed: int, template: str,
                    inputs: dict[str, str], sources: dict[str, dict[str, Any]], by_kind: dict[str, list[int]],
                    reasons: dict[str, int], reference_rows: int, generated: int, stage_counts: dict[str, Any],
@@ -45,7 +55,7 @@ def build_manifest(*, recipe: dict, recipe_text: str, recipe_file: str, seed: in
         "tuneforge_version": __version__,
         "recipe_file": recipe_file,
         "recipe_sha256": sha256_text(recipe_text),
-        "recipe": recipe,
+        "recipe": public_recipe(recipe),
         "seed": seed,
         "template": template,
         "inputs": dict(sorted(inputs.items())),

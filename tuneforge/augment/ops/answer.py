@@ -10,12 +10,16 @@ from tuneforge.common.records import Record
 
 
 class Answer(Operator):
+    """A `prompt` record (a question from a `kind: prompt` source) is always filled, whatever the mode, and comes
+    back as `messages`."""
+
     Params = AnswerParams
+    default_kinds = ("messages", "prompt")
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:
         p: AnswerParams = ctx.params
         msgs = [dict(m) for m in rec["messages"]]
-        if p.mode == "fill":
+        if p.mode == "fill" or rec["kind"] == "prompt":
             targets = [i for i, m in enumerate(msgs) if m["role"] == "assistant" and not m["content"].strip()]
             if msgs and msgs[-1]["role"] == "user":
                 msgs.append({"role": "assistant", "content": ""})
@@ -37,6 +41,7 @@ class Answer(Operator):
         out = ctx.modified(rec, ctx.op_entry([k for _, k in results], turns=targets))
         originals = out["meta"].setdefault("originals", [])
         out["messages"] = msgs
+        out["kind"] = "messages"
         for i, (text, _) in zip(targets, results, strict=True):
             originals.append({"step": ctx.step.name, "op": self.name, "index": i, "role": "assistant",
                               "content": msgs[i]["content"] or None})
