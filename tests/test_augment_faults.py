@@ -152,8 +152,10 @@ def test_invalid_json_is_repaired_with_the_error_shown(server, tmp_path):
     docs = [new_record("text", provenance("doc", "t.txt", i, i), text=f"{PLAIN} 第{i}段：北京有故宫和天坛。" * 3)
             for i in range(30)]
     server.plan.update({"fault_rate": 0.3, "faults": ["bad_content"]})
+    # Hedging off: on a loaded machine a hedge copy of a slow reply is a second successful request for one
+    # item, and this test counts the server's successful requests against the items done.
     res = run_augment(docs, config(server.base_url, tmp_path, [{"op": "question_from_passage", "params": {"n": 2}}],
-                                   repair_attempts=3), progress=False)
+                                   repair_attempts=3, hedge=False), progress=False)
     c = res.counts["question_from_passage"]
     assert c["invalid_replies"] > 0 and c["done"] >= 25 and c["created"] == 2 * c["done"]
     repaired = [e for e in server.stats.log if e["fault"] is None]
