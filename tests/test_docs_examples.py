@@ -100,8 +100,7 @@ def _validate_yaml(where: str, data: dict) -> str:
 
     keys = set(data)
     if "sources" in keys or keys <= {"clean", "augment", "split", "formats", "card", "dedup"}:
-        recipe = {"name": "doc", "sources": [{"name": "x", "path": "x.jsonl"}], **data} if "sources" not in keys \
-            else data
+        recipe = {"name": "doc", "sources": [{"name": "x", "path": "x.jsonl"}], **data}  # a fragment: fill the rest
         Recipe.model_validate(recipe)
         return "recipe"
     if {"name", "build"} <= keys:
