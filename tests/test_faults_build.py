@@ -262,6 +262,33 @@ def test_a_template_past_its_limits_stops_with_a_reason(source):
     assert time.monotonic() - t < 6
 
 
+def test_loops_that_call_nothing_stop_on_a_worker_thread_too():
+    """The threads runner has no SIGALRM timer: nested loops over a ready sequence, which call nothing, are
+    stopped by the clock every `for` checks as it iterates."""
+    import threading
+
+    source = ("{% set r = range(100000) %}{% for a in r %}{% for b in r %}{% for c in r %}{% endfor %}"
+              "{% endfor %}{% endfor %}")
+    caught: list[BaseException] = []
+
+    def render() -> None:
+        try:
+            render_string(source)
+        except BaseException as e:
+            caught.append(e)
+
+    t = time.monotonic()
+    worker = threading.Thread(target=render, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and time.monotonic() - t < 10
+    assert len(caught) == 1 and isinstance(caught[0], TemplateLimit) and "over 2 s" in str(caught[0])
+    # loops keep their meaning: loop variables, else, recursion
+    assert render_string("{% for x in xs %}{{ loop.index }}{{ x }}{% if loop.last %}.{% endif %}{% else %}none"
+                         "{% endfor %}", xs="ab") == "1a2b."
+    assert render_string("{% for x in xs %}{% else %}none{% endfor %}", xs=[]) == "none"
+
+
 def test_each_record_a_document_template_cannot_render_is_a_reject(tmp_path):
     (tmp_path / "data").mkdir()
     rows = [{"name": "ok", "n": 2}, {"name": "bomb", "n": 10**10}, {"name": "ok2", "n": 3}]
