@@ -103,3 +103,24 @@ def test_eval_config_kind_and_paths(tmp_path):
     assert "heldout.dataset" in r.errors[0] and "perplexity.corpus" in r.errors[0]
     with pytest.raises(TuneforgeError, match="one of recipe, train, eval, pipeline"):
         check_file(cfg, "bogus")
+
+
+def test_a_stage_needs_a_dataset_kind_the_build_will_make(tmp_path):
+    """sft then dpo on the hotel domain: its `preference` augment step makes the pairs dpo reads; without that
+    step the check names the missing kind and what the build does make."""
+    root = _domain(tmp_path)
+    (root / "dpo.yaml").write_text("stage: dpo\ndataset: unused\nmax_length: 256\nargs: {beta: 0.1}\n",
+                                   encoding="utf-8")
+    (root / "p.yaml").write_text(
+        "name: p\nbuild: {recipe: hotel/recipe.yaml}\n"
+        "train:\n  - {name: sft, config: sft.yaml}\n  - {name: dpo, config: dpo.yaml}\n", encoding="utf-8")
+    r = check_file(root / "p.yaml")
+    assert r.ok, r.errors
+    recipe = root / "hotel" / "recipe.yaml"
+    text = recipe.read_text(encoding="utf-8")
+    recipe.write_text(text[:text.index("    - op: preference")], encoding="utf-8")
+    r = check_file(root / "p.yaml")
+    assert len(r.errors) == 1, r.errors
+    assert r.errors[0].startswith("train step 'dpo' (stage dpo) reads a preference dataset, which the build will "
+                                  "not make")
+    assert "messages (source 'crosswoz_hotel')" in r.errors[0] and "kb (source 'hotel_db')" in r.errors[0]

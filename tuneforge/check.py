@@ -209,8 +209,45 @@ def _pipeline(report: Report) -> None:
                 check_eval(ec, report, f"{name}: config {rel or '(inline)'}", made)
         if report.ok:  # what only the whole plan knows (stage order, anything added to it)
             plan = report.part("pipeline plan", lambda: plan_pipeline(report.path, tmp))
+            if plan is not None and recipe is not None:
+                report.part("", lambda: _stage_inputs(recipe, plan, report))
             if plan is not None:
                 stages = " -> ".join(f"{s.name} ({s.config.stage})" for s in plan.train) or "no training"
                 report.notes.append(f"pipeline {cfg.name}: build, {stages}"
                                     + (", evaluate" if plan.eval_config is not None else "")
                                     + (", forgetting" if plan.forgetting_config is not None else ""))
+
+
+SAMPLE_RECORDS = 50  # records read from each source to see which record kinds it gives
+
+
+def recipe_kinds(recipe: Path) -> dict[str, str]:
+    """The record kinds a build of `recipe` gives, each with where it comes from: the first SAMPLE_RECORDS
+    records of every source (read as the build reads them) and the kinds its augment steps create."""
+    from tuneforge.augment.ops import OPERATORS
+    from tuneforge.ingest import ingest
+    from tuneforge.recipe import load_recipe
+
+    rc, base = load_recipe(recipe)
+    sources = [s.model_copy(update={"limit": min(s.limit or SAMPLE_RECORDS, SAMPLE_RECORDS)}) for s in rc.sources]
+    found: dict[str, str] = {}
+    for rec in ingest(sources, base, rc.variables).records:
+        found.setdefault(rec["kind"], f"source {rec['meta']['source']!r}")
+    for step in rc.augment.steps if rc.augment is not None else []:
+        for kind in OPERATORS[step.op].creates:
+            found.setdefault(kind, f"augment step {step.name or step.op!r}")
+    return found
+
+
+def _stage_inputs(recipe: Path, plan: Any, report: Report) -> None:
+    """Each training stage reads a dataset kind the build will make (sampled from the sources)."""
+    from tuneforge.trainers.config import STAGE_KIND
+
+    made = recipe_kinds(recipe)
+    for stage in plan.train:
+        wants = STAGE_KIND[stage.config.stage]
+        if not any(k in made for k in wants):
+            have = ", ".join(f"{k} ({w})" for k, w in sorted(made.items())) or "nothing"
+            report.errors.append(f"train step {stage.name!r} (stage {stage.config.stage}) reads a "
+                                 f"{' or '.join(wants)} dataset, which the build will not make: its first "
+                                 f"{SAMPLE_RECORDS} records a source and its augment steps give {have}")

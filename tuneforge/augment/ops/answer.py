@@ -15,6 +15,7 @@ class Answer(Operator):
 
     Params = AnswerParams
     default_kinds = ("messages", "prompt")
+    creates = ("messages",)
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:
         p: AnswerParams = ctx.params

@@ -130,6 +130,7 @@ class Operator:
     name: str = ""  # set by the registry (ops/__init__.py) from `params.PARAMS`, where op names are listed
     Params: ClassVar[type[OpParams]] = OpParams
     default_kinds: ClassVar[tuple[str, ...]] = ("messages",)
+    creates: ClassVar[tuple[str, ...]] = ()  # record kinds it writes that its input lacks (what a stage can train on)
     default_template: ClassVar[str | None] = None  # None: "<op>"; ".<lang>" is appended
 
     def prepare(self, ctx: StepContext, records: list[Record]) -> None:

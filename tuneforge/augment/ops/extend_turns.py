@@ -33,6 +33,7 @@ def wire_schema(followups: int, closing: bool) -> dict:
 
 
 class ExtendTurns(Operator):
+    creates = ("messages",)
     Params = ExtendParams
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:

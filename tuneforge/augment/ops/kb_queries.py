@@ -47,6 +47,7 @@ def plan_constraint(kind: str, row: dict, p: KBParams, rng) -> dict | None:
 class KBQueries(Operator):
     Params = KBParams
     default_kinds = ("kb",)
+    creates = ("messages",)
 
     def prepare(self, ctx: StepContext, records: list[Record]) -> None:
         f: KBFields = ctx.params.fields

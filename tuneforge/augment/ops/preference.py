@@ -15,6 +15,7 @@ from tuneforge.common.records import Record
 
 class Preference(Operator):
     """The step's `template` is the judge's prompt (default `preference.<lang>`)."""
+    creates = ("preference",)
 
     Params = PreferenceParams
 

@@ -30,6 +30,7 @@ def wire_schema(n: int) -> dict:
 class QuestionFromPassage(Operator):
     Params = QuestionParams
     default_kinds = ("text",)
+    creates = ("messages",)
 
     async def run(self, ctx: StepContext, rec: Record, item: ItemState) -> Outcome:
         p: QuestionParams = ctx.params
