@@ -150,3 +150,24 @@ def test_prefect_step_sends_evaluation_progress_to_the_task_log(caplog, monkeypa
         task_log.removeHandler(caplog.handler)
     assert any(r.getMessage().startswith("perplexity: 3/3 documents") and r.name.startswith("prefect.task_runs")
                for r in caplog.records)
+
+
+def test_logits_mode_counts_prompts_over_the_context(tiny, tmp_path):
+    """A multiple-choice prompt longer than the model's positions is scored, and counted per suite."""
+    from tuneforge.eval import run_eval
+
+    exam = tmp_path / "quiz.jsonl"
+    rows = [{"question": "短题", "A": "甲", "B": "乙", "C": "丙", "D": "丁", "answer": "B"},
+            {"question": "很长的题目。" * 100, "A": "甲", "B": "乙", "C": "丙", "D": "丁", "answer": "A"}]
+    exam.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg_json = json.loads((tiny / "config.json").read_text(encoding="utf-8"))
+    small = tmp_path / "small"
+    import shutil
+
+    shutil.copytree(tiny, small)
+    (small / "config.json").write_text(json.dumps({**cfg_json, "max_position_embeddings": 160}), encoding="utf-8")
+    res = run_eval({"suites": [{"benchmark": f"mcq:{exam}", "shots": 0}]}, out=tmp_path / "run", model=str(small))
+    quiz = res["suites"]["quiz"]
+    assert quiz["n"] == 2 and quiz["over_context"] == 1
+    preds = [json.loads(x) for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [bool(p.get("over_context")) for p in preds] == [False, True]

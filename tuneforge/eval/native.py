@@ -190,6 +190,9 @@ class NativeEngine:
         t0 = time.perf_counter()
         texts = [self.prompt(suite, subject, shots, it) for it in items]
         ids = self._encode(texts)
+        # Scored as they are (the letter logit is read at the end), but counted: past the trained positions
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        over = {i for i, x in enumerate(ids) if isinstance(context, int) and len(x) > context}
         sep = "" if self.chat is not None else suite.style.answer_sep
         # the letters of the subject's widest question; each question is scored over its own options
         letters = letter_token_ids(self.tok, texts[0][-32:], sep, OPTION_LETTERS[:max(len(it.options) for it in items)])
@@ -214,7 +217,8 @@ class NativeEngine:
             rows.append({"suite": suite.name, "subject": subject, "category": suite.category(subject),
                          "id": it.id, "uid": it.uid, "answer": it.answer, "pred": pred,
                          "correct": None if it.answer is None else pred == it.answer,
-                         "logits": [round(x, 4) for x in lg], **({"rescored": True} if i in rescored else {})})
+                         "logits": [round(x, 4) for x in lg], **({"rescored": True} if i in rescored else {}),
+                         **({"over_context": True} if i in over else {})})
         return rows
 
     def letter_logits(self, ids: list[list[int]], letters: list[int]) -> dict[int, list[float]]:

@@ -201,6 +201,8 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
         if summary[name]["mode"] == "generate":
             summary[name]["cot"] = cfg.generation.cot if sc.cot is None else sc.cot
             summary[name].update(gen_counts.get(name, {}))
+        elif cfg.engine == "native":  # prompts longer than the model's context, scored but counted
+            summary[name]["over_context"] = sum(1 for r in srows if r.get("over_context"))
         if suite.split == "test" and suite.bench.layout == "ceval":
             write_json(out / f"submission_{name}.json", submission(srows))
             summary[name]["submission"] = f"submission_{name}.json"
