@@ -245,3 +245,40 @@ def test_generated_text_that_duplicates_a_record_is_rejected(tmp_path):
     assert row["reason"].startswith("generated_duplicate") and row["stage"] == "augment" and row["line"] == 2
     assert row["raw"]["messages"][0]["content"] == "你好，请问早餐几点？"  # the generated text, kept whole
     assert m["counts"]["stages"]["generated"]["rejected"] == {"generated_duplicate": 1}
+
+
+@pytest.mark.parametrize("near", [True, False])
+def test_generated_text_that_nearly_repeats_a_record_is_rejected(tmp_path, near):
+    """A rewrite that comes back as a near copy of another source's conversation is a near duplicate (with the
+    build's threshold, on its exact Jaccard); with near dedup off it is kept."""
+    from fake_openai_server import FakeOpenAIServer  # tests/ is on sys.path under pytest
+
+    from tuneforge.builder import build
+
+    a = ("请问你们酒店的早餐是从早上几点开始供应的，一直到几点结束？我们一家四口明天要早点出发去机场，"
+         "如果来不及在餐厅吃，能不能提前帮我们准备打包的早餐，另外前台几点可以办理退房手续？")
+    b = "我想预订下周五晚上的双床房两间，请问还有空房吗？价格大概是多少，含不含早餐？"
+    for name, user in (("c1", a), ("c2", b)):
+        conv = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": "早上七点开始。"}]}
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(conv, ensure_ascii=False) + "\n", encoding="utf-8")
+    recipe = {"name": "gen_near", "sources": [{"name": "c1", "path": "c1.jsonl"}, {"name": "c2", "path": "c2.jsonl"}],
+              "clean": {"dedup": {"near": near}},
+              "augment": {"llm": {"max_attempts": 1, "repair_attempts": 0}, "cache": "cache.sqlite",
+                          "steps": [{"op": "rewrite", "select": {"sources": ["c2"]},
+                                     "params": {"context_turns": 0}}]},
+              "formats": ["openai"]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    srv = FakeOpenAIServer(responder=lambda body: a.replace("机场", "火车站")).start()  # c1's question, one word off
+    try:
+        m = build(tmp_path / "recipe.yaml", tmp_path / "out", llm_base_url=srv.base_url, runner="serial")
+    finally:
+        srv.stop()
+    rows = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    if not near:
+        assert rows == [] and m["sources"]["c2"]["kept"] == 1
+        return
+    assert {k: m["sources"]["c2"][k] for k in ("input", "kept", "rejected")} == {"input": 1, "kept": 0, "rejected": 1}
+    (row,) = rows
+    assert row["reason"].startswith("generated_near_duplicate: Jaccard") and row["stage"] == "augment"
+    assert "火车站" in row["raw"]["messages"][0]["content"]
+    assert m["counts"]["stages"]["generated"]["rejected"] == {"generated_near_duplicate": 1}

@@ -7,7 +7,8 @@ one endpoint with one cache and one in-flight window. What comes back (rewritten
 is written per shard for the export step. Memory holds the chosen records, never the corpus.
 
 Generated text passes the clean stage's own per-record code (normalisation, PII scrub, filters: `Cleaner`) and
-exact dedup against the corpus, with reasons of its own (`generated_too_short: ...`, `generated_duplicate`). A
+exact and near dedup against the corpus, with reasons of its own (`generated_too_short: ...`,
+`generated_duplicate`, `generated_near_duplicate`). A
 `prompt` the `answer` step did not answer is a reject (`unanswered: ...`), never a record without a reply.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,8 @@ from tuneforge.augment.ops import OPERATORS
 from tuneforge.augment.select import draw, input_only
 from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.dedup import Keys
-from tuneforge.clean.keys import exact_key
-from tuneforge.clean.minhash import key_texts
+from tuneforge.clean.keys import band_hashes, exact_key
+from tuneforge.clean.minhash import jaccard, key_texts, shingles
 from tuneforge.clean.stage import KIND_CODES, Cleaner, group_code
 from tuneforge.common.io import atomic_open, dumps, unpack
 from tuneforge.common.records import KINDS, Record, reject_record, texts_of
@@ -76,7 +78,8 @@ def augment_shards(cfg: AugmentConfig, recipe_dir: Path, units: list[str], offse
     seen: set[str] = set()
     dropped_positions: list[int] = []
     answered: list[int] = []
-    check = _Generated(clean or CleanConfig(), recipe_dir, keys, usable)
+    check = _Generated(clean or CleanConfig(), recipe_dir, keys, usable,
+                       lambda positions: _load(units, offsets, positions))
     failed = {f["record_id"]: f for f in res.failures}
     for rec in res.records:
         rid = rec["id"]
@@ -145,29 +148,77 @@ def _unanswered(rec: Record, failure: dict | None) -> str:
 
 
 class _Generated:
-    """The clean stage's per-record code on generated text, then exact dedup against the corpus and against
-    what was generated before it (first in build order kept)."""
+    """The clean stage's per-record code on generated text, then exact and near dedup against the corpus and
+    against what was generated before it (first in build order kept), as ingested text gets them.
 
-    def __init__(self, cfg: CleanConfig, recipe_dir: Path, keys: Keys, usable: np.ndarray) -> None:
+    Near duplicates are found as the build finds them: records sharing an LSH band (the corpus' band hashes,
+    sorted once a band on first use) are candidates, and a candidate at or above the threshold on its exact
+    Jaccard is a duplicate. Records of the generated record's own group (its origin, what else was made from
+    it) are never its duplicates, as in the build's near dedup: a rewrite may stay close to what it rewrote."""
+
+    def __init__(self, cfg: CleanConfig, recipe_dir: Path, keys: Keys, usable: np.ndarray,
+                 load: Callable[[list[int]], list[dict]] | None = None) -> None:
         self.cfg = cfg
         self.cleaner = Cleaner(cfg, recipe_dir)
         self.keys = keys
         self.corpus: np.ndarray | None = None  # the corpus' exact keys, sorted, built on first use
         self.usable = usable
+        self.load = load
         self.seen: dict[bytes, str] = {}
         self.rejected: dict[str, int] = {}
+        self.band_index: list[tuple[np.ndarray, np.ndarray]] | None = None  # per band: sorted hashes, positions
+        self.made: list[tuple[np.ndarray, set[str], int, str]] = []  # generated so far: bands, grams, group, id
 
     def __call__(self, rec: Record, pos: int | None) -> tuple[Record, str | None]:
         new, reason, _ = self.cleaner(rec)
         if reason is not None:
             return self._count(rec, f"generated_{reason}")
-        if not (self.cfg.enabled and self.cfg.dedup.exact and KINDS[new["kind"]].cleaned):
+        if not (self.cfg.enabled and KINDS[new["kind"]].cleaned):
             return new, None
-        key = exact_key(new, key_texts([texts_of(new)])[0])
-        if key in self.seen or self._in_corpus(key, pos):
-            return self._count(new, "generated_duplicate: the same text as a record already in the dataset")
-        self.seen[key] = new["id"]
+        text = key_texts([texts_of(new)])[0]
+        if self.cfg.dedup.exact:
+            key = exact_key(new, text)
+            if key in self.seen or self._in_corpus(key, pos):
+                return self._count(new, "generated_duplicate: the same text as a record already in the dataset")
+            self.seen[key] = new["id"]
+        if self.cfg.dedup.near and self.keys.bands is not None and self.load is not None:
+            near = self._near(new, text)
+            if near is not None:
+                return self._count(new, f"generated_near_duplicate: {near}")
         return new, None
+
+    def _near(self, rec: Record, text: str) -> str | None:
+        """What `rec` nearly repeats (the corpus first, then earlier generated records), or None."""
+        d = self.cfg.dedup
+        bands = band_hashes([text], d)[0]
+        grams = shingles(text, d.ngram)
+        group = group_code(rec["meta"]["group"])
+        kind = KIND_CODES[rec["kind"]]
+        cands = [p for p in self._candidates(bands) if self.keys.group[p] != group and self.keys.kind[p] == kind]
+        for cand in _load_sorted(self.load, cands):
+            other = key_texts([texts_of(cand)])[0]
+            sim = jaccard(grams, shingles(other, d.ngram))
+            if sim >= d.threshold:
+                return f"Jaccard {sim:.2f} with record {cand['id']} (threshold {d.threshold:g})"
+        for b, g, grp, rid in self.made:
+            if grp != group and (b == bands).any() and (sim := jaccard(grams, g)) >= d.threshold:
+                return f"Jaccard {sim:.2f} with generated record {rid} (threshold {d.threshold:g})"
+        self.made.append((bands, grams, group, rec["id"]))
+        return None
+
+    def _candidates(self, bands: np.ndarray) -> list[int]:
+        if self.band_index is None:
+            live = np.flatnonzero(self.usable & self.keys.alive)
+            self.band_index = []
+            for b in range(self.keys.bands.shape[1]):
+                col = self.keys.bands[live, b]
+                order = np.argsort(col, kind="stable")
+                self.band_index.append((col[order], live[order]))
+        found: set[int] = set()
+        for b, (hashes, positions) in enumerate(self.band_index):
+            lo, hi = np.searchsorted(hashes, bands[b], "left"), np.searchsorted(hashes, bands[b], "right")
+            found.update(positions[lo:hi].tolist())
+        return sorted(found)
 
     def _in_corpus(self, key: bytes, pos: int | None) -> bool:
         if pos is not None and key == self.keys.exact[pos].tobytes():
@@ -186,6 +237,11 @@ class _Generated:
 
     def summary(self) -> dict[str, Any]:
         return {**self.cleaner.summary(), "rejected": dict(sorted(self.rejected.items()))}
+
+
+def _load_sorted(load: Callable[[list[int]], list[dict]], positions: list[int]) -> list[dict]:
+    """Records at `positions` (sorted), at most 64 of them: candidates of one text beyond that are rare."""
+    return load(positions[:64]) if positions else []
 
 
 def _load(units: list[str], offsets: np.ndarray, positions: list[int]) -> list[dict]:
