@@ -205,7 +205,7 @@ def test_prefix_with_a_default_sft_config_trains(shared, tmp_path, caplog):
     ({"suites": [{"benchmark": "ceval", "shots": -1}]}, "shots"),
     ({"suites": [{"benchmark": "ceval", "limit": 0}]}, "limit"),
     ({"batch_size": 0}, "batch_size"),
-    ({"forgetting": {"alpha": 1.5}}, "alpha"),
+    ({"forgetting": {"alpha": 0}}, "alpha"),
     ({"generation": {"max_new_tokens": 0}}, "max_new_tokens"),
 ])
 def test_bad_eval_config_values_name_the_field(cfg, needle):

@@ -189,8 +189,9 @@ def test_prompt_only_build_with_the_embedded_model(tmp_path, shared, smollm2_pat
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     _questions_file(tmp_path / "questions.json", _ruozhiba(shared, 3))
     recipe = {"name": "prompts_embedded", "sources": [{"name": "q", "path": "questions.json", "kind": "prompt"}],
+              # 16 tokens cut most answers: kept here (keep_truncated), rejected by default (test_faults_eval)
               "augment": {"llm": {"max_tokens": 16, "temperature": 0.0, "concurrency": 3, "timeout_s": 180,
-                                  "max_attempts": 2},
+                                  "max_attempts": 2, "keep_truncated": True},
                           "cache": "cache.sqlite", "steps": [{"op": "answer", "lang": "zh"}]},
               "formats": ["openai"]}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")

@@ -76,8 +76,10 @@ def _default_tiers() -> dict[str, TierConfig]:
 
 
 class ForgettingConfig(_Strict):
-    tolerance: float = Field(1.0, ge=0)  # points of accuracy (the critical tier's, unless tiers.critical says otherwise)
-    alpha: float = Field(0.05, gt=0, lt=1)
+    # points of accuracy (the critical tier's, unless tiers.critical says otherwise); below 0 it demands a gain
+    tolerance: float = 1.0
+    # significance level; above 1 every change is significant (how the tests force a verdict)
+    alpha: float = Field(0.05, gt=0)
     power: float = Field(0.8, gt=0, lt=1)  # for the minimum detectable effect at the run's n
     bootstrap: int = Field(10000, ge=1)
     seed: int = 0
