@@ -18,6 +18,9 @@ def __getattr__(name: str) -> Any:
 
         return load_config
     if name in ("run_eval", "run_forgetting"):
+        from tuneforge.common.extras import require
+
+        require("evaluation", "eval")
         from tuneforge.eval import runner
 
         return getattr(runner, name)

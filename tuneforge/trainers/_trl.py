@@ -25,8 +25,19 @@ def stage_classes(stage: str) -> tuple[type, type]:
     module, trainer, config = STAGE_CLASSES[stage]
     if module.startswith("trl.experimental"):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    mod = importlib.import_module(module)
-    return getattr(mod, trainer), getattr(mod, config)
+    try:
+        mod = importlib.import_module(module)
+        return getattr(mod, trainer), getattr(mod, config)
+    except (ImportError, AttributeError):
+        if stage != "ppo":
+            raise
+        from importlib.metadata import version
+
+        from tuneforge.common.extras import MissingExtra, install_line
+
+        # TRL removed PPOTrainer after 1.12 (huggingface/trl#7020); the [ppo] extra holds TRL there.
+        raise MissingExtra(f"stage ppo needs TRL's PPOTrainer, which TRL {version('trl')} no longer has (removed "
+                           f"after 1.12): {install_line('ppo')}") from None
 
 
 def ppo_classes() -> tuple[type, type]:

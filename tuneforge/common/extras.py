@@ -1,0 +1,56 @@
+"""Optional extras: which import each `pip install 'tuneforge[X]'` provides, and the one error a command gives
+when its extra is missing.
+
+`pip install tuneforge` is the data side only (no torch). A command that needs more calls `require(...)` before
+it imports anything heavy, so a user sees the exact install line (exit 2) instead of a ModuleNotFoundError deep in
+a traceback. The table mirrors `[project.optional-dependencies]` in pyproject.toml (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from tuneforge.common.errors import TuneforgeError
+
+# extra -> the top-level modules tuneforge imports from it (not every package the extra installs).
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "transformers", "trl", "peft", "accelerate", "gguf"),
+    "eval": ("torch", "transformers", "peft", "gguf", "lm_eval", "scipy", "matplotlib", "sacrebleu",
+             "rouge_score", "jieba"),
+    "embedded": ("torch", "transformers", "gguf", "llguidance", "fastapi", "uvicorn"),
+    "prefect": ("prefect", "prefect_dask"),
+    "dask": ("distributed",),
+    "search": ("optuna",),
+    "gpu": ("liger_kernel",),
+}
+
+
+class MissingExtra(TuneforgeError):
+    """A command needs an optional extra that is not installed; the message is the pip line to run."""
+
+
+def missing(*extras: str) -> list[str]:
+    """The modules of these extras that cannot be imported here."""
+    out: list[str] = []
+    for extra in extras:
+        for mod in EXTRAS[extra]:
+            if mod not in out and importlib.util.find_spec(mod) is None:
+                out.append(mod)
+    return out
+
+
+def present() -> list[str]:
+    """The extras whose every module is importable."""
+    return [e for e in EXTRAS if not missing(e)]
+
+
+def install_line(*extras: str) -> str:
+    return f"pip install 'tuneforge[{','.join(extras)}]'"
+
+
+def require(what: str, *extras: str) -> None:
+    """Raise MissingExtra (exit 2 at the CLI) naming the install line when any module of `extras` is missing."""
+    gone = missing(*extras)
+    if gone:
+        names = ", ".join(gone[:4]) + (f" and {len(gone) - 4} more" if len(gone) > 4 else "")
+        raise MissingExtra(f"{what} needs {names} (not installed): {install_line(*extras)}")
