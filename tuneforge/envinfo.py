@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneforge.common.extras import EXTRAS, present
+from tuneforge.common.extras import EXTRAS, present, trl_has_ppo
 
 # Shown in this order; the distribution names, as pip spells them.
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "pyarrow", "openai", "prefect",
@@ -48,14 +48,6 @@ def _torch() -> dict[str, Any]:
             "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}
 
 
-def _has_ppo(trl: str | None) -> bool:
-    """TRL <= 1.12 has PPOTrainer (huggingface/trl#7020 removed it); read from the version, without importing TRL."""
-    if trl is None:
-        return False
-    major, minor = (int(x) for x in trl.split(".")[:2])
-    return (major, minor) <= (1, 12)
-
-
 def _embedded() -> dict[str, Any]:
     from tuneforge.common.models import EMBEDDED
 
@@ -81,7 +73,7 @@ def collect() -> dict[str, Any]:
 
     versions = {p: _version(p) for p in PACKAGES}
     extras = present()
-    if _has_ppo(versions["trl"]) and "train" in extras:
+    if trl_has_ppo() and "train" in extras:
         extras.append("ppo")
     return {
         "tuneforge": _version("tuneforge") or tuneforge.__version__,

@@ -9,6 +9,7 @@ a traceback. The table mirrors `[project.optional-dependencies]` in pyproject.to
 from __future__ import annotations
 
 import importlib.util
+from importlib.metadata import PackageNotFoundError, version
 
 from tuneforge.common.errors import TuneforgeError
 
@@ -23,6 +24,19 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "search": ("optuna",),
     "gpu": ("liger_kernel",),
 }
+
+
+# TRL removed PPOTrainer after 1.12 (huggingface/trl#7020); the [ppo] extra holds TRL there.
+PPO_LAST_TRL = (1, 12)
+
+
+def trl_has_ppo() -> bool:
+    """Whether the installed TRL still has PPOTrainer, read from its version (TRL itself is not imported)."""
+    try:
+        trl = version("trl")
+    except PackageNotFoundError:
+        return False
+    return tuple(int(x) for x in trl.split(".")[:2]) <= PPO_LAST_TRL
 
 
 class MissingExtra(TuneforgeError):

@@ -37,7 +37,6 @@ def stage_classes(stage: str) -> tuple[type, type]:
 
         from tuneforge.common.extras import MissingExtra, install_line
 
-        # TRL removed PPOTrainer after 1.12 (huggingface/trl#7020); the [ppo] extra holds TRL there.
         raise MissingExtra(f"stage ppo needs TRL's PPOTrainer, which TRL {version('trl')} no longer has (removed "
                            f"after 1.12): {install_line('ppo')}") from None
 
