@@ -3,6 +3,8 @@
 #  1. the locked set (.venv, constraints/ci-locked.txt): the whole suite, slow end-to-end tests included;
 #  2. the newest releases of everything but torch (.venv-newest: torch 2.13.0, then `pip install -U` of the
 #     rest within pyproject's ranges): NEWEST_TESTS, a subset that touches every stage.
+#  3. (opt-in: TUNEFORGE_SETS=lowest) the core alone, no torch, at its lower bounds (constraints/core-lowest.txt):
+#     LOWEST_TESTS, the data side.
 # Arguments go to the first pytest and skip the second. TUNEFORGE_SETS=locked|newest|locked,newest chooses
 # (default: both, or only locked when arguments are given).
 set -euo pipefail
@@ -25,6 +27,20 @@ if [[ $sets == *locked* ]]; then
   bash scripts/setup.sh
   .venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=25 "$@" || status=$?
   echo "locked set: $((SECONDS - t)) s (exit $status)"
+fi
+if [[ $sets == *lowest* ]]; then
+  t=$SECONDS
+  LOWEST_TESTS=(tests/test_ingest.py tests/test_ingest_layouts.py tests/test_clean.py tests/test_clean_dedup.py
+    tests/test_split.py tests/test_templates.py tests/test_augment_unit.py tests/test_build.py tests/test_bad_input.py)
+  rm -rf .venv-lowest && "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv .venv-lowest
+  .venv-lowest/bin/pip install -q --disable-pip-version-check -c constraints/core-lowest.txt -e . pytest hypothesis \
+    pytest-timeout 2>&1 | { grep -v "is ignored: it is neither a file" || true; }
+  # Tests that need a tokenizer (transformers) are not the core's; the rest must pass.
+  lowest_status=0
+  .venv-lowest/bin/python -m pytest -p no:cacheprovider -m "not slow" -k "not named_tokenizer" "${LOWEST_TESTS[@]}" \
+    || lowest_status=$?
+  echo "lowest core set: $((SECONDS - t)) s (exit $lowest_status)"
+  [ "$status" = 0 ] && status=$lowest_status
 fi
 [[ $sets == *newest* ]] || exit "$status"
 
