@@ -50,7 +50,13 @@ stamp=$VENV/.tuneforge-newest
 # Re-resolved once a day (and when the project's requirements change): "newest" moves.
 want=$(cat pyproject.toml scripts/test.sh | sha256sum | cut -c1-16)-$(date -u +%F)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  [ -x $VENV/bin/python ] || "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv $VENV
+  if [ ! -x $VENV/bin/python ]; then
+    # Seeded from the locked venv (a local copy, ~1 min), so only releases newer than the lock are downloaded;
+    # its scripts are pointed at the copy's python.
+    cp -a .venv/. $VENV/
+    rm -f $VENV/.tuneforge-setup
+    find $VENV/bin -type f -exec grep -lI '^#!.*python' {} + | xargs -r sed -i "1s|^#!.*python.*|#!$PWD/$VENV/bin/python|"
+  fi
   pin=$(mktemp)
   echo "torch==2.13.0" > "$pin"
   pipi() {
