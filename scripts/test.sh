@@ -15,11 +15,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 workers=${TUNEFORGE_TEST_WORKERS:-$(nproc | awk '{print ($1 > 4) ? 4 : $1}')}
 sets=${TUNEFORGE_SETS:-$([ $# -eq 0 ] && echo locked,newest || echo locked)}
 
-# ingest, clean, augment (the embedded server), templates, build, train (every stage; ppo says [ppo] on a TRL
-# without it), eval (native and lm-eval), pipeline and Prefect flows, search (Optuna), install.
-NEWEST_TESTS=(tests/test_ingest.py tests/test_clean.py tests/test_augment_server.py tests/test_templates_hf.py
-  tests/test_build.py tests/test_train_config.py tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py
-  tests/test_pipeline.py tests/test_search.py tests/test_install.py)
+# Every stage where a newer release can change what it does: the embedded server and chat templates
+# (transformers), build (ingest, clean, split, exports, card; Dask left to the locked set), train (every stage;
+# ppo names [ppo] on a TRL without PPOTrainer), eval (native and lm-eval), pipeline and Prefect flows, search
+# (Optuna), install. NEWEST_SKIP leaves out the longest repeats of what the locked set checks on the same code.
+NEWEST_TESTS=(tests/test_augment_server.py tests/test_templates_hf.py tests/test_build.py tests/test_train_config.py
+  tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py tests/test_pipeline.py tests/test_search.py
+  tests/test_install.py)
+NEWEST_SKIP="random_weights or masks_give_back_replies_on_real_data or every_shared_corpus or dask_runner or law_domain"
 
 status=0
 if [[ $sets == *locked* ]]; then
@@ -74,7 +77,8 @@ $VENV/bin/python -c "from importlib.metadata import version as v; print('newest 
 echo "newest set setup: $((SECONDS - t)) s"
 t=$SECONDS
 newest_status=0
-$VENV/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 "${NEWEST_TESTS[@]}" || newest_status=$?
+$VENV/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 -k "not ($NEWEST_SKIP)" "${NEWEST_TESTS[@]}" \
+  || newest_status=$?
 echo "newest set: $((SECONDS - t)) s (exit $newest_status)"
 [ "$status" = 0 ] && exit "$newest_status"
 exit "$status"
