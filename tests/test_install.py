@@ -93,6 +93,11 @@ def test_missing_module_gives_the_exact_pip_line(monkeypatch):
     with pytest.raises(MissingExtra, match=re.escape("needs trl (not installed): pip install 'tuneforge[train]'")):
         require("training", "train")
     require("building", "search")  # optuna is here
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    require("comparing runs", "eval", only=("scipy",))  # only what this use needs counts
+    with pytest.raises(MissingExtra, match=re.escape("comparing runs needs matplotlib (not installed): pip install "
+                                                     "'tuneforge[eval]'")):
+        require("comparing runs", "eval", only=("matplotlib",))
 
 
 def test_cli_prints_one_line_and_exits_2(monkeypatch, tmp_path, capsys):

@@ -62,9 +62,10 @@ def install_line(*extras: str) -> str:
     return f"pip install 'tuneforge[{','.join(extras)}]'"
 
 
-def require(what: str, *extras: str) -> None:
-    """Raise MissingExtra (exit 2 at the CLI) naming the install line when any module of `extras` is missing."""
-    gone = missing(*extras)
+def require(what: str, *extras: str, only: tuple[str, ...] | None = None) -> None:
+    """Raise MissingExtra (exit 2 at the CLI) naming the install line when any module of `extras` (or of `only`,
+    the ones this use needs) is missing."""
+    gone = [m for m in missing(*extras) if only is None or m in only]
     if gone:
         names = ", ".join(gone[:4]) + (f" and {len(gone) - 4} more" if len(gone) > 4 else "")
         raise MissingExtra(f"{what} needs {names} (not installed): {install_line(*extras)}")

@@ -139,7 +139,7 @@ def compare_command(
     out: Path = typer.Option(..., "--out", "-o"),
 ) -> None:
     """One leaderboard report across eval runs."""
-    from tuneforge.eval.compare import compare_runs
+    from tuneforge.eval import compare_runs
 
     res = compare_runs([str(r) for r in runs], out)
     for e in res["leaderboard"]:
