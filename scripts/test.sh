@@ -22,7 +22,9 @@ sets=${TUNEFORGE_SETS:-$([ $# -eq 0 ] && echo locked,newest || echo locked)}
 NEWEST_TESTS=(tests/test_augment_server.py tests/test_templates_hf.py tests/test_build.py tests/test_train_config.py
   tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py tests/test_pipeline.py tests/test_search.py
   tests/test_install.py)
-NEWEST_SKIP="random_weights or masks_give_back_replies_on_real_data or every_shared_corpus or dask_runner or law_domain"
+NEWEST_SKIP="random_weights or masks_give_back_replies_on_real_data or every_shared_corpus or dask_runner or law_domain \
+  or sft_packed_on_varlen or pt_resume_after_kill or launch_under_accelerate or search_trials_in_worker_processes \
+  or search_rerun_is_all_cache_hits"
 
 status=0
 if [[ $sets == *locked* ]]; then
