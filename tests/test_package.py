@@ -46,6 +46,7 @@ def test_wheel_installed_outside_the_clone_runs_the_demo(tmp_path):
     assert "forgetting verdict:" in out and "steps: 5 ran, 0 reused" in out
     # A clean log: no bytecode or pickling dumps, no repeated CPU pin_memory warnings.
     assert "LOAD_FAST" not in out and "RESUME" not in out and "pin_memory" not in out, out[-3000:]
+    assert "FutureWarning" not in out and "DeprecationWarning" not in out, out[-3000:]  # issue 35
     results = json.loads((elsewhere / "run" / "results.json").read_text(encoding="utf-8"))
     assert results["build"]["counts"]["kept"] > 0 and results["train"][0]["steps"] == 2
     assert (elsewhere / "run" / "report.html").is_file()

@@ -20,6 +20,7 @@ try:  # typer >= 0.22 carries its own click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click import ClickException
 from rich.console import Console
+from rich.markup import escape
 
 from tuneforge.common.errors import TuneforgeError, machine_fault
 
@@ -70,6 +71,9 @@ def build(
     kw = {"seed": seed, "llm_base_url": llm_base_url, "llm_model": llm_model, "force": force,
           "allow_outside": allow_outside, "shard_mb": shard_mb, "shard_records": shard_records}
     if use_prefect(prefect):
+        from tuneforge.common.extras import require
+
+        require("a Prefect build (--prefect or PREFECT_API_URL)", "prefect")
         from tuneforge.flows.build import with_runner
 
         m = with_runner(runner, dask_address, workers)(recipe_path=str(recipe), out=str(out), **kw)
@@ -115,6 +119,7 @@ def check(
 # Sub-commands owned by later stages register here; their modules import heavy libraries only inside
 # the commands, so `tuneforge --help` stays fast.
 def _register() -> None:
+    from tuneforge.envinfo import env_command
     from tuneforge.eval.cli import register as register_eval
     from tuneforge.flows.cli import register as register_flows
     from tuneforge.templates.cli import app as templates_app
@@ -124,6 +129,7 @@ def _register() -> None:
     app.command("train")(train_command)
     register_eval(app)
     register_flows(app)
+    app.command("env")(env_command)
 
 
 _register()
@@ -146,7 +152,7 @@ def main() -> None:
     except TuneforgeError as e:
         if STATE["debug"]:
             traceback.print_exc()
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # one line; [extra] is not markup
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -94,8 +94,11 @@ class EmbeddedServer:
 
     async def start(self, wait_s: float = 300.0) -> tuple[str, str]:
         """Start and wait for /health; returns (base_url, model name to send)."""
+        from tuneforge.common.extras import require
         from tuneforge.common.models import embedded_path
 
+        require("augmentation on the embedded model (no endpoint set: --llm-base-url or OPENAI_BASE_URL)",
+                "embedded")
         path = str(await asyncio.to_thread(embedded_path, self.name))
         port = _free_port()
         cmd = [sys.executable, "-m", "tuneforge.augment.local_server", path, "--host", "127.0.0.1",

@@ -89,6 +89,7 @@ class Build:
         self.recipe_path = Path(recipe_path)
         recipe, self.base = load_recipe(self.recipe_path)
         self.recipe: Recipe = recipe.capped(opts.augment_limit)
+        self.recipe = self.recipe.model_copy(update={"card": self.recipe.card.usable()})
         self.opts = opts
         self.seed = self.recipe.seed if opts.seed is None else opts.seed
         self.ex = executor

@@ -183,10 +183,11 @@ class DaskExecutor(Executor):
     name = "dask"
 
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:  # pragma: no cover - distributed is a dependency
-            raise TuneforgeError("the dask runner needs the `distributed` package") from None
+        from tuneforge.common.extras import require
+
+        require("the dask runner", "dask")
+        from distributed import Client, LocalCluster
+
         self._cluster = None
         if address:
             self._client = Client(address, timeout="60s")

@@ -16,6 +16,8 @@ NOISE = [
     # transformers/TRL deprecation notices about arguments tuneforge does not pass itself.
     (r".*`torch_dtype` is deprecated.*", FutureWarning),
     (r".*`tokenizer` is deprecated.*", FutureWarning),
+    # PEFT's PeftModel and TRL's disable_gradient_checkpointing read this deprecated property, not tuneforge.
+    (r"`is_gradient_checkpointing` is deprecated.*", FutureWarning),
     # datasets announces every save_to_disk/map with a progress bar; the build has its own.
 ]
 

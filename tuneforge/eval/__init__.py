@@ -10,6 +10,9 @@ __all__ = ["compare_runs", "load_config", "run_eval", "run_forgetting"]
 
 def __getattr__(name: str) -> Any:
     if name == "compare_runs":
+        from tuneforge.common.extras import require
+
+        require("comparing runs", "eval", only=("matplotlib",))
         from tuneforge.eval.compare import compare_runs
 
         return compare_runs
@@ -18,6 +21,9 @@ def __getattr__(name: str) -> Any:
 
         return load_config
     if name in ("run_eval", "run_forgetting"):
+        from tuneforge.common.extras import require
+
+        require("evaluation", "eval")
         from tuneforge.eval import runner
 
         return getattr(runner, name)

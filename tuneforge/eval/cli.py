@@ -51,8 +51,8 @@ def eval_command(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
 ) -> None:
     """Run benchmarks (C-Eval/CMMLU/MMLU/own exam), held-out and perplexity evals; write results and reports."""
+    from tuneforge.eval import run_eval
     from tuneforge.eval.config import load_config
-    from tuneforge.eval.runner import run_eval
 
     cfg = load_config(config, engine=engine, device=device, dtype=dtype, batch_size=batch_size, chat=chat or None,
                       mode=mode)
@@ -105,8 +105,8 @@ def forgetting_command(
     fail_on_forgetting: bool = typer.Option(False, help="exit 1 when the verdict is forgetting (a gate)"),
 ) -> None:
     """Base vs tuned on the same general questions: per suite and category delta, 95% CI, McNemar, verdict."""
+    from tuneforge.eval import run_forgetting
     from tuneforge.eval.config import load_config
-    from tuneforge.eval.runner import run_forgetting
 
     cfg = load_config(config, device=device)
     if tolerance is not None:
@@ -144,7 +144,7 @@ def compare_command(
     out: Path = typer.Option(..., "--out", "-o"),
 ) -> None:
     """One leaderboard report across eval runs and pipelines."""
-    from tuneforge.eval.compare import compare_runs
+    from tuneforge.eval import compare_runs  # checks the [eval] extra (matplotlib) first
 
     res = compare_runs([str(r) for r in runs], out)
     for e in res["leaderboard"]:

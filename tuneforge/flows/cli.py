@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.extras import require
 from tuneforge.common.resources import asset
 
 PREFECT_HELP = "run as a Prefect flow (default: only when PREFECT_API_URL is set)"
@@ -22,6 +23,8 @@ def _run(pipeline: Path, out: Path, overrides: dict | None, prefect: bool | None
     from tuneforge.cli import use_prefect
     from tuneforge.pipeline import load_pipeline
 
+    if use_prefect(prefect):
+        require("a Prefect run (--prefect or PREFECT_API_URL)", "prefect")
     if load_pipeline(pipeline, overrides)[0].search is not None:  # a `search:` block: the trials (issue 17)
         return _run_search(pipeline, out, overrides, use_prefect(prefect))
     if use_prefect(prefect):
@@ -88,6 +91,7 @@ def schedule_command(
     list_: bool = typer.Option(False, "--list", help="list the deployments the Prefect API knows"),
 ) -> None:
     """Serve a pipeline as a scheduled Prefect deployment (blocks; runs appear in the Prefect UI)."""
+    require("tuneforge schedule", "prefect")
     if list_:
         for d in asyncio.run(_deployments()):
             typer.echo(d)
@@ -118,6 +122,7 @@ async def _deployments() -> list[str]:
 
 def server_command(port: int = typer.Option(4200, help="port on 127.0.0.1")) -> None:
     """Start a local Prefect server (UI and API) on 127.0.0.1; point PREFECT_API_URL at it."""
+    require("tuneforge server", "prefect")
     typer.echo(f"export PREFECT_API_URL=http://127.0.0.1:{port}/api   # in the shells that run tuneforge")
     os.execvp(sys.executable, [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)])
@@ -141,6 +146,7 @@ def demo_command(
     """The main job on the embedded defaults: no network, GPU or API key. Builds the hotel dataset (a few
     records augmented by SmolLM2 behind the embedded server), trains a LoRA SFT on the CPU, evaluates base
     and tuned, runs the forgetting check and writes OUT/report.html and OUT/results.json."""
+    require("tuneforge demo", "train", "eval", "embedded")
     pipeline = asset("pipelines", "demo.yaml")
     t = time.perf_counter()
     try:

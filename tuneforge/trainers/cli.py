@@ -21,7 +21,7 @@ def train_command(
     PEFT adapter (lora, dora, adalora, ia3, prefix, prompt, p_tuning), QLoRA, or in full."""
     from rich.console import Console
 
-    from tuneforge.trainers.run import train
+    from tuneforge.trainers import train
     from tuneforge.trainers.truncation import DroppedRowsError
 
     try:
@@ -41,6 +41,7 @@ def main() -> None:
     import sys
 
     from rich.console import Console
+    from rich.markup import escape
 
     from tuneforge.common.errors import TuneforgeError
 
@@ -49,5 +50,5 @@ def main() -> None:
     try:
         app()
     except TuneforgeError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)

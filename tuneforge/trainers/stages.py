@@ -14,7 +14,7 @@ from typing import Any
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.trainers import models
 from tuneforge.trainers import truncation as tr
-from tuneforge.trainers._trl import stage_classes
+from tuneforge.trainers._trl import current_arg_names, stage_classes
 from tuneforge.trainers.config import TrainConfig, trl_config_class
 from tuneforge.trainers.data import prompt_and_reference
 from tuneforge.trainers.peft_methods import METHODS
@@ -63,7 +63,7 @@ def trl_args(config: TrainConfig, out: Path, **stage_defaults: Any) -> Any:
     values["output_dir"] = str(out / "checkpoints")
     cls = trl_config_class(config.stage)
     try:
-        return cls(**values)
+        return cls(**current_arg_names(cls, values))
     except (ValueError, TypeError) as e:
         raise TuneforgeError(f"args: TRL's {cls.__name__} rejected the arguments: {e}") from e
 
