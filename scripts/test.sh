@@ -15,16 +15,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 workers=${TUNEFORGE_TEST_WORKERS:-$(nproc | awk '{print ($1 > 4) ? 4 : $1}')}
 sets=${TUNEFORGE_SETS:-$([ $# -eq 0 ] && echo locked,newest || echo locked)}
 
-# Every stage where a newer release can change what it does: the embedded server and chat templates
-# (transformers), build (ingest, clean, split, exports, card; Dask left to the locked set), train (every stage;
-# ppo names [ppo] on a TRL without PPOTrainer), eval (native and lm-eval), pipeline and Prefect flows, search
-# (Optuna), install. NEWEST_SKIP leaves out the longest repeats of what the locked set checks on the same code.
-NEWEST_TESTS=(tests/test_augment_server.py tests/test_templates_hf.py tests/test_build.py tests/test_train_config.py
-  tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py tests/test_pipeline.py tests/test_search.py
-  tests/test_install.py)
-NEWEST_SKIP="random_weights or masks_give_back_replies_on_real_data or every_shared_corpus or dask_runner or law_domain \
-  or sft_packed_on_varlen or pt_resume_after_kill or launch_under_accelerate or search_trials_in_worker_processes \
-  or search_rerun_is_all_cache_hits"
+# Every stage where a newer release can change what it does, by its fast tests: the embedded server and chat
+# templates (transformers), build (ingest, clean, split, exports, card), train configs (TRL's), eval, pipeline,
+# search (Optuna), install; and the slow tests marked `newest`, one a stage a release can break: SFT trains and
+# reloads, rm then ppo (ppo names [ppo] on a TRL without PPOTrainer), the native engine against lm-eval, and
+# two-stage pipelines (sft then dpo, pt then sft) through evaluation and the forgetting check. The locked set
+# runs everything else on the same code; the newest set stays a few minutes.
+NEWEST_TESTS=(tests/test_augment_server.py tests/test_templates_hf.py tests/test_templates.py tests/test_build.py
+  tests/test_train_config.py tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py
+  tests/test_eval_gate.py tests/test_pipeline.py tests/test_pipeline_lineage.py tests/test_search.py
+  tests/test_install.py tests/test_check.py)
 
 status=0
 if [[ $sets == *locked* ]]; then
@@ -79,7 +79,7 @@ $VENV/bin/python -c "from importlib.metadata import version as v; print('newest 
 echo "newest set setup: $((SECONDS - t)) s"
 t=$SECONDS
 newest_status=0
-$VENV/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 -k "not ($NEWEST_SKIP)" "${NEWEST_TESTS[@]}" \
+$VENV/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 -m "not slow or newest" "${NEWEST_TESTS[@]}" \
   || newest_status=$?
 echo "newest set: $((SECONDS - t)) s (exit $newest_status)"
 [ "$status" = 0 ] && exit "$newest_status"

@@ -24,6 +24,7 @@ def _cli(*args: str) -> str:
     return res.output
 
 
+@pytest.mark.newest
 def test_native_engine_agrees_with_lm_eval(smollm2_path, shared, tmp_path):
     """Same model, same C-Eval questions and prompts: per-question predictions of both engines.
 

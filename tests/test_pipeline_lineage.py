@@ -75,6 +75,7 @@ def _by_hand(model: str, adapter: str | None, texts: list[str], max_length: int)
 
 
 @pytest.mark.slow
+@pytest.mark.newest
 @pytest.mark.parametrize("stages", [[("sft", "sft"), ("dpo", "dpo")], [("pt", "pt"), ("sft", "sft")]],
                          ids=["sft-then-dpo", "pt-then-sft"])
 def test_forgetting_scores_the_final_model(tmp_path, shared, stages):
