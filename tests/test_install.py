@@ -246,6 +246,7 @@ def _core_closure(wheel: Path) -> set[str]:
                 continue  # an optional platform package; `pip check` below says if it was needed
             for r in map(Requirement, dist.requires or []):
                 if r.marker is None or r.marker.evaluate({"extra": extra}):
+                    r.marker = None  # evaluated here, for the extra it belongs to (not again for no extra)
                     todo.append(r)
     return {k.split("[")[0] for k in seen}
 
