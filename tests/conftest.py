@@ -39,3 +39,11 @@ def smollm2_path() -> Path:
     from tuneforge.common.models import embedded_path
 
     return embedded_path("smollm2")
+
+
+@pytest.fixture(scope="module")
+def tiny(smollm2_path, tmp_path_factory) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (tests/eval_tiny.py): fast engine tests on real prompts."""
+    from eval_tiny import tiny_model_dir  # tests/ is on sys.path under pytest
+
+    return tiny_model_dir(smollm2_path, tmp_path_factory.mktemp("tiny") / "llama")

@@ -5,10 +5,8 @@ must give the transformers cache path's logits."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
-from eval_tiny import tiny_model_dir  # tests/ is on sys.path under pytest
 
 from tuneforge.eval.native import needs_rescore, rescore_threshold, rule_text, ulp
 
@@ -41,11 +39,6 @@ def test_rescore_threshold_follows_the_magnitude_of_the_logits():
     assert not needs_rescore([3.1, 3.09, 0, 0], ulps=1.0, dtype="float16")
     assert rule_text(2.0, 0.0, "bfloat16") == "margin < 2 * ulp_bfloat16(max|logit|)"
     assert rule_text(0.0, 0.1, "bfloat16") == "margin < 0.1" and rule_text(0, 0, "bfloat16") == "none"
-
-
-@pytest.fixture(scope="module")
-def tiny(smollm2_path, tmp_path_factory) -> Path:
-    return tiny_model_dir(smollm2_path, tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_tiny import tiny_model_dir  # tests/ is on sys.path under pytest
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.io import read_jsonl
-
-
-@pytest.fixture(scope="module")
-def tiny(smollm2_path, tmp_path_factory) -> Path:
-    return tiny_model_dir(smollm2_path, tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ during the build is an error naming it; many small files share shards."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -161,18 +162,24 @@ def test_permission_denied_is_exit_2_with_what_to_do(tmp_path):
     assert "permission denied" in r.stderr.lower() and "bug" not in r.stderr.lower()
 
 
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str, what: str):
+    """A 1 MiB tmpfs mounted at `path` (needs root, else the test is skipped), unmounted afterwards."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options}size=1m", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip(f"cannot mount a {what} tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB file system (tmpfs; needs root, else the test is skipped)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    """A 1 MiB file system."""
+    with _tmpfs(tmp_path / "disk", "", "small") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_full_disk_is_exit_2_leaves_no_scratch_and_the_next_build_works(tmp_path, small_disk):
@@ -205,15 +212,8 @@ def test_a_full_disk_is_exit_2_leaves_no_scratch_and_the_next_build_works(tmp_pa
 def test_a_read_only_file_system_is_exit_2(tmp_path):
     (tmp_path / "data").mkdir()
     _corpus(tmp_path / "data" / "a.jsonl", 5)
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
+    with _tmpfs(tmp_path / "ro", "ro,", "read-only") as ro:
         r = _cli("build", str(_recipe(tmp_path)), "--out", str(ro / "out"), "--no-prefect", "--runner", "serial")
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "read-only" in r.stderr and "bug in tuneforge" not in r.stderr
 

@@ -195,7 +195,7 @@ class _Generated:
         group = group_code(rec["meta"]["group"])
         kind = KIND_CODES[rec["kind"]]
         cands = [p for p in self._candidates(bands) if self.keys.group[p] != group and self.keys.kind[p] == kind]
-        for cand in _load_sorted(self.load, cands):
+        for cand in self.load(cands[:64]) if cands else []:  # more candidates for one text are rare
             other = key_texts([texts_of(cand)])[0]
             sim = jaccard(grams, shingles(other, d.ngram))
             if sim >= d.threshold:
@@ -237,11 +237,6 @@ class _Generated:
 
     def summary(self) -> dict[str, Any]:
         return {**self.cleaner.summary(), "rejected": dict(sorted(self.rejected.items()))}
-
-
-def _load_sorted(load: Callable[[list[int]], list[dict]], positions: list[int]) -> list[dict]:
-    """Records at `positions` (sorted), at most 64 of them: candidates of one text beyond that are rare."""
-    return load(positions[:64]) if positions else []
 
 
 def _load(units: list[str], offsets: np.ndarray, positions: list[int]) -> list[dict]:
