@@ -162,6 +162,7 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
 
     tuned, adapter, model_sha, trained = train_stages(steps, plan, root, "", build["manifest_sha256"])
     expected = produced_lineage(trained, plan.base_model) if plan.base_model is not None else None
+    base_expected = base_lineage(plan.base_model) if plan.base_model is not None else None  # hashed once
     if expected is not None:
         log.info("model to evaluate: %s", expected.get("summary"))
 
@@ -180,7 +181,7 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                 {"config": plan.eval_config.model_dump(mode="json"), "model": model, "adapter": adp, "sha": sha,
                  "data": build["manifest_sha256"]},
                 config=plan.eval_config, out=str(eo), model=model, adapter=adp)
-            check_scored(expected if name == "tuned" else base_lineage(plan.base_model), f"evaluate/{name}",
+            check_scored(expected if name == "tuned" else base_expected, f"evaluate/{name}",
                          results["evaluations"][name])
     gate = None
     if plan.forgetting_config is not None and plan.base_model is not None:
@@ -190,9 +191,9 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                      "tuned": tuned, "adapter": adapter, "sha": model_sha},
                     config=plan.forgetting_config, out=str(fo), base=plan.base_model,
                     tuned=tuned, adapter=adapter)  # the adapter goes on the model its stage trained on
-        assert plan.cfg.forgetting is not None and expected is not None
+        assert plan.cfg.forgetting is not None and expected is not None and base_expected is not None
         check_scored(expected, "forgetting (tuned side)", res)
-        check_scored(base_lineage(plan.base_model), "forgetting (base side)", res, "base_lineage")
+        check_scored(base_expected, "forgetting (base side)", res, "base_lineage")
         gate = gate_decision(res["forgetting"], plan.cfg.forgetting.gate, plan.cfg.forgetting.on_inconclusive)
         results["forgetting"] = res["forgetting"]
         results["forgetting_lineage"] = {"tuned": res["lineage"], "base": res["base_lineage"]}
