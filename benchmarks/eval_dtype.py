@@ -96,7 +96,7 @@ def attention_kernels(model, tok, suite, shots, fused: bool) -> dict:
 def errors_in_ulps(ref: list[dict], rows: list[dict], dtype: str) -> list[float]:
     """Per question: the largest error of (l_a - l_b) over b, a = the half-precision answer, in steps of
     `dtype` at the largest letter logit; a flip needs this to reach the half-precision top-two margin."""
-    from tuneforge.eval.native import ulp
+    from tuneforge.eval.precision import ulp
 
     a = {r["uid"]: r["logits"] for r in ref}
     out = []
@@ -117,7 +117,7 @@ def agreement(ref: list[dict], rows: list[dict]) -> dict:
 
 def offline_rule(ref: list[dict], rows: list[dict], k: float, dtype: str) -> dict:
     """What the rule would give on a raw half-precision run: flagged questions take float32's answer."""
-    from tuneforge.eval.native import needs_rescore
+    from tuneforge.eval.precision import needs_rescore
 
     a = {r["uid"]: r["pred"] for r in ref}
     flagged = [r for r in rows if needs_rescore(r["logits"], ulps=k, dtype=dtype)]

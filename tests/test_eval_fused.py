@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tuneforge.eval.native import needs_rescore, rescore_threshold, rule_text, ulp
+from tuneforge.eval.precision import needs_rescore, rescore_threshold, rule_text, ulp
 
 
 def test_ulp_is_the_dtype_spacing_at_that_magnitude():
@@ -82,7 +82,7 @@ def test_prefix_attention_without_a_prefix_is_plain_causal_attention():
     import torch
     import torch.nn.functional as F
 
-    from tuneforge.eval.native import _PREFIX_KV, prefix_attention
+    from tuneforge.eval.prefix_attention import _PREFIX_KV, prefix_attention
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
@@ -121,3 +121,50 @@ def test_results_json_records_the_path_and_the_rule(tiny, shared, tmp_path):
     t = json.loads((tmp_path / "bf16" / "results.json").read_text())["timing"]
     assert (t["dtype"], t["prefix_cache"], t["rescore_rule"]) == ("bfloat16", True, "margin < 100")
     assert t["rescored"] == 4 and t["rescore_margin"] == 100.0
+
+
+def test_rescore_rule_calibrates_itself_on_the_model_and_stops_paying_half_precision():
+    """The self-calibrated term is safety x the largest error seen on a question scored both ways; an overflow
+    always goes to float32; once half precision plus re-scoring costs more than float32 alone, the rule says so."""
+    from tuneforge.eval.precision import RescoreRule, unit_roundoff
+
+    rule = RescoreRule("bfloat16", calibrate=2, safety=2.0)
+    assert rule.calibration_left() == 2 and rule.rel_in_force() == 0.0
+    size = 1000.0  # |h| max|w_a - w_b|: one unit of error is u * size = 3.9 logits in bf16
+    half, full = [10.0, 9.0, 0.0, 0.0, size], [10.0, 9.5, 0.0, 0.0]  # the margin moved by 0.5
+    rule.observe(half, full, 4)
+    assert rule.worst == pytest.approx(0.5 / (unit_roundoff("bfloat16") * size))
+    # margin 1.0 < 2 x 0.5 x (its size / the calibrating size) only when the size is large enough
+    assert rule.flagged([5.0, 4.0, 0.0, 0.0, 1500.0], 4) and not rule.flagged([5.0, 4.0, 0.0, 0.0, 500.0], 4)
+    assert rule.flagged([5.0, float("inf"), 0.0, 0.0, 1.0], 4)
+    assert not rule.direct
+    rule.weigh(100, 64, 1.0, 6.4)  # 7.4 s spent; float32 alone: 100 x 0.1 s = 10 s
+    assert not rule.direct
+    rule.weigh(100, 90, 1.0, 9.0)  # 17.4 s spent; float32 alone: 200 x 15.4 / 154 = 20 s
+    assert not rule.direct
+    rule.weigh(100, 100, 5.0, 10.0)  # 32.4 s spent; float32 alone: 300 x 25.4 / 254 = 30 s
+    assert rule.direct and rule.switched_after == 300
+    assert "self-calibrated" in rule.describe()["rescore_rule"]
+
+
+def test_the_engine_calibrates_on_its_first_questions(tiny, shared):
+    """bf16 on CPU with a float32 twin: the first `calibrate` questions are scored both ways (so answered as
+    float32 answers them), and every answer is float32's wherever the rule let half precision decide."""
+    import torch
+
+    from tuneforge.eval.models import load_for_eval
+    from tuneforge.eval.native import NativeEngine
+    from tuneforge.eval.suites import load_suite
+
+    suite = load_suite(f"ceval:{shared / 'ceval'}", subjects=["law", "logic"])
+    m32 = load_for_eval(str(tiny), None, "cpu", "float32")
+    m16 = load_for_eval(str(tiny), None, "cpu", "bfloat16")
+    ref = {r["uid"]: r["pred"] for r in NativeEngine(m32.model, m32.tokenizer, "cpu").score_suite(suite, 1, 6)}
+    eng = NativeEngine(m16.model, m16.tokenizer, "cpu", rescore_model=m32.model, calibrate=3, safety=2.0)
+    assert eng.rescore is not None and m16.model.dtype == torch.bfloat16
+    rows = eng.score_suite(suite, 1, 6)
+    assert eng.rule.calibrated == 3 and eng.stats["rescored"] >= 3
+    assert [r.get("rescored", False) for r in rows[:3]] == [True] * 3
+    assert all(r["pred"] == ref[r["uid"]] for r in rows if r.get("rescored"))
+    d = eng.describe()
+    assert d["calibrated"] == 3 and d["rescore_rel"] == pytest.approx(2.0 * eng.rule.worst, rel=1e-5)

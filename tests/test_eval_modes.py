@@ -38,7 +38,8 @@ def test_whole_prompts_match_the_prefix_cache_path(engines):
 
 def test_bf16_agrees_with_fp32_and_rescoring_removes_close_call_flips(engines):
     """CPU bf16 (where torch runs it): the same engine in bf16 vs float32, per question."""
-    from tuneforge.eval.native import NativeEngine, _margin
+    from tuneforge.eval.native import NativeEngine
+    from tuneforge.eval.precision import _margin
 
     lm32, lm16, suite = engines
     ref = NativeEngine(lm32.model, lm32.tokenizer, "cpu", batch_size=8).score_suite(suite, 5, 8)

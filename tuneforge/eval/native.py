@@ -13,15 +13,17 @@ questions whose answer half precision could get wrong (`needs_rescore`) are scor
 
 from __future__ import annotations
 
-import contextvars
 import copy
-import math
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.mcq import LETTERS, OPTION_LETTERS, MCQItem
+from tuneforge.eval.precision import RescoreRule
+from tuneforge.eval.prefix_attention import _PREFIX_KV, PREFIX_ATTENTION, _register_prefix_attention
 from tuneforge.eval.prompts import chat_messages, completion_prompt
 from tuneforge.eval.suites import Suite
 
@@ -35,89 +37,6 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
             i += 1
         n = i
     return n
-
-
-def _margin(lg: list[float]) -> float:
-    top = sorted(lg, reverse=True)
-    return top[0] - top[1]
-
-
-# explicit mantissa bits: a value in [2^e, 2^(e+1)) is stored in steps of 2^(e - bits)
-MANTISSA_BITS = {"bfloat16": 7, "float16": 10, "float32": 23}
-
-
-def ulp(x: float, dtype: str = "bfloat16") -> float:
-    """The spacing of `dtype` at magnitude |x| (bf16 at 37: 0.25), what one rounding step there is worth."""
-    m = max(abs(x), 2.0 ** -14)
-    return 2.0 ** (math.frexp(m)[1] - 1 - MANTISSA_BITS[dtype])
-
-
-def rescore_threshold(lg: list[float], *, ulps: float = 0.0, margin: float = 0.0, dtype: str = "bfloat16") -> float:
-    """The top-two margin under which a half-precision answer may differ from float32's: `ulps` steps of the
-    dtype at the magnitude of the largest letter logit (the error of every logit scales with that size), or the
-    fixed `margin`, whichever is larger."""
-    return max(margin, ulps * ulp(max(abs(x) for x in lg), dtype) if ulps > 0 else 0.0)
-
-
-def needs_rescore(lg: list[float], *, ulps: float = 0.0, margin: float = 0.0, dtype: str = "bfloat16") -> bool:
-    """True when the half-precision letter logits `lg` are too close to call: if half precision picks a and
-    float32 picks b, then the error of (l_a - l_b) is at least the top-two margin, so re-scoring every
-    question whose margin is under the largest such error keeps the answer exactly float32's."""
-    return _margin(lg) < rescore_threshold(lg, ulps=ulps, margin=margin, dtype=dtype)
-
-
-def rule_text(ulps: float, margin: float, dtype: str) -> str:
-    """The re-scoring rule in force, as results.json records it."""
-    if ulps > 0 and margin > 0:
-        return f"margin < max({ulps:g} * ulp_{dtype}(max|logit|), {margin:g})"
-    if ulps > 0:
-        return f"margin < {ulps:g} * ulp_{dtype}(max|logit|)"
-    return f"margin < {margin:g}" if margin > 0 else "none"
-
-
-_PREFIX_KV: contextvars.ContextVar[list | None] = contextvars.ContextVar("tuneforge_prefix_kv", default=None)
-PREFIX_ATTENTION = "tuneforge_prefix"
-
-
-def prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any = None,
-                     dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
-    """A transformers attention function: right-padded questions (B, H, q, D) attend to the subject's cached
-    prefix (1, Hkv, P, D, shared by every row, not copied per layer into a cache) and causally to their own
-    tokens. The mask is causal aligned to the lower right of the (q, P + q) score matrix, which SDPA hands to
-    FlashAttention as is (no materialized mask); pads sit after every real token, so they are never seen."""
-    import torch
-    import torch.nn.functional as F
-    from torch.nn.attention.bias import causal_lower_right
-
-    kv = _PREFIX_KV.get()
-    gqa = query.shape[1] != key.shape[1]
-    if kv is None:
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
-    else:
-        pk, pv = kv[module.layer_idx]
-        b = query.shape[0]
-        k = torch.cat([pk.expand(b, -1, -1, -1), key], dim=2)
-        v = torch.cat([pv.expand(b, -1, -1, -1), value], dim=2)
-        mask = causal_lower_right(query.shape[2], k.shape[2])
-        try:
-            out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
-        except RuntimeError:  # a torch whose lower-right path takes no grouped K/V: expand the K/V heads
-            rep = query.shape[1] // key.shape[1]
-            out = F.scaled_dot_product_attention(query, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
-                                                 attn_mask=mask, scale=scaling)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _register_prefix_attention() -> bool:
-    """Registers `prefix_attention` with transformers (no mask built: the function knows its own)."""
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-    except ImportError:
-        return False
-    AttentionInterface.register(PREFIX_ATTENTION, prefix_attention)
-    AttentionMaskInterface.register(PREFIX_ATTENTION, lambda *a, **k: None)
-    return True
 
 
 def letter_token_ids(tokenizer: Any, context: str, sep: str, letters: tuple[str, ...] = LETTERS) -> list[int]:
@@ -138,12 +57,18 @@ class NativeEngine:
                  max_batch_tokens: int = 8192, add_special_tokens: bool = True,
                  chat: Callable[[list[dict]], str] | None = None, prefix_cache: bool | None = None,
                  rescore_model: Any = None, rescore_margin: float = 0.0, rescore_ulps: float = 0.0,
-                 fused_prefix: bool | None = None) -> None:
+                 fused_prefix: bool | None = None, residual_fp32: bool | None = None,
+                 rescore_rel: float = 0.0, calibrate: int = 0, safety: float = 2.0) -> None:
         """`prefix_cache`: run each subject's shared prefix once and reuse its KV cache (default on).
         `fused_prefix`: questions attend to that cache through `prefix_attention` (None: in half precision on
         CUDA; float32 keeps transformers' cache path, the reference re-scoring must match). `rescore_model` (an fp32
-        copy) re-scores the questions `needs_rescore` flags: top-two letter logits closer than `rescore_ulps`
-        steps of the model's dtype at the largest logit's magnitude, or than the fixed `rescore_margin`."""
+        copy) re-scores the questions a `RescoreRule` flags (`rescore_ulps`, `rescore_rel`, `rescore_margin`,
+        `calibrate`, `safety`: its fields).
+        `residual_fp32` (half precision only; None: on CUDA): the weights stay in half precision and so do the
+        matrix products and attention (autocast), but the residual stream, the norms and RoPE run in float32, so
+        the error a deep stack adds to the letter logits stays small and fewer questions need re-scoring.
+        `calibrate` > 0 (with `rescore_model`): the first that many questions are scored both ways and the rule
+        adds `safety` x the largest error seen on every question scored both ways (`_settle`)."""
         self.model, self.tok, self.device = model, tokenizer, device
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.add_special_tokens = add_special_tokens
@@ -155,23 +80,43 @@ class NativeEngine:
             fused_prefix = half and str(device).startswith("cuda")
         self.fused_prefix = bool(fused_prefix and self.prefix_cache and self._decoder() is not None
                                  and _register_prefix_attention())
+        if residual_fp32 is None:
+            residual_fp32 = str(device).startswith("cuda")
+        self.residual_fp32 = bool(half and residual_fp32 and self.model.get_input_embeddings() is not None)
         self.rescore = None
-        if rescore_model is not None and (rescore_margin > 0 or rescore_ulps > 0):
+        self.rule = RescoreRule(self.dtype, rescore_ulps, rescore_rel, rescore_margin, calibrate, safety)
+        if rescore_model is not None and self.rule.active:
             self.rescore = NativeEngine(rescore_model, tokenizer, device, batch_size=batch_size,
                                         max_batch_tokens=max_batch_tokens, add_special_tokens=add_special_tokens,
                                         chat=chat, prefix_cache=True, fused_prefix=False)
-        self.rescore_margin, self.rescore_ulps = rescore_margin, rescore_ulps
-        self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0, "rescored": 0}
+        self.record_sizes: dict[str, float] | None = None  # uid -> the rule's size, when a benchmark asks
+        self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0, "rescored": 0,
+                      "float32_direct": 0}
+
+    def _settle(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
+                logits_by_item: dict[int, list[float]]) -> set[int]:
+        """Re-scores in float32 (in place) the questions `self.rule` flags, the calibration's first questions
+        included, and shows the rule each such pair; returns them."""
+        rule = self.rule
+        todo = rule.calibration_left()
+        close = sorted(set(range(min(todo, len(items)))) |
+                       {i for i, lg in logits_by_item.items() if i >= todo and rule.flagged(lg, len(items[i].options))})
+        if close:
+            again = self.rescore.letter_logits([ids[i] for i in close], letters)
+            for j, i in enumerate(close):
+                rule.observe(logits_by_item[i], again[j], len(items[i].options))
+                logits_by_item[i] = again[j]
+        rule.calibrated += min(todo, len(items))
+        self.stats["rescored"] += len(close)
+        return set(close)
 
     def describe(self) -> dict:
         """Which path produced the numbers (results.json's timing block)."""
         return {"dtype": self.dtype, "prefix_cache": self.prefix_cache,
+                "residual_stream": "float32" if self.residual_fp32 else self.dtype,
                 "attention": "fused prefix (SDPA, lower-right causal)" if self.fused_prefix else
                 ("transformers cache + mask" if self.prefix_cache else "whole prompts, causal"),
-                "rescore_rule": rule_text(self.rescore_ulps, self.rescore_margin, self.dtype)
-                if self.rescore is not None else "none",
-                "rescore_ulps": self.rescore_ulps if self.rescore is not None else 0.0,
-                "rescore_margin": self.rescore_margin if self.rescore is not None else 0.0}
+                **(self.rule.describe() if self.rescore is not None else {"rescore_rule": "none"})}
 
     def prompt(self, suite: Suite, subject: str, shots: list[MCQItem], item: MCQItem) -> str:
         name = suite.subject_name(subject)
@@ -196,18 +141,23 @@ class NativeEngine:
         sep = "" if self.chat is not None else suite.style.answer_sep
         # the letters of the subject's widest question; each question is scored over its own options
         letters = letter_token_ids(self.tok, texts[0][-32:], sep, OPTION_LETTERS[:max(len(it.options) for it in items)])
-        logits_by_item = self.letter_logits(ids, letters)
         rescored: set[int] = set()
-        if self.rescore is not None:
-            close = [i for i, lg in logits_by_item.items()
-                     if needs_rescore(lg[:len(items[i].options)], ulps=self.rescore_ulps,
-                                      margin=self.rescore_margin, dtype=self.dtype)]
-            if close:
-                again = self.rescore.letter_logits([ids[i] for i in close], letters)
-                for j, i in enumerate(close):
-                    logits_by_item[i] = again[j]
-                rescored = set(close)
-                self.stats["rescored"] += len(close)
+        if self.rescore is not None and self.rule.direct:
+            # the half-precision pass stopped paying for itself (`RescoreRule.weigh`): float32 alone from here on
+            logits_by_item = self.rescore.letter_logits(ids, letters)
+            self.stats["float32_direct"] += len(items)
+        else:
+            t_half = time.perf_counter()
+            logits_by_item = self.letter_logits(ids, letters)
+            t_half = time.perf_counter() - t_half
+            if self.record_sizes is not None:
+                self.record_sizes.update({items[i].uid: lg[-1] for i, lg in logits_by_item.items()})
+            if self.rescore is not None:
+                t_fp32 = time.perf_counter()
+                calibrating = self.rule.calibration_left() > 0
+                rescored = self._settle(items, ids, letters, logits_by_item)
+                if not calibrating:  # the calibration's float32 pass is a one-off, not what the rule costs
+                    self.rule.weigh(len(items), len(rescored), t_half, time.perf_counter() - t_fp32)
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["questions"] += len(items)
         rows = []
@@ -222,7 +172,8 @@ class NativeEngine:
         return rows
 
     def letter_logits(self, ids: list[list[int]], letters: list[int]) -> dict[int, list[float]]:
-        """The four letter logits of each tokenized prompt (index -> logits)."""
+        """Each tokenized prompt's letter logits followed by one more value, the size their rounding errors
+        scale with (|h| x max |w_a - w_b|, `needs_rescore`): index -> [logits..., size]."""
         import torch
 
         if not self.prefix_cache and self._decoder() is not None:
@@ -278,7 +229,8 @@ class NativeEngine:
             kv = None
             if shared > 0:
                 _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True)
-                kv = [(layer.keys, layer.values) for layer in cache.layers]
+                dt = getattr(torch, self.dtype)  # once here, not per batch: float32 keys when the residual is float32
+                kv = [(layer.keys.to(dt), layer.values.to(dt)) for layer in cache.layers]
                 self.stats["forward_tokens"] += shared
             token = _PREFIX_KV.set(kv)
             before = cfg._attn_implementation
@@ -336,21 +288,50 @@ class NativeEngine:
         starts with BOS (a chat template that writes it)."""
         bos = getattr(self.tok, "bos_token", None)
         add = self.add_special_tokens and not (bos and texts[0].startswith(bos))
-        return self.tok(texts, add_special_tokens=add).input_ids
+        # a subject's few-shot prompts are long and tokenizing them was a third of a GPU run (profiled on MMLU
+        # val); the CLI turns the tokenizer's own threads off (forks), so chunks go to threads here (the Rust
+        # tokenizer releases the GIL). Each text is tokenized alone either way: the ids are the same.
+        workers = min(8, os.cpu_count() or 1, len(texts) // 32)
+        if workers < 2:
+            return self.tok(texts, add_special_tokens=add).input_ids
+        step = -(-len(texts) // workers)
+        chunks = [texts[i:i + step] for i in range(0, len(texts), step)]
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(lambda c: self.tok(c, add_special_tokens=add).input_ids, chunks))
+        return [x for part in parts for x in part]
 
     def _letter_logits(self, out_hidden: Any, letters: list[int]) -> Any:
         """fp32 logits of the four letters from the last hidden state: bf16 full-vocab logits are rounded
         to ~0.06 at typical magnitudes, enough to flip close calls."""
+        import torch
+
         head = self.model.get_output_embeddings()
         w = head.weight[letters].float()
-        logits = out_hidden[:, -1].float() @ w.T
+        h = out_hidden[:, -1].float()
+        logits = h @ w.T
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[letters].float()
-        return logits
+        # the size the logits' errors scale with (`needs_rescore`): |h| times the widest letter-row difference
+        spread = torch.cdist(w[None], w[None])[0].max()
+        return torch.cat([logits, (h.norm(dim=-1) * spread)[:, None]], dim=1)
 
     def _run(self, **kw: Any) -> tuple[Any, Any]:
         """(last hidden states, cache) through the decoder alone when the model exposes it, so no full-vocab
         logits are computed; otherwise the whole model with `logits_to_keep=1`."""
+        if not self.residual_fp32:
+            return self._run_as_is(**kw)
+        import torch
+
+        # float32 embeddings start a float32 residual stream (half + float32 adds promote to float32); autocast
+        # runs every matrix product and attention in the weights' half precision with float32 accumulation
+        hook = self.model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.float())
+        try:
+            with torch.autocast(device_type=str(self.device).split(":")[0], dtype=getattr(torch, self.dtype)):
+                return self._run_as_is(**kw)
+        finally:
+            hook.remove()
+
+    def _run_as_is(self, **kw: Any) -> tuple[Any, Any]:
         dec = self._decoder()
         if dec is not None:
             out = dec(**kw)
@@ -402,7 +383,8 @@ class NativeEngine:
         attn = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
         out, _ = self._run(input_ids=inp.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev),
                            use_cache=cache is not None, **kwargs)
-        return out.logits[:, -1, letters].float().cpu().tolist()
+        lg = out.logits[:, -1, letters].float()  # no hidden state here: no size for the rule's norm term
+        return torch.cat([lg, torch.zeros_like(lg[:, :1])], dim=1).cpu().tolist()
 
     def score_suite(self, suite: Suite, k: int, limit: int | None = None,
                     progress: Callable[[str], None] | None = None) -> list[dict]:

@@ -31,11 +31,11 @@ Progress = Callable[[str], None] | None
 log = logging.getLogger("tuneforge.eval")
 # per generate-mode suite and held-out run: outputs that ran out of new tokens, prompts over the model's context
 GENERATION_COUNTS = ("cut_at_max_new_tokens", "over_context")
-# Half precision on CUDA re-scores in float32 the questions whose top-two letter logits are closer than this many
-# steps of the dtype at the largest logit's magnitude (`native.needs_rescore`): 2x the largest error each dtype
-# made on C-Eval val (bf16 0.78 steps, fp16 0.87; SmolLM2-135M), held out on CMMLU test and MMLU val
-# (benchmarks/RESULTS.md, eval dtype section).
-DEFAULT_RESCORE_ULPS = {"bfloat16": 1.57, "float16": 1.75}
+# Half precision on CUDA re-scores in float32 every question whose top-two letter margin is under SAFETY x the
+# largest half-precision error seen so far (in units of u |h| max|w_a - w_b|), the rule calibrating itself on the
+# first CALIBRATE questions (scored both ways) and on every re-scored one (`native.NativeEngine._settle`). Chosen on
+# C-Eval val, held out on CMMLU test, MMLU val and a random-weight 1.5B shape (benchmarks/RESULTS.md, eval dtype).
+RESCORE_CALIBRATE, RESCORE_SAFETY = 32, 2.0
 
 
 def _suites(cfg: EvalConfig) -> list[tuple[SuiteConfig, Suite]]:
@@ -146,16 +146,16 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
             chat = chat_renderer(lm.tokenizer, cfg.chat_template) if cfg.chat else None
             fp32 = None
             half = str(lm.model.dtype) in ("torch.bfloat16", "torch.float16")
-            margin, ulps = cfg.rescore_margin, 0.0  # an explicit margin is a fixed one; 0 turns re-scoring off
+            margin, calibrate = cfg.rescore_margin, 0  # an explicit margin is a fixed one; 0 turns re-scoring off
             if margin is None:
                 margin = 0.0
-                ulps = DEFAULT_RESCORE_ULPS[str(lm.model.dtype).replace("torch.", "")] \
-                    if half and str(lm.device).startswith("cuda") else 0.0
-            if (margin > 0 or ulps > 0) and half:
+                calibrate = RESCORE_CALIBRATE if half and str(lm.device).startswith("cuda") else 0
+            if (margin > 0 or calibrate > 0) and half:
                 fp32 = load_for_eval(cfg.model, cfg.adapter, cfg.device, "float32").model
             eng = NativeEngine(lm.model, lm.tokenizer, lm.device, batch_size=cfg.batch_size,
                                max_batch_tokens=cfg.max_batch_tokens, chat=chat, prefix_cache=cfg.prefix_cache,
-                               rescore_model=fp32, rescore_margin=margin, rescore_ulps=ulps)
+                               rescore_model=fp32, rescore_margin=margin, calibrate=calibrate,
+                               safety=RESCORE_SAFETY)
             for sc, suite in logit_suites:
                 with Counter(f"{suite.name} (logits)", _n_questions(suite, sc.limit), "questions",
                              progress) as bar:
@@ -163,7 +163,7 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
                         done = eng.score_subject(suite, subject, sc.shots, sc.limit)
                         rows += done
                         bar.advance(len(done))
-            timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored")})
+            timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored", "float32_direct")})
             timing.update(eng.describe())  # dtype, prefix cache, attention path, the re-scoring rule in force
             timing["questions"] += eng.stats["questions"]
             timing["seconds"] += eng.stats["seconds"]
