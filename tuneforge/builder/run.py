@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge.builder.executor import Executor, importing_main_script, make_executor
 from tuneforge.builder.outdir import MANIFEST, OutputDir, kill_point
 from tuneforge.builder.progress import BuildProgress
 from tuneforge.builder.tasks import (
@@ -39,7 +40,6 @@ from tuneforge.builder.tasks import (
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.stage import merge_counts
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
-from tuneforge.common.executor import Executor, importing_main_script, make_executor
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS, SPLIT_KINDS
 from tuneforge.common.results import BuildResult
