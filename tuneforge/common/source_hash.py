@@ -18,6 +18,7 @@ all use it.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -42,98 +43,106 @@ BY_NAME: dict[str, tuple[str, ...]] = {
 # only when the CLI started the build (each worker imports the caller's main module anyway).
 NOT_RUN: dict[str, tuple[str, ...]] = {"tuneforge.builder.run": ("tuneforge.cli",)}
 
-_IMPORT = re.compile(r"^([ \t]*)(?:from[ \t]+([.\w]+)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)|import[ \t]+([^\n]*))",
+_IMPORT = re.compile(rb"^([ \t]*)(?:from[ \t]+([.\w]+)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)|import[ \t]+([^\n]*))",
                      re.M)
+
+
+class _Tree:
+    """tuneforge's modules under `root`, found by one walk of the tree, each file read at most once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: dict[str, Path] = {}
+        self._bytes: dict[Path, bytes] = {}
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            rel = Path(folder).relative_to(root).parts
+            for n in names:
+                if n.endswith(".py"):
+                    parts = (PACKAGE, *rel) if n == "__init__.py" else (PACKAGE, *rel, n[:-3])
+                    self.files[".".join(parts)] = Path(folder) / n
+
+    def read(self, f: Path) -> bytes:
+        if f not in self._bytes:
+            self._bytes[f] = f.read_bytes()
+        return self._bytes[f]
+
+    def package_of(self, name: str) -> str:
+        return name if self.files[name].name == "__init__.py" else name.rpartition(".")[0]
+
+    def imports(self, name: str) -> list[tuple[str, bool]]:
+        f = self.files.get(name)
+        if f is None:
+            return []
+        out: list[tuple[str, bool]] = []
+        for indent, raw_source, raw_names, raw_plain in _IMPORT.findall(self.read(f)):
+            top = not indent
+            source, names, plain = (b.decode("utf-8") for b in (raw_source, raw_names, raw_plain))
+            if plain:
+                mods = (item.split(" as ")[0].strip() for item in plain.split("#")[0].split(","))
+                out += [(mod, top) for mod in mods if mod in self.files]
+                continue
+            if source.startswith("."):
+                dots = len(source) - len(source.lstrip("."))
+                base = self.package_of(name).split(".")
+                base = base[: len(base) - (dots - 1)]
+                source = ".".join(base + ([source.lstrip(".")] if source.lstrip(".") else []))
+            if source not in self.files:
+                continue
+            listed = " ".join(line.split("#")[0] for line in names.strip("()").splitlines())
+            items = [i.split(" as ")[0].strip() for i in listed.split(",") if i.strip()]
+            subs = [f"{source}.{i}" for i in items if f"{source}.{i}" in self.files]
+            out += [(sub, top) for sub in subs]
+            if len(subs) < len(items):  # a name defined in `source` itself (else `source` only runs as a parent)
+                out.append((source, top))
+        return out
+
+    def closure(self, entries: tuple[str, ...]) -> list[str]:
+        called: set[str] = set()
+        loaded: set[str] = set()
+        todo = [(e, True) for e in entries]
+        while todo:
+            name, calls = todo.pop()
+            calls = calls and name != PACKAGE  # the root only re-exports the API: no job calls through it
+            if name in called or (not calls and name in loaded):
+                continue
+            (called if calls else loaded).add(name)
+            parts = name.split(".")
+            todo += [(".".join(parts[:i]), False) for i in range(1, len(parts))]  # the packages above it
+            todo += [(dep, calls) for dep, top in self.imports(name) if calls or top]
+            if calls:
+                todo += [(dep, True) for dep in BY_NAME.get(name, ())]
+        return sorted((called | loaded) & self.files.keys())
+
+    def code_files(self, entries: tuple[str, ...]) -> list[Path]:
+        files: set[Path] = set()
+        for name in self.closure(entries):
+            f = self.files[name]
+            files.add(f)
+            if f.name == "__init__.py":
+                files.update(_data_files(f.parent))
+        return sorted(files)
 
 
 def module_file(name: str, root: Path | None = None) -> Path | None:
     """The file of tuneforge module `name` (a package's `__init__.py`), or None when there is none."""
-    return _module_file(name, root or ROOT)
-
-
-@lru_cache(maxsize=4096)
-def _module_file(name: str, root: Path) -> Path | None:
-    parts = name.split(".")
-    if parts[0] != PACKAGE or not all(p.isidentifier() for p in parts):
-        return None
-    base = root.joinpath(*parts[1:])
-    for f in (base.with_suffix(".py") if len(parts) > 1 else None, base / "__init__.py"):
-        if f is not None and f.is_file():
-            return f
-    return None
-
-
-def _package_of(name: str, root: Path) -> str:
-    f = module_file(name, root)
-    return name if f is not None and f.name == "__init__.py" else name.rpartition(".")[0]
+    return _Tree(root or ROOT).files.get(name)
 
 
 def imports(name: str, root: Path | None = None) -> list[tuple[str, bool]]:
     """The tuneforge modules module `name` imports, each with whether the import is at the top of the file
     (runs on import) or indented (inside a function, or a block)."""
-    root = root or ROOT
-    f = module_file(name, root)
-    if f is None:
-        return []
-    out: list[tuple[str, bool]] = []
-    for indent, source, names, plain in _IMPORT.findall(f.read_text(encoding="utf-8")):
-        top = not indent
-        if plain:
-            for item in plain.split("#")[0].split(","):
-                mod = item.split(" as ")[0].strip()
-                if module_file(mod, root) is not None:
-                    out.append((mod, top))
-            continue
-        if source.startswith("."):
-            dots = len(source) - len(source.lstrip("."))
-            base = _package_of(name, root).split(".")
-            base = base[: len(base) - (dots - 1)]
-            source = ".".join(base + ([source.lstrip(".")] if source.lstrip(".") else []))
-        if module_file(source, root) is None:
-            continue
-        listed = " ".join(line.split("#")[0] for line in names.strip("()").splitlines())
-        items = [i.split(" as ")[0].strip() for i in listed.split(",") if i.strip()]
-        subs = [f"{source}.{i}" for i in items if module_file(f"{source}.{i}", root) is not None]
-        out += [(sub, top) for sub in subs]
-        if len(subs) < len(items):  # a name defined in `source` itself (else `source` only runs as a parent)
-            out.append((source, top))
-    return out
-
-
-def _parents(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
+    return _Tree(root or ROOT).imports(name)
 
 
 def code_modules(*entries: str, root: Path | None = None) -> list[str]:
     """Every tuneforge module a job whose functions live in `entries` runs (see the module docstring)."""
-    root = root or ROOT
-    called: set[str] = set()
-    loaded: set[str] = set()
-    todo = [(e, True) for e in entries]
-    while todo:
-        name, calls = todo.pop()
-        calls = calls and name != PACKAGE  # the root only re-exports the API: no job calls through it
-        if name in called or (not calls and name in loaded):
-            continue
-        (called if calls else loaded).add(name)
-        todo += [(p, False) for p in _parents(name)]
-        todo += [(dep, calls) for dep, top in imports(name, root) if calls or top]
-        if calls:
-            todo += [(dep, True) for dep in BY_NAME.get(name, ())]
-    return sorted(called | loaded)
+    return _Tree(root or ROOT).closure(entries)
 
 
 def code_files(*entries: str, root: Path | None = None) -> list[Path]:
     """The files `code_modules(*entries)` covers: each module's source and its packages' data files."""
-    root = root or ROOT
-    files: set[Path] = set()
-    for name in code_modules(*entries, root=root):
-        f = module_file(name, root)
-        files.add(f)
-        if f.name == "__init__.py":
-            files.update(_data_files(f.parent))
-    return sorted(files)
+    return _Tree(root or ROOT).code_files(entries)
 
 
 def _data_files(folder: Path) -> list[Path]:
@@ -149,7 +158,8 @@ def _data_files(folder: Path) -> list[Path]:
 def source_hash(*entries: str) -> str:
     """sha256 over the files (names relative to tuneforge/, and bytes) of the code a job run from `entries`
     runs (`code_files`)."""
+    tree = _Tree(ROOT)
     h = hashlib.sha256()
-    for f in code_files(*entries):
-        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in tree.code_files(entries):
+        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + tree.read(f) + b"\0")
     return h.hexdigest()
