@@ -15,7 +15,7 @@ from tuneforge.augment.config import StepConfig
 from tuneforge.augment.endpoint import EMBEDDED_ENDPOINT, public_url, resolve_endpoint
 from tuneforge.augment.limits import RateLimiter, backoff_delay, parse_retry_after
 from tuneforge.augment.ops.grounding import Vocabulary, price_cap, rating_floor, short_name, ungrounded
-from tuneforge.augment.select import select
+from tuneforge.augment.select import draw, sample, select
 from tuneforge.augment.structured import clean_text, extract_json
 from tuneforge.common.errors import RecipeError
 from tuneforge.common.records import new_record, provenance
@@ -71,6 +71,20 @@ def test_selection_is_deterministic_and_bounded():
     by_source = StepConfig.model_validate({"op": "rewrite", "name": "rw", "select": {"sources": ["nope"]}})
     assert select(recs, by_source, 7, {}, ("messages",)) == []
 
+
+
+def test_sample_is_the_rule_the_build_and_select_share():
+    """Below `p`, then the `limit` smallest draws (ties: the earlier candidate), returned in candidate order;
+    `limit=False` (a step that also takes created records, limited later among those) keeps every draw below p."""
+    ids = [f"id-{i}" for i in range(300)]
+    step = StepConfig.model_validate({"op": "rewrite", "name": "rw", "select": {"p": 0.5}, "limit": 7})
+    below = [i for i, rid in enumerate(ids) if draw(3, "rw", rid) < 0.5]
+    smallest = sorted(sorted(below, key=lambda i: (draw(3, "rw", ids[i]), i))[:7])
+    assert sample(step, 3, ids) == smallest
+    assert sample(step, 3, ids, limit=False) == below and 100 < len(below) < 200
+    assert sample(step, 3, []) == []
+    recs = _msgs(300)
+    assert select(recs, step, 3, {}, ("messages",)) == sample(step, 3, [r["id"] for r in recs])
 
 # -- pacing ---------------------------------------------------------------------------------------------
 def test_backoff_grows_with_jitter_and_cap():

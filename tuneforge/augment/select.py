@@ -4,6 +4,7 @@ or chance, so a re-run picks the same records and finds their responses in the c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from tuneforge.augment.config import StepConfig
 from tuneforge.common.records import Record
@@ -20,12 +21,23 @@ def input_only(step: StepConfig) -> bool:
     return step.select.from_steps is None or set(step.select.from_steps) == {"input"}
 
 
-def candidate(rec: Record, step: StepConfig, default_kinds: tuple[str, ...]) -> bool:
-    """A record a step may take, before the draw (kinds and sources)."""
+def takes_from(step: StepConfig, default_kinds: Sequence[str]) -> tuple[set[str], set[str] | None]:
+    """The record kinds a step takes (its `select.kinds`, else its operator's defaults) and the sources it
+    takes them from (None: every source)."""
     s = step.select
-    if rec["kind"] not in set(s.kinds or default_kinds):
-        return False
-    return not s.sources or rec["meta"].get("source") in s.sources
+    return set(s.kinds or default_kinds), (set(s.sources) if s.sources else None)
+
+
+def sample(step: StepConfig, seed: int, ids: Sequence[str], *, limit: bool = True) -> list[int]:
+    """The rule, the only copy: which of the candidates `ids` (records of the kinds, sources and origins the
+    step takes) it chooses. A candidate is chosen when its draw is below `select.p`; then, with `limit`, only
+    the `limit` smallest draws (ties: the earlier candidate), a uniform sample that stays stable as the
+    corpus grows. Returns positions into `ids`, in order. The in-memory `select` and the sharded build (which
+    applies it to the whole corpus's compact columns) both call it."""
+    picked = [(u, i) for i, rid in enumerate(ids) if (u := draw(seed, step.name, rid)) < step.select.p]
+    if limit and step.limit is not None and len(picked) > step.limit:
+        picked = sorted(picked)[: step.limit]
+    return sorted(i for _, i in picked)
 
 
 def select(records: list[Record], step: StepConfig, seed: int, made_by: dict[str, str],
@@ -35,19 +47,9 @@ def select(records: list[Record], step: StepConfig, seed: int, made_by: dict[str
     corpus (a sharded build draws and applies `limit` before the records come here)."""
     if preselected is not None and input_only(step):
         return [i for i, rec in enumerate(records) if rec["id"] in preselected and made_by.get(rec["id"]) is None]
-    s = step.select
-    kinds = set(s.kinds or default_kinds)
-    sources = set(s.sources) if s.sources else None
-    origins = set(s.from_steps) if s.from_steps is not None else {"input"}
-    picked = []
-    for i, rec in enumerate(records):
-        if rec["kind"] not in kinds or made_by.get(rec["id"], "input") not in origins:
-            continue
-        if sources is not None and rec["meta"].get("source") not in sources:
-            continue
-        u = draw(seed, step.name, rec["id"])
-        if u < s.p:
-            picked.append((u, i))
-    if step.limit is not None and len(picked) > step.limit:
-        picked = sorted(picked)[: step.limit]  # the `limit` smallest draws: a uniform sample, stable
-    return sorted(i for _, i in picked)
+    kinds, sources = takes_from(step, default_kinds)
+    origins = set(step.select.from_steps) if step.select.from_steps is not None else {"input"}
+    cand = [i for i, rec in enumerate(records)
+            if rec["kind"] in kinds and made_by.get(rec["id"], "input") in origins
+            and (sources is None or rec["meta"].get("source") in sources)]
+    return [cand[j] for j in sample(step, seed, [records[i]["id"] for i in cand])]

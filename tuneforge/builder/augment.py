@@ -1,7 +1,8 @@
 """The augment stage of a sharded build: choose over the whole corpus, send only the chosen records.
 
 Selection is planned on compact columns (id, kind, source) over every shard: the seeded draw and each step's
-`limit` are applied to the whole corpus, exactly as an in-memory run would. Only the chosen records (and the
+`limit` are applied to the whole corpus by the augment stage's own rule (`augment/select.py` `sample`), exactly
+as an in-memory run would. Only the chosen records (and the
 knowledge-base rows, which operators read as reference) are loaded and handed to `run_augment`, which talks to
 one endpoint with one cache and one in-flight window. What comes back (rewritten, created and dropped records)
 is written per shard for the export step. Memory holds the chosen records, never the corpus.
@@ -24,7 +25,7 @@ import numpy as np
 
 from tuneforge.augment import AugmentConfig, run_augment
 from tuneforge.augment.ops import OPERATORS
-from tuneforge.augment.select import draw, input_only
+from tuneforge.augment.select import input_only, sample, takes_from
 from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.dedup import Keys
 from tuneforge.clean.keys import band_hashes, exact_key
@@ -51,19 +52,15 @@ def augment_shards(cfg: AugmentConfig, recipe_dir: Path, units: list[str], offse
     chosen: set[int] = set(np.flatnonzero(usable & (keys.kind == kb)).tolist())
     preselected: dict[str, set[str]] = {}
     for step in cfg.steps:
-        op = OPERATORS[step.op]
-        kinds = [KIND_CODES[k] for k in (step.select.kinds or op.default_kinds) if k in KIND_CODES]
-        mask = usable & np.isin(keys.kind, kinds)
-        if step.select.sources:
-            ok = np.array([src[s] in step.select.sources for s in range(len(units))], dtype=bool)
+        kinds, step_sources = takes_from(step, OPERATORS[step.op].default_kinds)
+        mask = usable & np.isin(keys.kind, [KIND_CODES[k] for k in kinds if k in KIND_CODES])
+        if step_sources is not None:
+            ok = np.array([src[s] in step_sources for s in range(len(units))], dtype=bool)
             mask &= ok[shard_of] if n else mask
         cand = np.flatnonzero(mask)
-        draws = np.array([draw(seed, step.name, flat_ids[i]) for i in cand])
-        keep = cand[draws < step.select.p] if len(cand) else cand
-        kept_draws = draws[draws < step.select.p] if len(cand) else draws
+        # A step that also takes created records gets its `limit` in run_augment, among those too.
+        keep = cand[sample(step, seed, [flat_ids[i] for i in cand], limit=input_only(step))]
         if input_only(step):
-            if step.limit is not None and len(keep) > step.limit:
-                keep = keep[np.lexsort((keep, kept_draws))[:step.limit]]
             preselected[step.name] = {flat_ids[i] for i in keep}
         chosen.update(keep.tolist())
     positions = sorted(chosen)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge.builder.executor import Executor, importing_main_script, make_executor
 from tuneforge.builder.outdir import MANIFEST, OutputDir, kill_point
 from tuneforge.builder.progress import BuildProgress
 from tuneforge.builder.tasks import (
@@ -39,7 +40,6 @@ from tuneforge.builder.tasks import (
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.stage import merge_counts
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
-from tuneforge.common.executor import Executor, importing_main_script, make_executor
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS, SPLIT_KINDS
 from tuneforge.common.results import BuildResult
@@ -558,9 +558,10 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
     """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
 
     `strict`: raise StrictError (after writing the output) when any input record was rejected.
-    Work runs on `executor`, or on the one `runner` names: `auto`/`processes` (one worker process per core),
-    `threads`, `serial`, or `dask` (a LocalCluster, or the scheduler at `dask_address`). The output is the same
-    bytes whichever runs it and however large the shards are.
+    Work runs on `executor`, or where `runner`, `workers` and `dask_address` say (`builder/executor.py`
+    `choose_runner`: `auto` worker processes, one a core, in-process for small inputs; `processes`, `threads`,
+    `serial`, or `dask`: a LocalCluster, or the scheduler at `dask_address`). The output is the same bytes
+    whichever runs it and however large the shards are.
     """
     if importing_main_script():
         raise TuneforgeError("tuneforge.build was called while a worker process imported your script: put the "

@@ -7,6 +7,9 @@ walks the younger ones again, and the older generations as the shard's records p
 benchmark records: converting a shard's messages to Arrow took 27 us a record with the collector running and
 8 without; unpacking a record 8 us against 3. Whatever cycles a task leaves are collected once the collector
 runs again after it.
+
+Shared by the build's shard tasks (`gc_paused_task`) and the augment stage's event loop (`gc_frozen`), so it
+lives in `common/`, not with the build's runtime in `builder/`.
 """
 
 from __future__ import annotations

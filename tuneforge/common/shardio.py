@@ -5,7 +5,10 @@ A unit's files are written straight into its fresh folder, not each through a sy
 `done.json` exists nothing in the folder counts, so a killed worker leaves nothing that looks finished, and a
 file that a power cut left short (the kernel had not written it yet) no longer matches the size `done.json`
 recorded, so the unit is redone. One sync a unit instead of one a file: at 200k records, 20 shards and about
-ten files a shard, the per-file syncs cost about 3 s of a 24 s build here."""
+ten files a shard, the per-file syncs cost about 3 s of a 24 s build here.
+
+It lives in `common/`, not with the build's runtime in `builder/`, because a stage writes shard files too:
+`publish/write.py` joins the parts into the published files."""
 
 from __future__ import annotations
 

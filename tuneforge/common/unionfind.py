@@ -1,5 +1,6 @@
 """Union-find over integers where the smaller value is always the root, so roots do not depend on the order
-of unions (dedup clusters keep their first record; the split joins groups by code)."""
+of unions (dedup clusters keep their first record; the split joins groups by code). Shared by two stages
+(clean, publish), so it lives in `common/`."""
 
 from __future__ import annotations
 

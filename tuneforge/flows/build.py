@@ -8,7 +8,6 @@ neither Prefect nor Dask walks them.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prefect import flow, task
@@ -17,8 +16,7 @@ from prefect.futures import as_completed
 
 from tuneforge.builder import build
 from tuneforge.builder import tasks as work
-from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.executor import Executor
+from tuneforge.builder.executor import Executor, choose_runner
 
 _OPTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False, "log_prints": False}
 
@@ -101,22 +99,21 @@ def build_flow(recipe_path: str, out: str, seed: int | None = None, llm_base_url
 
 
 def with_runner(runner: str = "auto", dask_address: str | None = None, workers: int | None = None) -> Any:
-    """The build flow on a task runner: worker processes (`auto`/`processes`), threads, or Dask (a
-    LocalCluster, or the scheduler at `dask_address`, e.g. tcp://10.0.0.5:8786)."""
-    n = workers or os.cpu_count() or 1
-    if runner in ("auto", "local", "processes") and not dask_address:
+    """The build flow on the task runner `choose_runner` picks (the same reading as a plain build): worker
+    processes, threads, one thread (serial), or Dask (a LocalCluster, or the scheduler at `dask_address`,
+    e.g. tcp://10.0.0.5:8786)."""
+    c = choose_runner(runner, workers, dask_address)
+    if c.kind == "processes":
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        return build_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=n))
-    if runner in ("threads", "serial"):
+        return build_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=c.workers))
+    if c.kind in ("threads", "serial"):
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return build_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1 if runner == "serial" else n))
-    if runner != "dask" and not dask_address:
-        raise TuneforgeError(f"unknown runner {runner!r}: auto, processes, threads, serial or dask")
+        return build_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=c.workers))
     from prefect_dask import DaskTaskRunner
 
-    if dask_address:
-        return build_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    if c.address:
+        return build_flow.with_options(task_runner=DaskTaskRunner(address=c.address))
     return build_flow.with_options(task_runner=DaskTaskRunner(
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None}))
+        cluster_kwargs={"n_workers": c.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}))

@@ -1,5 +1,5 @@
 """The pipeline's step cache, keyed on content: a step re-runs when its config, its inputs' hashes or the
-source of the tuneforge stages it runs change, and is reused otherwise (whoever runs it: the plain API, a
+source of the tuneforge code it runs change, and is reused otherwise (whoever runs it: the plain API, a
 Prefect flow, a search trial). Prefect's own cache keys on the run id and the task's source only, so it would
 reuse outputs made by edited stage code, or re-run everything in a new flow run."""
 
@@ -13,18 +13,21 @@ from typing import Any
 from tuneforge.common.io import write_json
 from tuneforge.common.source_hash import BUILD, source_hash
 
-# Which of tuneforge's own packages each kind of step runs (their source is part of the step's key).
-STEP_SOURCES: dict[str, tuple[str, ...]] = {
-    "build": BUILD,
-    "train": ("common", "templates", "trainers"),
-    "evaluate": ("common", "templates", "augment", "eval"),
-    "forgetting": ("common", "templates", "eval"),
+# Where each kind of step's code starts: the modules holding the functions its step function calls. Its key
+# covers the code those run (`common/source_hash.py`: their tuneforge imports, transitively, and the data files
+# of the packages reached), so an edit re-runs exactly the steps that run the edited code. The pipeline's own
+# glue (`pipeline/run.py`) is not part of any key: it passes the config and inputs, which are.
+STEP_CODE: dict[str, tuple[str, ...]] = {
+    "build": BUILD,  # tuneforge.builder.run: build()
+    "train": ("tuneforge.trainers.run", "tuneforge.trainers.launch"),  # train(), launch() under accelerate
+    "evaluate": ("tuneforge.eval.runner",),  # run_eval()
+    "forgetting": ("tuneforge.eval.runner",),  # run_forgetting()
 }
 
 
 def step_key(kind: str, **parts: Any) -> str:
-    """sha256 over the step kind, its JSON-ready parts (config, input hashes) and its stages' source."""
-    blob = json.dumps({"kind": kind, "parts": parts, "source": source_hash(*STEP_SOURCES[kind])},
+    """sha256 over the step kind, its JSON-ready parts (config, input hashes) and the source of the code it runs."""
+    blob = json.dumps({"kind": kind, "parts": parts, "source": source_hash(*STEP_CODE[kind])},
                       sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

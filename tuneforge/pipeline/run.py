@@ -36,7 +36,7 @@ def _build(recipe: str, out: str, runner: str, dask_address: str | None, llm_bas
            llm_model: str | None, augment_limit: int | None) -> dict[str, Any]:
     from tuneforge.builder import build
 
-    m = build(recipe, out, runner="auto" if runner == "local" else runner, dask_address=dask_address,
+    m = build(recipe, out, runner=runner, dask_address=dask_address,
               llm_base_url=llm_base_url, llm_model=llm_model, augment_limit=augment_limit, progress=True)
     return {"out": out, "manifest_sha256": m["sha256"], "template": m["template"], "counts": m["counts"]}
 

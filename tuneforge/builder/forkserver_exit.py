@@ -4,8 +4,9 @@ Without this it would first tear down every module it preloaded (pandas, pyarrow
 end of a 200k-record build), all the while holding the build's stdout and stderr open, so that whoever
 reads the build's output to its end (a shell pipe, `subprocess.run(capture_output=True)`, a scheduler)
 waits for it. The fork server holds nothing to flush or remove: its workers end with `os._exit`, and the
-parent removes the socket's folder. `ProcessExecutor` adds this module to the fork server's preload; imported
-anywhere else it does nothing.
+parent removes the socket's folder. `ProcessExecutor` (`builder/executor.py`) adds this module to the fork
+server's preload; imported anywhere else it does nothing. It is part of the build's runtime, so it lives with
+the builder.
 """
 
 from __future__ import annotations

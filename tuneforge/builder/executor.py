@@ -3,6 +3,10 @@
 A build maps top-level functions over small, picklable shard specs; each call reads and writes shard files
 and returns a small summary. The same map runs in this process, on threads, on local worker processes, on
 a Dask cluster, or (in `tuneforge.flows`) as Prefect task runs, and gives the same results in the same order.
+
+This is the build's runtime, so it lives with the builder, not in `common/`: no stage and no other step
+(training, evaluation) runs on it, and a pipeline step's cache key covers only the code the step runs, so an
+edit here re-runs builds, never training. `choose_runner` is the one place that reads a runner's name.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
@@ -151,7 +156,7 @@ class ProcessExecutor(Executor):
     def _get(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             ctx = get_context("forkserver")
-            ctx.set_forkserver_preload([*self.preload, "tuneforge.common.forkserver_exit"])
+            ctx.set_forkserver_preload([*self.preload, "tuneforge.builder.forkserver_exit"])
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx)
         return self._pool
 
@@ -231,21 +236,77 @@ class DaskExecutor(Executor):
 
 
 RUNNERS = ("auto", "serial", "threads", "processes", "dask")
+ALIASES = {"local": "auto"}  # a pipeline file's `runner: local`
+LOCAL = ("serial", "threads", "processes")  # runners that never reach a Dask cluster
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """Where a build's work runs, decided once from the user's words; the plain build and the Prefect flow
+    (`tuneforge.flows.build`) each turn it into their own executor or task runner.
+
+    kind: serial | threads | processes | dask. workers: local threads or processes, or a LocalCluster's
+    workers (None with `address`: the cluster has its own). serial_below: `auto` builds inputs smaller than
+    this in this process (the plain path only: a Prefect flow's task runner is chosen before the inputs are
+    planned, so there every shard is a task run)."""
+
+    kind: str
+    workers: int | None = 1
+    address: str | None = None
+    serial_below: int = 0
+
+
+def choose_runner(runner: str = "auto", workers: int | None = None,
+                  dask_address: str | None = None) -> RunnerChoice:
+    """The one reading of (runner, workers, dask_address), under Prefect or not:
+
+    | runner               | dask_address | workers       | runs on                                       |
+    |----------------------|--------------|---------------|-----------------------------------------------|
+    | auto (`local`)       | -            | N (cores)     | N processes; in-process when N is 1, and      |
+    |                      |              |               | (plain path) for inputs under 16 MiB          |
+    | processes            | -            | N (cores)     | N processes; in-process when N is 1           |
+    | threads              | -            | N (cores)     | N threads                                     |
+    | serial               | -            | 1 or none     | this process                                  |
+    | dask                 | -            | N (cores)     | a LocalCluster of N worker processes          |
+    | auto, dask           | X            | none          | the Dask cluster at X                         |
+
+    Anything else is a TuneforgeError (exit 2) naming the conflict: a local runner (processes, threads,
+    serial) with `dask_address`, `workers` with `dask_address` (the cluster's workers are its own), `serial`
+    with more than one worker, fewer than one worker, or an unknown name.
+    """
+    name = ALIASES.get(runner, runner)
+    if name not in RUNNERS:
+        raise TuneforgeError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
+    if workers is not None and workers < 1:
+        raise TuneforgeError(f"--workers {workers}: give at least 1 (or leave it out: one a core)")
+    if dask_address:
+        if name in LOCAL:
+            raise TuneforgeError(f"--runner {runner} runs on this machine but --dask-address names a Dask cluster: "
+                                 f"drop one of them (--dask-address alone, or with --runner dask, uses the cluster)")
+        if workers is not None:
+            raise TuneforgeError(f"--workers {workers} with --dask-address: the cluster at {dask_address} has its own "
+                                 f"workers; drop --workers (or drop --dask-address for a local cluster of that size)")
+        return RunnerChoice("dask", None, dask_address)
+    if name == "serial":
+        if workers is not None and workers > 1:
+            raise TuneforgeError(f"--runner serial runs in this process: drop --workers {workers} (or use "
+                                 f"--runner processes or threads)")
+        return RunnerChoice("serial")
+    n = workers or os.cpu_count() or 1
+    if name in ("auto", "processes") and n == 1:
+        return RunnerChoice("serial")
+    return RunnerChoice(name if name != "auto" else "processes", n,
+                        serial_below=AUTO_SERIAL_BYTES if name == "auto" else 0)
 
 
 def make_executor(runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
                   preload: tuple[str, ...] = ()) -> Executor:
-    """An executor by name; `auto` is worker processes, one per core (a single-core machine, or an input under
-    AUTO_SERIAL_BYTES, runs in this process); `processes` always starts workers."""
-    if runner not in RUNNERS:
-        raise TuneforgeError(f"unknown runner {runner!r}; one of {', '.join(RUNNERS)}")
-    if dask_address and runner in ("auto", "dask"):
-        return DaskExecutor(dask_address)
-    if runner == "dask":
-        return DaskExecutor(None, workers)
-    if runner == "threads":
-        return ThreadExecutor(workers)
-    n = workers or os.cpu_count() or 1
-    if runner == "serial" or n == 1:
-        return Executor()
-    return ProcessExecutor(n, preload, serial_below=AUTO_SERIAL_BYTES if runner == "auto" else 0)
+    """The executor `choose_runner` picks for a plain (not Prefect) build."""
+    c = choose_runner(runner, workers, dask_address)
+    if c.kind == "dask":
+        return DaskExecutor(c.address, c.workers)
+    if c.kind == "threads":
+        return ThreadExecutor(c.workers)
+    if c.kind == "processes":
+        return ProcessExecutor(c.workers, preload, serial_below=c.serial_below)
+    return Executor()
