@@ -45,8 +45,8 @@ from tuneforge.common.source_hash import BUILD, source_hash
 from tuneforge.ingest import FileJob, Sharding, plan_files, rel_path, shards_of
 from tuneforge.ingest.plan import unchanged
 from tuneforge.publish.layout import finish_layout, layout
-from tuneforge.publish.shard import LEAK, ShardSpec, dedup_reject, sample_below
-from tuneforge.publish.split import GroupUnion, split_table
+from tuneforge.publish.shard import LEAK, ShardSpec, dedup_rejects, sample_below
+from tuneforge.publish.split import build_split
 from tuneforge.publish.summary import BuildFacts, make_card, make_manifest
 from tuneforge.recipe import Recipe, load_recipe
 
@@ -122,7 +122,7 @@ class Build:
                 dedup = self._dedup(keys, cleaned, offsets)
                 augment = self._augment(cleaned, offsets, keys, dedup)
                 groups_file, notes = self._split(keys, offsets, dedup, augment, cleaned)
-                exported = self._export(shards, cleaned, offsets, dedup, augment, groups_file, keys)
+                exported = self._export(cleaned, offsets, dedup, augment, groups_file, keys)
             facts = BuildFacts(self.recipe, self.recipe_path, self.base, self.seed, jobs, plans, cleaned, exported,
                                dedup, augment, notes, keys, ids, lambda: self._leak(exported))
             manifest = self._publish(facts, shards)
@@ -233,29 +233,8 @@ class Build:
                cleaned: list[dict[str, Any]]) -> tuple[str, list[str]]:
         """The group -> split table, from the groups of every record that reaches the split."""
         t = time.monotonic()
-        split_kind = np.isin(keys.kind, [i for i, k in enumerate(KINDS.values()) if k.split])
-        split_kind[augment.get("answered_positions", [])] = True  # prompts the `answer` step made conversations
-        alive = split_kind.copy()
-        if dedup.dups:
-            alive[list(dedup.dups)] = False
-        for pos in augment.get("dropped_positions", []):
-            alive[pos] = False
-        uf = GroupUnion()
-        for d in dedup.dups.values():
-            uf.union(int(keys.group[d.index]), int(keys.group[d.of]))
-        codes = [keys.group[alive]]
-        positions = [np.flatnonzero(alive)]
-        for pos, code in augment.get("created_groups", []):
-            codes.append(np.array([code], dtype=np.uint64))
-            positions.append(np.array([pos]))
-        names = sorted({c["source"] for c in cleaned})
-        of_shard = np.array([names.index(c["source"]) for c in cleaned], dtype=np.int64)
-
-        def strata_at(pos: np.ndarray) -> tuple[list[str], np.ndarray]:  # a record's stratum: its source
-            return names, of_shard[np.searchsorted(offsets, pos, side="right") - 1]
-
         split_seed = self.recipe.split.seed if self.recipe.split.seed is not None else self.seed
-        table = split_table(np.concatenate(codes), np.concatenate(positions), uf, strata_at, self.recipe.split,
+        table = build_split(keys, dedup.dups, augment, offsets, [c["source"] for c in cleaned], self.recipe.split,
                             split_seed)
         key = _key(self.code, table.digest())
         path = self.out.work / "split" / f"{key}.npz"
@@ -268,28 +247,23 @@ class Build:
         return str(path), table.assignment.notes
 
     # ------------------------------------------------------------ export
-    def _export(self, shards: list, cleaned: list[dict[str, Any]], offsets: np.ndarray, dedup: Any,
+    def _export(self, cleaned: list[dict[str, Any]], offsets: np.ndarray, dedup: Any,
                 augment: dict[str, Any], groups_file: str, keys: Keys) -> list[dict[str, Any]]:
         r = self.recipe
         ids_needed = {d.of for d in dedup.dups.values()} | {d.matched for d in dedup.dups.values()}
         id_at = self._ids_at(cleaned, offsets, ids_needed)
-        per_shard: dict[int, dict[int, dict]] = {}
-        for d in dedup.dups.values():
-            s = int(np.searchsorted(offsets, d.index, side="right") - 1)
-            per_shard.setdefault(s, {})[d.index - int(offsets[s])] = dedup_reject(
-                id_at[d.of], id_at[d.matched] if d.matched != d.of else None, d.method, d.similarity)
+        per_shard = dedup_rejects(dedup.dups, offsets, id_at)
         total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0))
         below = sample_below(total, r.card.max_stat_records)
         jobs = []
-        for s, summary in enumerate(cleaned):
+        for s, c in enumerate(cleaned):
             aug = augment["files"].get(s)
-            key = _key(self.code, summary["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
+            key = _key(self.code, c["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
                        list(r.formats), r.clean.contamination.model_dump(mode="json"), r.card.model_dump(mode="json"),
                        below)
             spec = ShardSpec(per_shard.get(s, {}), aug, groups_file, tuple(r.formats), r.clean, str(self.base),
                              below, r.card.tokenizer)
-            jobs.append(ExportJob(s, summary["source"], self._clean_unit(summary), self._unit("export", key), key,
-                                  spec))
+            jobs.append(ExportJob(s, c["source"], self._clean_unit(c), self._unit("export", key), key, spec))
         return self._map("export", export_task, jobs, lambda e: e["kept"] + e["deduplicated"] + e["rejected_records"])
 
     @staticmethod

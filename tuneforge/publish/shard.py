@@ -78,13 +78,17 @@ def sample_below(records: int, limit: int) -> int:
     return (1 << 64) - 1 if records <= limit else int((limit / max(1, records)) * (1 << 64))
 
 
-def dedup_reject(duplicate_of: str, matched: str | None, method: str, similarity: float) -> dict:
-    """What a duplicate's reject line says of its cluster (`matched`: the member it was compared with, when
-    that is not the cluster's first)."""
-    row = {"duplicate_of": duplicate_of, "method": method, "similarity": round(similarity, 4)}
-    if matched is not None:
-        row["matched"] = matched
-    return row
+def dedup_rejects(dups: dict[int, Any], offsets: np.ndarray, id_at: dict[int, str]) -> dict[int, dict[int, dict]]:
+    """What each duplicate's reject line says of its cluster, by shard and row: the cluster's first record,
+    the member it matched when that is another, the method and the similarity (`id_at`: position -> id)."""
+    out: dict[int, dict[int, dict]] = {}
+    for d in dups.values():
+        s = int(np.searchsorted(offsets, d.index, side="right") - 1)
+        row = {"duplicate_of": id_at[d.of], "method": d.method, "similarity": round(d.similarity, 4)}
+        if d.matched != d.of:
+            row["matched"] = id_at[d.matched]
+        out.setdefault(s, {})[d.index - int(offsets[s])] = row
+    return out
 
 
 _CACHE: dict[str, Any] = {}

@@ -13,10 +13,12 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tuneforge.common.records import SPLIT_KINDS, Record
+from tuneforge.clean.dedup import Keys
+from tuneforge.common.records import KINDS, SPLIT_KINDS, Record
 from tuneforge.common.unionfind import UnionFind
 from tuneforge.publish.config import SplitConfig
 
@@ -152,6 +154,35 @@ def split_table(codes: np.ndarray, positions: np.ndarray, union: GroupUnion,
     croots = np.array([union.find(int(c)) for c in children], dtype=np.uint64)
     o = np.argsort(children)
     return SplitTable(table, children[o], croots[o])
+
+
+def build_split(keys: Keys, dups: dict[int, Any], augment: dict[str, Any], offsets: np.ndarray,
+                sources: list[str], cfg: SplitConfig, seed: int) -> SplitTable:
+    """The build's split table, from compact keys alone. A record reaches the split if its kind is split (or
+    it is a prompt the `answer` step answered) and neither dedup (`dups`) nor augment dropped it; records augment
+    created join at their input's position. A duplicate joins its cluster's group; a group's stratum is the
+    source of the shard (`sources`, from `offsets`) of its first record."""
+    alive = np.isin(keys.kind, [i for i, k in enumerate(KINDS.values()) if k.split])
+    alive[augment.get("answered_positions", [])] = True  # prompts the `answer` step made conversations
+    if dups:
+        alive[list(dups)] = False
+    for pos in augment.get("dropped_positions", []):
+        alive[pos] = False
+    uf = GroupUnion()
+    for d in dups.values():
+        uf.union(int(keys.group[d.index]), int(keys.group[d.of]))
+    codes = [keys.group[alive]]
+    positions = [np.flatnonzero(alive)]
+    for pos, code in augment.get("created_groups", []):
+        codes.append(np.array([code], dtype=np.uint64))
+        positions.append(np.array([pos]))
+    names = sorted(set(sources))
+    of_shard = np.array([names.index(s) for s in sources], dtype=np.int64)
+
+    def strata_at(pos: np.ndarray) -> tuple[list[str], np.ndarray]:
+        return names, of_shard[np.searchsorted(offsets, pos, side="right") - 1]
+
+    return split_table(np.concatenate(codes), np.concatenate(positions), uf, strata_at, cfg, seed)
 
 
 @dataclass

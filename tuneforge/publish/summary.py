@@ -22,7 +22,7 @@ import numpy as np
 from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.dedup import Keys
 from tuneforge.clean.stage import merge_counts
-from tuneforge.ingest import FileJob
+from tuneforge.ingest import FileJob, empty_files, source_figures
 from tuneforge.ingest.plan import FilePlan
 from tuneforge.publish.card import empty_sources, render_card
 from tuneforge.publish.layout import card_examples
@@ -60,7 +60,7 @@ def make_manifest(f: BuildFacts, by_kind: dict[str, list[int]], datasets: dict[s
              exports: dict[str, dict]) -> dict[str, Any]:
     """The manifest body and its sha256 (`publish.manifest.build_manifest`)."""
     r = f.recipe
-    sources = source_counts(f, by_kind)
+    sources = source_counts(f)
     reasons: Counter = Counter()
     for e in f.exported:
         reasons.update(e["reasons"])
@@ -70,8 +70,7 @@ def make_manifest(f: BuildFacts, by_kind: dict[str, list[int]], datasets: dict[s
     clean_counts["kept"] -= len(f.dedup.dups)
     stage_counts: dict[str, Any] = {"ingest": {"rejected": sum(c["rejected"] for c in f.cleaned)},
                                     "clean": clean_counts}
-    extra: dict[str, Any] = {"warnings": [f"source {j.source.name!r}: {p.rel} is empty" for j, p in
-                                          zip(f.jobs, f.plans, strict=True) if "empty" in p.warnings]}
+    extra: dict[str, Any] = {"warnings": empty_files(f.jobs, f.plans)}
     for w in empty_sources({"sources": sources}):
         log.warning("%s", w)
         extra["warnings"].append(w)
@@ -106,32 +105,20 @@ def make_card(f: BuildFacts, manifest: dict[str, Any], stage: Path) -> str:
     return render_card(manifest, stats, examples, f.notes, f.recipe_text)
 
 
-def source_counts(f: BuildFacts, by_kind: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
-    """Every source's input, kept, rejected and deduplicated input records, its files and its split rows."""
-    out: dict[str, dict[str, Any]] = {}
-    for cfg in f.recipe.sources:
-        out[cfg.name] = {"input": 0, "kept": 0, "rejected": 0, "deduplicated": 0, "records": 0, "files": [],
-                         "format": [], "license": cfg.license, "origin": cfg.origin, "encodings": {},
-                         "splits": dict.fromkeys(SPLITS, 0)}
-    for j, p in zip(f.jobs, f.plans, strict=True):
-        o = out[j.source.name]
-        o["files"].append(p.rel)
-        o["encodings"][p.rel] = p.encoding if p.parts else None
+def source_counts(f: BuildFacts) -> dict[str, dict[str, Any]]:
+    """Every source's figures as read (`ingest.source_figures`), with its kept, rejected and deduplicated
+    input records and its rows per split."""
+    out = source_figures(f.recipe.sources, f.jobs, f.plans, f.cleaned)
+    for o in out.values():
+        o.update(kept=0, deduplicated=0, splits=dict.fromkeys(SPLITS, 0))
     for c, e in zip(f.cleaned, f.exported, strict=True):
         o = out[c["source"]]
-        o["input"] += c["input"]
-        o["records"] += c["records"]
         o["kept"] += e["kept"]
         o["deduplicated"] += e["deduplicated"]
-        o["rejected"] += c["rejected"] + e["rejected_records"]
-        for fmt in c["formats"]:
-            if fmt not in o["format"]:
-                o["format"].append(fmt)
+        o["rejected"] += e["rejected_records"]
         for v in e["by_kind"].values():
             for i, s in enumerate(SPLITS):
                 o["splits"][s] += v[i]
-    for o in out.values():
-        o["format"] = ", ".join(o["format"]) or "none"
     return out
 
 
