@@ -104,6 +104,7 @@ def test_the_in_memory_read_and_split_are_the_builds(shared, tmp_path):
     mem = split_records(read.records, SplitConfig(), seed=7)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"name": "r", "seed": 7, "clean": {"enabled": False},
+                                      "card": {"tokenizer": None},  # characters: no tokenizer to load
                                       "sources": [{"name": s.name, "path": s.path} for s in srcs]}))
     m = build(recipe, tmp_path / "out", runner="serial")
     for name, figures in read.sources.items():

@@ -108,127 +108,147 @@ def _cached(key: str, make: Any) -> Any:
 
 def export_shard(table: pa.Table, rejects: pa.Table, spec: ShardSpec) -> ShardOutput:
     """One shard (its kept records, `COLUMNS`, and the clean step's rejects) into its parts of every output,
-    its rejects in input order, and its per-input counts."""
+    its rejects in input order, and its per-input counts. Row by row: a duplicate is dropped; otherwise the
+    record (or augment's replacement) is placed, or augment's drop rejected, then what augment made from it."""
     split_of = _cached(f"split:{spec.groups}", lambda: SplitTable.load(spec.groups))
     where = split_of.lookup(table.column("group").to_numpy()) if table.num_rows else np.empty(0, np.int8)
-    writers = [get_writer(f) for f in spec.formats]
     aug = _augment_state(spec.augment)
-    contam = _contamination(spec)
-    c = spec.clean.contamination
-    parts = _Parts()
-    status: dict[str, list[bool]] = {}  # input -> [kept?, only dedup drops?]
-    for inp in column_list(rejects, "input"):
-        if inp is not None:
-            status.setdefault(inp, [False, True])[1] = False
-    by_kind: dict[str, list[int]] = {}
-    exported: dict[str, dict[str, Any]] = {f: {"rows": [0, 0, 0], "skipped": {}} for f in spec.formats}
-    hits: list[dict] = []
-    stats: dict[str, dict] = {}
-    lengths: list[int] = []
-    turns: list[int] = []
+    out = _Export(spec, rejects)
     leak = np.full(table.num_rows, -1, dtype=np.int8)
-
-    def emit(rec: Record, split: int, seq: int) -> bool:
-        k = KINDS[rec["kind"]]
-        if rec["kind"] == "prompt":  # a question no `answer` step took: it never reaches a split unanswered
-            parts.reject(seq, "augment", reject_record(
-                rec, "unanswered: no `answer` step selected this prompt (its select, p or limit, or "
-                     "--augment-limit, left it out)", "augment"))
-            return False
-        meta_json = dumps(rec["meta"])
-        if not k.split:
-            parts.kb.setdefault(rec["meta"]["source"], []).append(json_line(rec))
-            return True
-        if contam is not None:
-            found = contam.hits(rec, c.min_overlap)
-            if found:
-                from tuneforge.clean.contamination import add_hits
-
-                add_hits(stats, found)
-                hits.extend({"record_id": rec["id"], "benchmark": b, "item": u, "overlap": ov} for b, u, ov in found)
-                if c.drop:
-                    parts.reject(seq, "contamination", reject_record(
-                        rec, "contaminated: contains a benchmark question", "clean"))
-                    return False
-        cols = parts.data.get((rec["kind"], split))
-        if cols is None:
-            cols = parts.data[(rec["kind"], split)] = {name: [] for name in ("id", *k.fields, "meta")}
-        for name in ("id", *k.fields):  # the dataset row (`payload` and its meta), a column at a time
-            cols[name].append(rec[name])
-        cols["meta"].append(meta_json)
-        by_kind.setdefault(rec["kind"], [0, 0, 0])[split] += 1
-        for w in writers:
-            if rec["kind"] not in w.kinds:
-                continue
-            try:
-                parts.exports.setdefault((w.name, split), []).append(json_bytes(export_row(w, rec, meta_json)))
-                exported[w.name]["rows"][split] += 1
-            except NotRepresentable as e:
-                sk = exported[w.name]["skipped"]
-                sk[str(e)] = sk.get(str(e), 0) + 1
-        if _sample_value(rec["id"]) < spec.sample_below and rec["kind"] == "messages":
-            lengths.extend(_lengths(rec, spec.tokenizer))
-            turns.append(sum(1 for m in rec["messages"] if m["role"] == "user"))
-        return True
-
     cols = {name: column_list(table, name) for name in ("seq", "id", "input")}
     cols.update({name: column_bytes(table, name) for name in ("record", "original")})
     for i in range(table.num_rows):
-        seq, rid, inp = cols["seq"][i], cols["id"][i], cols["input"][i]
-        st = status.setdefault(inp, [False, True])
+        seq, rid = cols["seq"][i], cols["id"][i]
+        st = out.status(cols["input"][i])
         d = spec.dedup.get(i)
         if d is not None:
             raw = unpack(cols["original"][i] or cols["record"][i])
-            parts.reject(seq, "dedup", reject_record(raw, "deduplicated", stage=STAGE, **d))
+            out.reject(seq, "dedup", reject_record(raw, "deduplicated", stage=STAGE, **d))
             continue
+        split = int(where[i])
         if rid in aug.dropped:
-            parts.reject(seq, "augment", aug.dropped[rid])
+            out.reject(seq, "augment", aug.dropped[rid])
             st[1] = False
         else:
             rec = aug.replaced.get(rid) or unpack(cols["record"][i])
-            if emit(rec, int(where[i]), seq):
+            if out.emit(rec, split, seq):
                 st[0] = True
                 if KINDS[rec["kind"]].split:
-                    leak[i] = where[i]
+                    leak[i] = split
             else:
                 st[1] = False
         for new in aug.created.get(rid, []):
-            if emit(new, int(where[i]), seq):
+            if out.emit(new, split, seq):
                 st[0] = True
         for row in aug.rejected.get(rid, []):  # made from this input, then failed the clean stage's checks
-            parts.reject(seq, "augment", row)
-    for seq, rank, line in zip(column_list(rejects, "seq"), column_list(rejects, "rank"),
-                               column_list(rejects, "line"), strict=True):
-        parts.rejects.append((seq, rank, -1, line))
-    parts.rejects.sort(key=lambda t: (t[0], t[1], t[2]))
-    reasons = Counter(reason_key(json.loads(r[3])["reason"]) for r in parts.rejects)
-    counts = {"kept": sum(1 for s in status.values() if s[0]),
-              "deduplicated": sum(1 for s in status.values() if not s[0] and s[1]),
-              "rejected_records": sum(1 for s in status.values() if not s[0] and not s[1])}
-    summary = {**counts, "reasons": dict(reasons), "by_kind": by_kind, "exports": exported,
-               "contamination": {"hits": hits, "benchmarks": stats}, "lengths": lengths, "turns": turns,
-               "kb_sources": sorted(parts.kb), "kb_rows": sum(len(v) for v in parts.kb.values()),
-               "generated": sum(len(v) for v in aug.created.values())}
-    tables = {data_part(kind, split): _table(cols, arrow_schema(kind)) for (kind, split), cols in parts.data.items()}
-    lines: dict[str, list[bytes] | list[str]] = {export_part(fmt, split): rows
-                                                 for (fmt, split), rows in parts.exports.items()}
-    lines.update({kb_part(source): rows for source, rows in parts.kb.items()})
-    lines[REJECTS] = [r[3] for r in parts.rejects]
-    return ShardOutput(tables, lines, leak, summary)
+            out.reject(seq, "augment", row)
+    return out.output(rejects, leak, sum(len(v) for v in aug.created.values()))
 
 
-@dataclass
-class _Parts:
-    """What one shard writes, kept in lists until the end of the shard."""
+class _Export:
+    """A shard's export in progress: its part files, kept in lists until the end of the shard, the fate of
+    each of its inputs, and the figures of its summary."""
 
-    data: dict[tuple[str, int], dict[str, list]] = field(default_factory=dict)  # dataset columns
-    exports: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
-    kb: dict[str, list[str]] = field(default_factory=dict)
-    rejects: list[tuple[int, int, int, str]] = field(default_factory=list)  # (seq, rank, order, line)
+    def __init__(self, spec: ShardSpec, rejects: pa.Table) -> None:
+        self.spec = spec
+        self.writers = [get_writer(f) for f in spec.formats]
+        self.contam = _contamination(spec)
+        self.data: dict[tuple[str, int], dict[str, list]] = {}  # (kind, split) -> dataset columns
+        self.exports: dict[tuple[str, int], list[bytes]] = {}  # (format, split) -> rows
+        self.kb: dict[str, list[str]] = {}  # source -> reference rows
+        self.rejects: list[tuple[int, int, int, str]] = []  # (seq, rank, order, line)
+        self.inputs: dict[str, list[bool]] = {}  # input -> [kept?, only dedup drops?]
+        for inp in column_list(rejects, "input"):
+            if inp is not None:
+                self.status(inp)[1] = False
+        self.by_kind: dict[str, list[int]] = {}
+        self.exported: dict[str, dict[str, Any]] = {f: {"rows": [0, 0, 0], "skipped": {}} for f in spec.formats}
+        self.hits: list[dict] = []
+        self.benchmarks: dict[str, dict] = {}
+        self.lengths: list[int] = []
+        self.turns: list[int] = []
+
+    def status(self, inp: str) -> list[bool]:
+        return self.inputs.setdefault(inp, [False, True])
 
     def reject(self, seq: int, stage: str, row: dict) -> None:
-        """A reject made at export, after the clean step's (order -1) and the earlier ones of its input."""
+        """A reject made at export: after the clean step's (order -1) and the earlier ones of its input."""
         self.rejects.append((seq, REJECT_RANK[stage], len(self.rejects), json_line(row)))
+
+    def emit(self, rec: Record, split: int, seq: int) -> bool:
+        """Place one record: a kb row, or a row of its dataset split and of every export format that can say
+        it. False when it is rejected instead."""
+        if rec["kind"] == "prompt":  # a question no `answer` step took: it never reaches a split unanswered
+            self.reject(seq, "augment", reject_record(
+                rec, "unanswered: no `answer` step selected this prompt (its select, p or limit, or "
+                     "--augment-limit, left it out)", "augment"))
+            return False
+        if not KINDS[rec["kind"]].split:
+            self.kb.setdefault(rec["meta"]["source"], []).append(json_line(rec))
+            return True
+        if self._contaminated(rec, seq):
+            return False
+        self._row(rec, split, dumps(rec["meta"]))
+        if _sample_value(rec["id"]) < self.spec.sample_below and rec["kind"] == "messages":
+            self.lengths.extend(_lengths(rec, self.spec.tokenizer))
+            self.turns.append(sum(1 for m in rec["messages"] if m["role"] == "user"))
+        return True
+
+    def _contaminated(self, rec: Record, seq: int) -> bool:
+        """Report a record that holds a benchmark question; True when the recipe drops it."""
+        c = self.spec.clean.contamination
+        found = self.contam.hits(rec, c.min_overlap) if self.contam is not None else None
+        if not found:
+            return False
+        from tuneforge.clean.contamination import add_hits
+
+        add_hits(self.benchmarks, found)
+        self.hits.extend({"record_id": rec["id"], "benchmark": b, "item": u, "overlap": ov} for b, u, ov in found)
+        if c.drop:
+            self.reject(seq, "contamination", reject_record(rec, "contaminated: contains a benchmark question",
+                                                            "clean"))
+        return c.drop
+
+    def _row(self, rec: Record, split: int, meta_json: str) -> None:
+        """The record's dataset row, a column at a time (`payload` and its meta), and its row in every format."""
+        k = KINDS[rec["kind"]]
+        cols = self.data.get((rec["kind"], split))
+        if cols is None:
+            cols = self.data[(rec["kind"], split)] = {name: [] for name in ("id", *k.fields, "meta")}
+        for name in ("id", *k.fields):
+            cols[name].append(rec[name])
+        cols["meta"].append(meta_json)
+        self.by_kind.setdefault(rec["kind"], [0, 0, 0])[split] += 1
+        for w in self.writers:
+            if rec["kind"] not in w.kinds:
+                continue
+            try:
+                self.exports.setdefault((w.name, split), []).append(json_bytes(export_row(w, rec, meta_json)))
+                self.exported[w.name]["rows"][split] += 1
+            except NotRepresentable as e:
+                sk = self.exported[w.name]["skipped"]
+                sk[str(e)] = sk.get(str(e), 0) + 1
+
+    def output(self, rejects: pa.Table, leak: np.ndarray, generated: int) -> ShardOutput:
+        """The part files, with the clean step's rejects merged in input order, and the summary."""
+        for seq, rank, line in zip(column_list(rejects, "seq"), column_list(rejects, "rank"),
+                                   column_list(rejects, "line"), strict=True):
+            self.rejects.append((seq, rank, -1, line))
+        self.rejects.sort(key=lambda t: (t[0], t[1], t[2]))
+        reasons = Counter(reason_key(json.loads(r[3])["reason"]) for r in self.rejects)
+        fates = self.inputs.values()
+        summary = {"kept": sum(1 for s in fates if s[0]), "deduplicated": sum(1 for s in fates if not s[0] and s[1]),
+                   "rejected_records": sum(1 for s in fates if not s[0] and not s[1]), "reasons": dict(reasons),
+                   "by_kind": self.by_kind, "exports": self.exported,
+                   "contamination": {"hits": self.hits, "benchmarks": self.benchmarks}, "lengths": self.lengths,
+                   "turns": self.turns, "kb_sources": sorted(self.kb),
+                   "kb_rows": sum(len(v) for v in self.kb.values()), "generated": generated}
+        tables = {data_part(kind, split): _table(cols, arrow_schema(kind)) for (kind, split), cols in self.data.items()}
+        lines: dict[str, list[bytes] | list[str]] = {export_part(fmt, split): rows
+                                                     for (fmt, split), rows in self.exports.items()}
+        lines.update({kb_part(source): rows for source, rows in self.kb.items()})
+        lines[REJECTS] = [r[3] for r in self.rejects]
+        return ShardOutput(tables, lines, leak, summary)
 
 
 def _sample_value(rid: str) -> int:
