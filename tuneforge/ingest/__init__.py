@@ -2,7 +2,9 @@
 
 `plan_files` resolves and checks each source's paths; `plan_file` (one call per file, on any worker) hashes
 a file, cuts it into parts and detects its format; `shards_of` turns the plans into units of work; and
-`ShardReader` reads one shard, item by item, with exact file, line and index provenance.
+`ShardReader` reads one shard, item by item, with exact file, line and index provenance. `ingest` reads
+every source into memory through these same steps (for `tuneforge check`, library use and tests), and
+`source_figures` gives the per-source figures that both it and the build's manifest report.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Everything derived from one conversation or document shares `meta.group`; duplic
 clean stage join their groups. Whole groups are assigned to splits, per source (stratum), so nothing leaks
 from train into test and every source keeps its share. The assignment is a table group -> split computed
 from (group, size, stratum) alone; each shard then looks its records up, without the others. The result
-depends only on the records, the ratios and the seed.
+depends only on the records, the ratios and the seed. The build (`build_split`, on compact keys) and
+`split_records` (on records in memory) both go through `split_table`.
 """
 
 from __future__ import annotations
