@@ -82,3 +82,38 @@ def test_growing_corpus_moves_few_groups_and_shares_stay_exact():
     moved = sum(1 for g, s in before.items() if after[g] != s)
     assert 0 < moved < 0.03 * len(before), moved
     assert table(old_codes) == before  # and the same input gives the same table
+
+
+def test_the_in_memory_read_and_split_are_the_builds(shared, tmp_path):
+    """`ingest` and `split_records` run the build's own steps: a build of the same sources (clean off, so
+    every record read is kept) reports the same per-source figures and puts every record in the same split."""
+    import shutil
+
+    import pyarrow as pa
+    import yaml
+
+    from tuneforge import build
+
+    srcs = [SourceConfig(name="rm", path="chatglm-efficient-tuning/oaast_rm_zh.json"),
+            SourceConfig(name="sft", path="chatglm-efficient-tuning/oaast_sft_zh.json"),
+            SourceConfig(name="tiny", path="lawgpt/example_infer_data.jsonl")]
+    for s in srcs:  # beside the recipe, so that files are named alike in both
+        (tmp_path / s.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared / s.path, tmp_path / s.path)
+    read = ingest(srcs, tmp_path)
+    mem = split_records(read.records, SplitConfig(), seed=7)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "seed": 7, "clean": {"enabled": False},
+                                      "card": {"tokenizer": None},  # characters: no tokenizer to load
+                                      "sources": [{"name": s.name, "path": s.path} for s in srcs]}))
+    m = build(recipe, tmp_path / "out", runner="serial")
+    for name, figures in read.sources.items():
+        assert {k: m["sources"][name][k] for k in figures} == figures
+    assert m["counts"]["input"] == sum(f["input"] for f in read.sources.values())
+    built: dict[str, list[str]] = {s: [] for s in mem.splits}
+    for folder in m["datasets"].values():
+        for split in built:
+            for f in sorted((tmp_path / "out" / folder / split).glob("data-*.arrow")):
+                built[split] += pa.ipc.open_stream(pa.memory_map(str(f))).read_all().column("id").to_pylist()
+    assert {s: sorted(v) for s, v in built.items()} == {s: sorted(r["id"] for r in v) for s, v in mem.splits.items()}
+    assert all(built.values())

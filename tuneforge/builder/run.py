@@ -15,7 +15,6 @@ import os
 import stat
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,21 +32,22 @@ from tuneforge.builder.tasks import (
     clean_task,
     export_task,
     join_task,
-    part_name,
     plan_task,
     verify_task,
 )
 from tuneforge.clean.dedup import Keys, deduplicate
-from tuneforge.clean.stage import merge_counts
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.io import dumps, write_json, write_text
-from tuneforge.common.records import KINDS, SPLIT_KINDS
+from tuneforge.common.records import KINDS
 from tuneforge.common.results import BuildResult
-from tuneforge.common.shardio import column_numbers, json_line, numbers, read_table
+from tuneforge.common.shardio import column_numbers, numbers, read_table
 from tuneforge.common.source_hash import BUILD, source_hash
 from tuneforge.ingest import FileJob, Sharding, plan_files, rel_path, shards_of
 from tuneforge.ingest.plan import unchanged
-from tuneforge.publish.split import SPLITS, GroupUnion, assign_groups
+from tuneforge.publish.layout import finish_layout, layout
+from tuneforge.publish.shard import LEAK, ShardSpec, dedup_rejects, sample_below
+from tuneforge.publish.split import build_split
+from tuneforge.publish.summary import BuildFacts, make_card, make_manifest
 from tuneforge.recipe import Recipe, load_recipe
 
 log = logging.getLogger("tuneforge.builder")
@@ -122,8 +122,10 @@ class Build:
                 dedup = self._dedup(keys, cleaned, offsets)
                 augment = self._augment(cleaned, offsets, keys, dedup)
                 groups_file, notes = self._split(keys, offsets, dedup, augment, cleaned)
-                exported = self._export(shards, cleaned, offsets, dedup, augment, groups_file, keys)
-            manifest = self._publish(jobs, plans, shards, cleaned, exported, dedup, augment, keys, ids, notes)
+                exported = self._export(cleaned, offsets, dedup, augment, groups_file, keys)
+            facts = BuildFacts(self.recipe, self.recipe_path, self.base, self.seed, jobs, plans, cleaned, exported,
+                               dedup, augment, notes, keys, ids, lambda: self._leak(exported))
+            manifest = self._publish(facts, shards)
             self.out.prune(self.used)
         except BaseException as e:
             self.out.discard(full=disk_full(e))
@@ -231,80 +233,37 @@ class Build:
                cleaned: list[dict[str, Any]]) -> tuple[str, list[str]]:
         """The group -> split table, from the groups of every record that reaches the split."""
         t = time.monotonic()
-        n = len(keys.kind)
-        split_kind = np.isin(keys.kind, [i for i, k in enumerate(KINDS.values()) if k.split])
-        split_kind[augment.get("answered_positions", [])] = True  # prompts the `answer` step made conversations
-        alive = split_kind.copy()
-        if dedup.dups:
-            alive[list(dedup.dups)] = False
-        for pos in augment.get("dropped_positions", []):
-            alive[pos] = False
-        uf = GroupUnion()
-        for d in dedup.dups.values():
-            uf.union(int(keys.group[d.index]), int(keys.group[d.of]))
-        codes = [keys.group[alive]]
-        positions = [np.flatnonzero(alive)]
-        for pos, code in augment.get("created_groups", []):
-            codes.append(np.array([code], dtype=np.uint64))
-            positions.append(np.array([pos]))
-        code = np.concatenate(codes) if codes else np.empty(0, np.uint64)
-        pos = np.concatenate(positions) if positions else np.empty(0, np.int64)
-        roots = uf.roots(code)
-        order = np.lexsort((pos, roots))
-        roots, pos = roots[order], pos[order]
-        uniq, first, counts = np.unique(roots, return_index=True, return_counts=True)
-        shard_of = np.searchsorted(offsets, pos[first], side="right") - 1 if n else np.empty(0, np.int64)
-        if self.recipe.split.stratify:  # a group's stratum is its source's index in `names`
-            names = sorted({c["source"] for c in cleaned})
-            of_shard = np.array([names.index(c["source"]) for c in cleaned], dtype=np.int64)
-            strata = of_shard[shard_of] if len(shard_of) else np.empty(0, np.int64)
-        else:
-            names, strata = ["all"], np.zeros(len(uniq), dtype=np.int64)
         split_seed = self.recipe.split.seed if self.recipe.split.seed is not None else self.seed
-        table = assign_groups(uniq, counts, strata, names, self.recipe.split, split_seed)
-        children = np.fromiter(uf.parent, dtype=np.uint64, count=len(uf.parent))
-        croots = np.array([uf.find(int(c)) for c in children], dtype=np.uint64)
-        o = np.argsort(children)
-        h = hashlib.sha256()
-        for a in (table.groups, table.splits, children[o], croots[o]):
-            h.update(a.tobytes())
-        key = _key(self.code, h.hexdigest())
+        table = build_split(keys, dedup.dups, augment, offsets, [c["source"] for c in cleaned], self.recipe.split,
+                            split_seed)
+        key = _key(self.code, table.digest())
         path = self.out.work / "split" / f"{key}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file():
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, groups=table.groups, splits=table.splits, children=children[o], roots=croots[o])
-            tmp.replace(path)
+            table.save(path)
         self.used.add(f"split/{path.name}")
         self.split_key = key
         self.timings["split"] = round(time.monotonic() - t, 3)
-        return str(path), table.notes
+        return str(path), table.assignment.notes
 
     # ------------------------------------------------------------ export
-    def _export(self, shards: list, cleaned: list[dict[str, Any]], offsets: np.ndarray, dedup: Any,
+    def _export(self, cleaned: list[dict[str, Any]], offsets: np.ndarray, dedup: Any,
                 augment: dict[str, Any], groups_file: str, keys: Keys) -> list[dict[str, Any]]:
         r = self.recipe
         ids_needed = {d.of for d in dedup.dups.values()} | {d.matched for d in dedup.dups.values()}
         id_at = self._ids_at(cleaned, offsets, ids_needed)
-        per_shard: dict[int, dict[int, dict]] = {}
-        for d in dedup.dups.values():
-            s = int(np.searchsorted(offsets, d.index, side="right") - 1)
-            row = {"duplicate_of": id_at[d.of], "method": d.method, "similarity": round(d.similarity, 4)}
-            if d.matched != d.of:
-                row["matched"] = id_at[d.matched]
-            per_shard.setdefault(s, {})[d.index - int(offsets[s])] = row
+        per_shard = dedup_rejects(dedup.dups, offsets, id_at)
         total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0))
-        limit = r.card.max_stat_records
-        sample_below = (1 << 64) - 1 if total <= limit else int((limit / max(1, total)) * (1 << 64))
+        below = sample_below(total, r.card.max_stat_records)
         jobs = []
-        for s, summary in enumerate(cleaned):
+        for s, c in enumerate(cleaned):
             aug = augment["files"].get(s)
-            key = _key(self.code, summary["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
+            key = _key(self.code, c["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
                        list(r.formats), r.clean.contamination.model_dump(mode="json"), r.card.model_dump(mode="json"),
-                       sample_below)
-            jobs.append(ExportJob(s, summary["source"], self._clean_unit(summary), self._unit("export", key), key,
-                                  int(offsets[s]), per_shard.get(s, {}), aug, groups_file, tuple(r.formats),
-                                  r.clean, str(self.base), sample_below, r.card.tokenizer))
+                       below)
+            spec = ShardSpec(per_shard.get(s, {}), aug, groups_file, tuple(r.formats), r.clean, str(self.base),
+                             below, r.card.tokenizer)
+            jobs.append(ExportJob(s, c["source"], self._clean_unit(c), self._unit("export", key), key, spec))
         return self._map("export", export_task, jobs, lambda e: e["kept"] + e["deduplicated"] + e["rejected_records"])
 
     @staticmethod
@@ -327,198 +286,34 @@ class Build:
         return out
 
     # ------------------------------------------------------------ publish
-    def _publish(self, jobs: list[FileJob], plans: list, shards: list, cleaned: list[dict[str, Any]],
-                 exported: list[dict[str, Any]], dedup: Any, augment: dict[str, Any], keys: Keys, ids: list,
-                 notes: list[str]) -> dict[str, Any]:
-        from tuneforge.publish.card import render_card
-        from tuneforge.publish.formats import get_writer
-        from tuneforge.publish.write import first_line, write_dataset_dict
-
+    def _publish(self, facts: BuildFacts, shards: list) -> dict[str, Any]:
+        """Join every shard's parts into the staged version (the layout and the manifest are publish's), then
+        switch it in."""
         kill_point("publish")
         t = time.monotonic()
-        r = self.recipe
         stage = self.out.staging
-        units = [Path(self.out.work / "export" / e["key"]) for e in exported]
-        by_kind: dict[str, list[int]] = {}
-        for e in exported:
-            for k, v in e["by_kind"].items():
-                acc = by_kind.setdefault(k, [0, 0, 0])
-                for i in range(3):
-                    acc[i] += v[i]
-        names: list[str] = []
-        datasets: dict[str, str] = {}
-        joins: list[JoinJob] = []
-
-        def join(target: Path, parts: list[Path], kind: str | None = None) -> None:
-            joins.append(JoinJob(str(target), tuple(str(p) for p in parts), kind))
-
-        for kind in SPLIT_KINDS:
-            if kind not in by_kind:
-                continue
-            folder = KINDS[kind].dataset_dir
-            assert folder is not None
-            for i, s in enumerate(SPLITS):
-                join(stage / folder / s, [u / f"data-{kind}-{i}.arrow" for u in units], kind)
-            datasets[kind] = folder
-            names.append(folder)
-        exports: dict[str, dict] = {}
-        for fmt in r.formats:
-            w = get_writer(fmt)
-            info: dict[str, Any] = {"folder": f"exports/{w.folder}", "rows": {}, "skipped": {}}
-            for i, s in enumerate(SPLITS):
-                join(stage / "exports" / w.folder / f"{s}.jsonl", [u / part_name(fmt, i) for u in units])
-                info["rows"][s] = sum(e["exports"][fmt]["rows"][i] for e in exported)
-            for e in exported:
-                for why, n in e["exports"][fmt]["skipped"].items():
-                    info["skipped"][why] = info["skipped"].get(why, 0) + n
-            info["skipped"] = dict(sorted(info["skipped"].items()))
-            exports[fmt] = info
-        if r.formats:
-            names.append("exports")
-        kb_sources = sorted({s for e in exported for s in e["kb_sources"]})
-        for src in kb_sources:
-            join(stage / "kb" / f"{src}.jsonl", [u / f"kb-{src}.jsonl" for u in units])
-        if kb_sources:
-            names.append("kb")
-        join(stage / "rejects.jsonl", [u / "rejects.jsonl" for u in units])
-        names.append("rejects.jsonl")
+        units = [Path(self.out.work / "export" / e["key"]) for e in facts.exported]
+        lay = layout(stage, units, facts.exported, self.recipe.formats)
+        joins = [JoinJob(str(j.target), tuple(str(p) for p in j.parts), j.kind) for j in lay.joins]
         for j in joins:  # the folders first: workers on other hosts see the same (shared) staging folder
             Path(j.target if j.kind else Path(j.target).parent).mkdir(parents=True, exist_ok=True)
         self._map("publish", join_task, joins, lambda res: res["rows"])
-        for folder in datasets.values():
-            write_dataset_dict(stage / folder)
-        if augment["failures"]:
-            with open(stage / "augment_failures.jsonl", "w", encoding="utf-8") as f:
-                for row in augment["failures"]:
-                    f.write(json_line(row) + "\n")
-            names.append("augment_failures.jsonl")
-
-        sources = self._source_counts(jobs, plans, cleaned, exported, by_kind)
-        reasons: Counter = Counter()
-        for e in exported:
-            reasons.update(e["reasons"])
-        reference_rows = sum(e["kb_rows"] for e in exported)
-        clean_counts = merge_counts([c["clean"] for c in cleaned])
-        for d in dedup.dups.values():
-            clean_counts["deduplicated"]["exact" if d.method == "exact" else "near"] += 1
-        clean_counts["kept"] -= len(dedup.dups)
-        stage_counts: dict[str, Any] = {"ingest": {"rejected": sum(c["rejected"] for c in cleaned)},
-                                        "clean": clean_counts}
-        extra: dict[str, Any] = {"warnings": [f"source {j.source.name!r}: {p.rel} is empty" for j, p in
-                                              zip(jobs, plans, strict=True) if "empty" in p.warnings]}
-        from tuneforge.publish.card import empty_sources
-
-        for w in empty_sources({"sources": sources}):
-            log.warning("%s", w)
-            extra["warnings"].append(w)
-        if augment["counts"]:
-            stage_counts["augment"] = augment["counts"]
-            stage_counts["generated"] = augment["clean"]
-            extra["augment_usage"] = augment["usage"]
-        extra["split_notes"] = notes
-        extra.update(self._checks(exported, dedup, keys, ids))
-        outside = sorted({j.rel for j in jobs if j.rel.startswith("..") or Path(j.rel).is_absolute()})
-        if outside:
-            extra["outside_sources"] = outside
+        finish_layout(stage, lay, facts.augment["failures"])
         self.timings["shards"] = len(shards)
-        from tuneforge.publish.manifest import build_manifest
-
-        recipe_text = self.recipe_path.read_text(encoding="utf-8")
-        manifest = build_manifest(
-            recipe=r.model_dump(mode="json"), recipe_text=recipe_text, recipe_file=self.recipe_path.name,
-            seed=self.seed, template=r.template, inputs={p.rel: p.sha256 for p in plans if p.sha256},
-            sources=sources, by_kind=by_kind, reasons=dict(reasons), reference_rows=reference_rows,
-            generated=sum(augment.get("generated", {}).values()), stage_counts=stage_counts, datasets=datasets,
-            exports=exports, extra=extra)
-        # Execution facts (executor, shard sizes) are in build.json, not in the manifest: they never change
-        # what the build produces, and the manifest must be identical whatever ran it.
+        manifest = make_manifest(facts, lay.by_kind, lay.datasets, lay.exports)
         write_json(stage / MANIFEST, manifest)
-        names.append(MANIFEST)
-        examples = {}
-        if r.card.examples:
-            for fmt in r.formats:
-                row = first_line(stage / "exports" / get_writer(fmt).folder / "train.jsonl")
-                if row is not None:
-                    examples[fmt] = row
-        lengths = [n for e in exported for n in e["lengths"]]
-        turns = [n for e in exported for n in e["turns"]]
-        stats = {"unit": "tokens" if r.card.tokenizer else "characters", "sampled": len(turns),
-                 "turn_lengths": lengths, "turns": turns}
-        write_text(stage / "README.md", render_card(manifest, stats, examples, notes, recipe_text))
-        names.append("README.md")
-        self._unchanged(plans)  # export re-reads no source, but a late change still fails before the switch
+        write_text(stage / "README.md", make_card(facts, manifest, stage))
+        self._unchanged(facts.plans)  # export re-reads no source, but a late change still fails before the switch
         kill_point("staged")
-        self.out.commit(names)
+        self.out.commit([*lay.names, MANIFEST, "README.md"])
         self.timings["publish"] = round(time.monotonic() - t, 3)
         return manifest
 
-    def _source_counts(self, jobs: list[FileJob], plans: list, cleaned: list[dict[str, Any]],
-                       exported: list[dict[str, Any]], by_kind: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for cfg in self.recipe.sources:
-            out[cfg.name] = {"input": 0, "kept": 0, "rejected": 0, "deduplicated": 0, "records": 0, "files": [],
-                             "format": [], "license": cfg.license, "origin": cfg.origin, "encodings": {},
-                             "splits": dict.fromkeys(SPLITS, 0)}
-        for j, p in zip(jobs, plans, strict=True):
-            o = out[j.source.name]
-            o["files"].append(p.rel)
-            o["encodings"][p.rel] = p.encoding if p.parts else None
-        for c, e in zip(cleaned, exported, strict=True):
-            o = out[c["source"]]
-            o["input"] += c["input"]
-            o["records"] += c["records"]
-            o["kept"] += e["kept"]
-            o["deduplicated"] += e["deduplicated"]
-            o["rejected"] += c["rejected"] + e["rejected_records"]
-            for f in c["formats"]:
-                if f not in o["format"]:
-                    o["format"].append(f)
-            for v in e["by_kind"].values():
-                for i, s in enumerate(SPLITS):
-                    o["splits"][s] += v[i]
-        for o in out.values():
-            o["format"] = ", ".join(o["format"]) or "none"
-        return out
-
-    def _checks(self, exported: list[dict[str, Any]], dedup: Any, keys: Keys, ids: list) -> dict[str, Any]:
-        from tuneforge.clean.leakage import report
-
-        cfg = self.recipe.clean
-        out: dict[str, Any] = {}
-        c = cfg.contamination
-        if c.benchmarks:
-            stats: dict[str, dict] = {}
-            hits: list[dict] = []
-            for e in exported:
-                hits += e["contamination"]["hits"]
-                for name, st in e["contamination"]["benchmarks"].items():
-                    acc = stats.setdefault(name, {**st, "hits": 0, "records": 0})
-                    acc["hits"] += st["hits"]
-                    acc["records"] += st["records"]
-            from tuneforge.clean.contamination import BenchmarkIndex
-
-            idx = BenchmarkIndex(cfg, self.base)
-            for name, st in idx.stats.items():
-                base = {**st, "hits": 0, "records": 0}
-                base.update({k: v for k, v in stats.get(name, {}).items() if k in ("hits", "records")})
-                stats[name] = base
-            out["contamination"] = {"ngram": c.ngram, "min_overlap": c.min_overlap, "benchmarks": stats,
-                                    "hits": hits, "dropped": [h["record_id"] for h in hits] if c.drop else []}
-        if cfg.check_leakage and keys.bands is not None:
-            code = np.concatenate([np.load(Path(self.out.work / "export" / e["key"]) / "leak.npy") for e in exported]) \
-                if exported else np.empty(0, np.int8)
-            starts = np.cumsum([0] + [len(c) for c in ids])
-
-            def id_at(pos: int) -> str:
-                s = int(np.searchsorted(starts, pos, side="right") - 1)
-                return ids[s][pos - int(starts[s])].as_py()
-
-            out["leakage"] = report(dedup.pairs, dedup.similarity, code, id_at, cfg,
-                                    int(keys.alive.sum()) - len(dedup.dups))
-        else:
-            out["leakage"] = {"checked": 0, "skipped": "near-duplicate detection is off (clean.dedup.near: false); "
-                                                      "set clean.leakage: true to check anyway"}
-        return out
+    def _leak(self, exported: list[dict[str, Any]]) -> np.ndarray:
+        """Every record's split code (-1: none), from the export units."""
+        if not exported:
+            return np.empty(0, np.int8)
+        return np.concatenate([np.load(Path(self.out.work / "export" / e["key"]) / LEAK) for e in exported])
 
 
 PLAN_BATCH = 256  # files planned in one task at most

@@ -2,7 +2,9 @@
 
 `plan_files` resolves and checks each source's paths; `plan_file` (one call per file, on any worker) hashes
 a file, cuts it into parts and detects its format; `shards_of` turns the plans into units of work; and
-`ShardReader` reads one shard, item by item, with exact file, line and index provenance.
+`ShardReader` reads one shard, item by item, with exact file, line and index provenance. `ingest` reads
+every source into memory through these same steps (for `tuneforge check`, library use and tests), and
+`source_figures` gives the per-source figures that both it and the build's manifest report.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from tuneforge.ingest.plan import FilePlan, Sharding
 from tuneforge.ingest.plan import plan_file as _plan_file
 from tuneforge.ingest.readers import ARROW_MARKERS, SUFFIX_TYPES, Bad, Item, Part, read
 
-__all__ = ["FilePlan", "IngestResult", "Shard", "ShardReader", "Sharding", "SourceConfig", "ingest", "plan_file", "plan_files", "shards_of"]
+__all__ = ["FilePlan", "IngestResult", "Shard", "ShardReader", "Sharding", "SourceConfig", "empty_files", "ingest",
+           "plan_file", "plan_files", "shards_of", "source_figures"]
 
 DETECT_SAMPLE = 20
 
@@ -309,9 +312,30 @@ class ShardReader:
         return Input(seq, recs)
 
 
-def source_stats_template(cfg: SourceConfig) -> dict[str, Any]:
-    return {"input": 0, "rejected": 0, "records": 0, "files": [], "formats": [], "license": cfg.license,
-            "origin": cfg.origin, "encodings": {}}
+def source_figures(sources: list[SourceConfig], jobs: list[FileJob], plans: list[FilePlan],
+                   shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per source, what reading it gave: its files and their encodings, input items, rejected items, records
+    and the formats seen (the manifest's per-source figures start from these). `shards`: every shard's
+    {source, input, rejected, records, formats}, in build order."""
+    out = {cfg.name: {"input": 0, "rejected": 0, "records": 0, "files": [], "format": [], "license": cfg.license,
+                      "origin": cfg.origin, "encodings": {}} for cfg in sources}
+    for j, p in zip(jobs, plans, strict=True):
+        out[j.source.name]["files"].append(p.rel)
+        out[j.source.name]["encodings"][p.rel] = p.encoding if p.parts else None
+    for sh in shards:
+        o = out[sh["source"]]
+        for k in ("input", "rejected", "records"):
+            o[k] += sh[k]
+        o["format"] += [f for f in sh["formats"] if f not in o["format"]]
+    for o in out.values():
+        o["format"] = ", ".join(o["format"]) or "none"
+    return out
+
+
+def empty_files(jobs: list[FileJob], plans: list[FilePlan]) -> list[str]:
+    """A warning for every input file with nothing in it."""
+    return [f"source {j.source.name!r}: {p.rel} is empty" for j, p in zip(jobs, plans, strict=True)
+            if "empty" in p.warnings]
 
 
 @dataclass
@@ -327,28 +351,21 @@ class IngestResult:
 
 def ingest(sources: list[SourceConfig], base_dir: Path, variables: dict[str, str] | None = None,
            sharding: Sharding | None = None, allow_outside: bool = False) -> IngestResult:
-    """Read every source in recipe order into memory; the same records, in the same order, as a build."""
+    """Read every source in recipe order into memory, through the build's own steps (plan every file, cut
+    the plans into shards, read each shard) and its per-source figures: the same records, rejects and
+    counts, in the same order, as a build reads."""
     res = IngestResult()
     jobs = plan_files(sources, Path(base_dir), sharding or Sharding(), allow_outside)
     plans = [plan_file(j) for j in jobs]
-    for j, p in zip(jobs, plans, strict=True):
-        st = res.sources.setdefault(j.source.name, source_stats_template(j.source))
-        st["files"].append(p.rel)
-        st["encodings"][p.rel] = p.encoding if p.parts else None
-        if p.sha256:
-            res.inputs[p.rel] = p.sha256
-        if "empty" in p.warnings:
-            res.warnings.append(f"source {j.source.name!r}: {p.rel} is empty")
+    read = []
     for shard in shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)], sharding):
         reader = ShardReader(shard, variables or {})
         for inp in reader:
             res.records += inp.records
             if inp.reject is not None:
                 res.rejects.append(inp.reject)
-        st = res.sources[shard.source.name]
-        for k in ("input", "rejected", "records"):
-            st[k] += getattr(reader.stats, k)
-        st["formats"] += [f for f in reader.stats.formats if f not in st["formats"]]
-    for st in res.sources.values():
-        st["format"] = ", ".join(st.pop("formats")) or "none"
+        read.append({"source": shard.source.name, **dataclasses.asdict(reader.stats)})
+    res.inputs = {p.rel: p.sha256 for p in plans if p.sha256}
+    res.sources = source_figures(sources, jobs, plans, read)
+    res.warnings = empty_files(jobs, plans)
     return res

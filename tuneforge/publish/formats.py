@@ -132,16 +132,3 @@ def export_row(writer: Writer, rec: Record, meta_json: str | None = None) -> dic
     `meta` column, so every row has the same columns; `meta_json` when the caller has it); raises
     NotRepresentable."""
     return {"id": rec["id"], **writer.row(rec), "meta": dumps(rec["meta"]) if meta_json is None else meta_json}
-
-
-def export_rows(writer: Writer, records: list[Record]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Rows for one split, and how many records were skipped and why."""
-    rows, skipped = [], {}
-    for rec in records:
-        if rec["kind"] not in writer.kinds:
-            continue
-        try:
-            rows.append(export_row(writer, rec))
-        except NotRepresentable as e:
-            skipped[str(e)] = skipped.get(str(e), 0) + 1
-    return rows, skipped

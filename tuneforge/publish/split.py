@@ -4,17 +4,22 @@ Everything derived from one conversation or document shares `meta.group`; duplic
 clean stage join their groups. Whole groups are assigned to splits, per source (stratum), so nothing leaks
 from train into test and every source keeps its share. The assignment is a table group -> split computed
 from (group, size, stratum) alone; each shard then looks its records up, without the others. The result
-depends only on the records, the ratios and the seed.
+depends only on the records, the ratios and the seed. The build (`build_split`, on compact keys) and
+`split_records` (on records in memory) both go through `split_table`.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tuneforge.common.records import SPLIT_KINDS, Record
+from tuneforge.clean.dedup import Keys
+from tuneforge.common.records import KINDS, SPLIT_KINDS, Record
 from tuneforge.common.unionfind import UnionFind
 from tuneforge.publish.config import SplitConfig
 
@@ -95,6 +100,93 @@ def assign_groups(groups: np.ndarray, sizes: np.ndarray, strata: np.ndarray, nam
 
 
 @dataclass
+class SplitTable:
+    """The build's split table: the assignment of root groups, and which group codes a duplicate cluster
+    joined to which root. The build saves it once; every export shard loads it and looks its records up."""
+
+    assignment: Assignment
+    children: np.ndarray  # joined group codes, sorted
+    roots: np.ndarray  # the root of each
+
+    def lookup(self, codes: np.ndarray) -> np.ndarray:
+        """The split of each group code (-1 for a group that never reached the split)."""
+        return self.assignment.lookup(self.root(codes))
+
+    def root(self, codes: np.ndarray) -> np.ndarray:
+        if len(self.children):
+            pos = np.minimum(np.searchsorted(self.children, codes), len(self.children) - 1)
+            codes = np.where(self.children[pos] == codes, self.roots[pos], codes)
+        return codes
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.assignment.groups, self.assignment.splits, self.children, self.roots):
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, groups=self.assignment.groups, splits=self.assignment.splits, children=self.children,
+                 roots=self.roots)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitTable:
+        z = np.load(path)
+        return cls(Assignment(z["groups"], z["splits"]), z["children"], z["roots"])
+
+
+def split_table(codes: np.ndarray, positions: np.ndarray, union: GroupUnion,
+                strata_at: Callable[[np.ndarray], tuple[list[str], np.ndarray]], cfg: SplitConfig,
+                seed: int) -> SplitTable:
+    """The split of every record that reaches it: `codes` are their group codes, `positions` their places in
+    build order, `union` the groups that duplicate clusters joined. A root group's stratum is that of its first
+    record: `strata_at(positions)` gives the stratum names and each position's index into them."""
+    roots = union.roots(codes)
+    order = np.lexsort((positions, roots))
+    roots, pos = roots[order], positions[order]
+    uniq, first, counts = np.unique(roots, return_index=True, return_counts=True)
+    if cfg.stratify:
+        names, strata = strata_at(pos[first])
+    else:
+        names, strata = ["all"], np.zeros(len(uniq), dtype=np.int64)
+    table = assign_groups(uniq, counts, strata, names, cfg, seed)
+    children = np.fromiter(union.parent, dtype=np.uint64, count=len(union.parent))
+    croots = np.array([union.find(int(c)) for c in children], dtype=np.uint64)
+    o = np.argsort(children)
+    return SplitTable(table, children[o], croots[o])
+
+
+def build_split(keys: Keys, dups: dict[int, Any], augment: dict[str, Any], offsets: np.ndarray,
+                sources: list[str], cfg: SplitConfig, seed: int) -> SplitTable:
+    """The build's split table, from compact keys alone. A record reaches the split if its kind is split (or
+    it is a prompt the `answer` step answered) and neither dedup (`dups`) nor augment dropped it; records augment
+    created join at their input's position. A duplicate joins its cluster's group; a group's stratum is the
+    source of the shard (`sources`, from `offsets`) of its first record."""
+    alive = np.isin(keys.kind, [i for i, k in enumerate(KINDS.values()) if k.split])
+    alive[augment.get("answered_positions", [])] = True  # prompts the `answer` step made conversations
+    if dups:
+        alive[list(dups)] = False
+    for pos in augment.get("dropped_positions", []):
+        alive[pos] = False
+    uf = GroupUnion()
+    for d in dups.values():
+        uf.union(int(keys.group[d.index]), int(keys.group[d.of]))
+    codes = [keys.group[alive]]
+    positions = [np.flatnonzero(alive)]
+    for pos, code in augment.get("created_groups", []):
+        codes.append(np.array([code], dtype=np.uint64))
+        positions.append(np.array([pos]))
+    names = sorted(set(sources))
+    of_shard = np.array([names.index(s) for s in sources], dtype=np.int64)
+
+    def strata_at(pos: np.ndarray) -> tuple[list[str], np.ndarray]:
+        return names, of_shard[np.searchsorted(offsets, pos, side="right") - 1]
+
+    return split_table(np.concatenate(codes), np.concatenate(positions), uf, strata_at, cfg, seed)
+
+
+@dataclass
 class SplitResult:
     splits: dict[str, list[Record]]
     notes: list[str] = field(default_factory=list)
@@ -103,8 +195,8 @@ class SplitResult:
 
 def split_records(records: list[Record], cfg: SplitConfig, seed: int,
                   clusters: dict[str, str] | None = None) -> SplitResult:
-    """Assign every splittable record to train/validation/test in memory (kb rows are not split); the same
-    rule the sharded build applies."""
+    """Records (kb rows are not split) to train/validation/test through `split_table`, the build's own rule;
+    `clusters` (record id -> cluster) joins groups as the build's duplicate clusters do."""
     from tuneforge.clean.stage import group_code
 
     recs = [r for r in records if r["kind"] in SPLIT_KINDS]
@@ -118,16 +210,17 @@ def split_records(records: list[Record], cfg: SplitConfig, seed: int,
                 uf.union(int(codes[first_of_cluster[c]]), int(codes[i]))
             else:
                 first_of_cluster[c] = i
-    roots = uf.roots(codes)
-    uniq, first, counts = np.unique(roots, return_index=True, return_counts=True)
-    names = sorted({r["meta"]["source"] for r in recs}) if cfg.stratify else ["all"]
-    code_of = {name: i for i, name in enumerate(names)}
-    strata = np.array([code_of[recs[i]["meta"]["source"]] if cfg.stratify else 0 for i in first], np.int64)
-    table = assign_groups(uniq, counts, strata, names, cfg, seed)
-    where = table.lookup(roots)
+
+    def strata_at(pos: np.ndarray) -> tuple[list[str], np.ndarray]:
+        names = sorted({r["meta"]["source"] for r in recs})
+        code_of = {name: i for i, name in enumerate(names)}
+        return names, np.array([code_of[recs[i]["meta"]["source"]] for i in pos], np.int64)
+
+    table = split_table(codes, np.arange(len(recs)), uf, strata_at, cfg, seed)
+    where = table.lookup(codes)
     out: dict[str, list[Record]] = {s: [] for s in SPLITS}
     group_of = {}
-    for r, s, g in zip(recs, where, roots, strict=True):
+    for r, s, g in zip(recs, where, table.root(codes), strict=True):
         out[SPLITS[s]].append(r)
         group_of[r["id"]] = f"{int(g):016x}"
-    return SplitResult(out, table.notes, group_of)
+    return SplitResult(out, table.assignment.notes, group_of)

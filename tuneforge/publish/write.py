@@ -18,7 +18,7 @@ import pyarrow as pa
 import xxhash
 
 from tuneforge.common.io import atomic_open, write_json
-from tuneforge.common.records import KINDS, Record, payload
+from tuneforge.common.records import KINDS
 from tuneforge.common.shardio import copy_into, json_line
 
 SPLITS = ("train", "validation", "test")
@@ -57,10 +57,6 @@ def arrow_schema(kind: str) -> pa.Schema:
     types = {"List": _MESSAGES, "string": pa.string(), "bool": pa.bool_()}
     fields = [(name, types[v["_type"]] if v["_type"] == "List" else types[v["dtype"]]) for name, v in f.items()]
     return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": f}})})
-
-
-def dataset_row(rec: Record, meta_json: str) -> dict[str, Any]:
-    return {**payload(rec), "meta": meta_json}
 
 
 class _SplitWriter:
@@ -151,14 +147,6 @@ def features_dict(schema: pa.Schema) -> dict:
     return json.loads(schema.metadata[b"huggingface"])["info"]["features"]
 
 
-def write_dataset(out: Path, kind: str, parts: dict[str, list[Path]]) -> dict[str, int]:
-    """A `datasets.DatasetDict` folder for one kind, from its parts per split; rows per split."""
-    schema = arrow_schema(kind)
-    rows = {s: write_split(out / s, schema, parts.get(s, [])) for s in SPLITS}
-    write_dataset_dict(out)
-    return rows
-
-
 def write_dataset_dict(out: Path) -> None:
     """What makes a folder of split folders a `datasets.DatasetDict`."""
     write_json(out / "dataset_dict.json", {"splits": list(SPLITS)})
@@ -180,5 +168,5 @@ def first_line(path: Path) -> dict | None:
     return json.loads(line) if line.strip() else None
 
 
-__all__ = ["SPLITS", "arrow_schema", "concat_lines", "dataset_row", "features", "first_line", "json_line",
-           "write_dataset", "write_dataset_dict", "write_split"]
+__all__ = ["SPLITS", "arrow_schema", "concat_lines", "features", "first_line", "json_line", "write_dataset_dict",
+           "write_split"]
