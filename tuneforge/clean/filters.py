@@ -133,73 +133,46 @@ class SpeakerMarkers:
         return (False, found) if found else True
 
 
-class Chars:
-    """Whole-record length in characters (`too_short`, `too_long`)."""
-
-    name = "chars"
-
-    def __init__(self, lo: int | None, hi: int | None) -> None:
-        self.lo, self.hi = lo, hi
-
-    def filter(self, rec: Record) -> bool | tuple[bool, str]:
-        total = sum(len(t) for _, _, t in turns_of(rec))
-        if self.lo and total < self.lo:
-            return False, f"too_short: {total} chars < min_chars {self.lo}"
-        if self.hi and total > self.hi:
-            return False, f"too_long: {total} chars > max_chars {self.hi}"
-        return True
+def _bounds(n: int, lo: int | None, hi: int | None, unit: str, short: str, long: str, turn: str = "",
+            where: str = "") -> str | None:
+    """`too_short: 3 chars < min_chars 5` (`turn_...: user turn 1 has 3 chars < min_turn_chars 5`), or None."""
+    if lo and n < lo:
+        return f"{turn}{short}: {where}{n} {unit} < min_{turn}{unit} {lo}"
+    if hi and n > hi:
+        return f"{turn}{long}: {where}{n} {unit} > max_{turn}{unit} {hi}"
+    return None
 
 
-class TurnChars:
-    """Every non-system turn's length in characters (`turn_too_short`, `turn_too_long`), turn by turn."""
+class Lengths:
+    """The whole record's length, then each non-system turn's, in characters or in tokens of one tokenizer
+    (counted once a record for both checks)."""
 
-    name = "turn_chars"
+    name = "length"
 
-    def __init__(self, lo: int | None, hi: int | None) -> None:
-        self.lo, self.hi = lo, hi
-
-    def filter(self, rec: Record) -> bool | tuple[bool, str]:
-        for i, role, text in turns_of(rec):
-            if role == "system":
-                continue
-            if self.lo and len(text) < self.lo:
-                return False, f"turn_too_short: {role} turn {i} has {len(text)} chars < min_turn_chars {self.lo}"
-            if self.hi and len(text) > self.hi:
-                return False, f"turn_too_long: {role} turn {i} has {len(text)} chars > max_turn_chars {self.hi}"
-        return True
-
-
-class Tokens:
-    """Record and turn lengths in tokens of one tokenizer, counted once a record for all four thresholds."""
-
-    name = "tokens"
-
-    def __init__(self, cfg: FilterConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, unit: str, lo: int | None, hi: int | None, turn_lo: int | None, turn_hi: int | None,
+                 tokenizer: str | None = None) -> None:
+        self.unit, self.lo, self.hi, self.turn_lo, self.turn_hi = unit, lo, hi, turn_lo, turn_hi
+        self.words = ("too_short", "too_long") if unit == "chars" else ("too_few_tokens", "too_many_tokens")
+        self.tokenizer_ref = tokenizer
 
     @cached_property
     def tokenizer(self) -> Any:
         from tuneforge.common.models import load_tokenizer
 
-        return load_tokenizer(self.cfg.tokenizer)
+        return load_tokenizer(self.tokenizer_ref)
 
     def filter(self, rec: Record) -> bool | tuple[bool, str]:
-        c = self.cfg
         turns = turns_of(rec)
-        counts = [len(ids) for ids in self.tokenizer([t for _, _, t in turns], add_special_tokens=False)["input_ids"]]
-        n = sum(counts)
-        if c.min_tokens and n < c.min_tokens:
-            return False, f"too_few_tokens: {n} tokens < min_tokens {c.min_tokens}"
-        if c.max_tokens and n > c.max_tokens:
-            return False, f"too_many_tokens: {n} tokens > max_tokens {c.max_tokens}"
-        for (i, role, _), k in zip(turns, counts, strict=True):
-            if role == "system":
-                continue
-            if c.min_turn_tokens and k < c.min_turn_tokens:
-                return False, f"turn_too_few_tokens: {role} turn {i} has {k} tokens < min_turn_tokens {c.min_turn_tokens}"
-            if c.max_turn_tokens and k > c.max_turn_tokens:
-                return False, f"turn_too_many_tokens: {role} turn {i} has {k} tokens > max_turn_tokens {c.max_turn_tokens}"
-        return True
+        texts = [t for _, _, t in turns]
+        sizes = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] \
+            if self.tokenizer_ref else [len(t) for t in texts]
+        why = _bounds(sum(sizes), self.lo, self.hi, self.unit, *self.words)
+        for (i, role, _), k in zip(turns, sizes, strict=True):
+            if why is not None:
+                break
+            if role != "system":
+                why = _bounds(k, self.turn_lo, self.turn_hi, self.unit, *self.words, "turn_", f"{role} turn {i} has ")
+        return True if why is None else (False, why)
 
 
 class Repetition:
@@ -277,12 +250,11 @@ def builtin_filters(cfg: FilterConfig, recipe_dir: Path) -> list[Filter]:
     out: list[Filter] = [Empty()]
     if cfg.speaker_markers == "reject":
         out.append(SpeakerMarkers())
-    if cfg.min_chars or cfg.max_chars:
-        out.append(Chars(cfg.min_chars, cfg.max_chars))
-    if cfg.min_turn_chars or cfg.max_turn_chars:
-        out.append(TurnChars(cfg.min_turn_chars, cfg.max_turn_chars))
+    if cfg.min_chars or cfg.max_chars or cfg.min_turn_chars or cfg.max_turn_chars:
+        out.append(Lengths("chars", cfg.min_chars, cfg.max_chars, cfg.min_turn_chars, cfg.max_turn_chars))
     if cfg.token_filters:
-        out.append(Tokens(cfg))
+        out.append(Lengths("tokens", cfg.min_tokens, cfg.max_tokens, cfg.min_turn_tokens, cfg.max_turn_tokens,
+                           cfg.tokenizer))
     if cfg.max_repeat_ngram_ratio is not None:
         out.append(Repetition(cfg.max_repeat_ngram_ratio, cfg.repeat_ngram))
     if cfg.language is not None:
