@@ -19,7 +19,7 @@ from tuneforge.check import check_file
 from tuneforge.clean import CleanConfig, run_clean
 from tuneforge.clean.filters import BUILTIN_KEYS, Empty, first_failure
 from tuneforge.common.errors import RecipeError
-from tuneforge.recipe import load_recipe
+from tuneforge.recipe import fingerprint, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "clean.md"
@@ -137,6 +137,9 @@ def user_module(tmp_path, monkeypatch):
         "class Broken:\n"
         "    def filter(self, rec):\n"
         "        return None\n"
+        "class Raises:\n"
+        "    def filter(self, rec):\n"
+        "        return rec['no_such_field']\n"
         "NOT_A_CLASS = 3\n"
         "class NoMethod:\n"
         "    pass\n", encoding="utf-8")
@@ -177,7 +180,11 @@ def test_names_shapes_and_returns_are_checked(tmp_path, user_module):
     with pytest.raises(RecipeError, match="two filters are named 'Contains'"):
         load_recipe(_recipe(tmp_path, twice))
     cfg = CleanConfig.model_validate({"filters": {"custom": [{"path": f"{user_module}:Broken"}]}})
-    with pytest.raises(RecipeError, match=r"returned None; return True to keep the record"):
+    with pytest.raises(RecipeError, match=r"filter\(\) returned None on record '\w+' \(data.jsonl line 1\); return "
+                                          r"True to keep the record"):
+        run_clean(_records(tmp_path), cfg)
+    cfg = CleanConfig.model_validate({"filters": {"custom": [{"path": f"{user_module}:Raises"}]}})
+    with pytest.raises(RecipeError, match=r"custom\[0\]: filter\(\) raised KeyError: 'no_such_field' on record"):
         run_clean(_records(tmp_path), cfg)
     assert "empty" in BUILTIN_KEYS and first_failure([Empty()], _records(tmp_path)[0]) is None
 
@@ -225,8 +232,10 @@ def test_the_cache_key_follows_params_and_the_module_file(tmp_path, user_module)
     assert run("https") == ({"Contains": 2}, 8)
     assert run("小锻") == ({"Contains": 1}, 0)
     mod = tmp_path / "mods" / f"{user_module}.py"
+    before = fingerprint(tmp_path / "r.yaml")  # the pipeline's key of a build
     mod.write_text(mod.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
     assert run("小锻") == ({"Contains": 1}, 0)
+    assert fingerprint(tmp_path / "r.yaml") != before
 
 
 def test_the_first_failing_filter_is_the_reason_ours_first_then_the_recipe_s_order(tmp_path, user_module):

@@ -27,6 +27,11 @@ def _one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
+def _at(rec: Record) -> str:
+    m = rec.get("meta") or {}
+    return f"record {rec.get('id')!r} ({m.get('file')} line {m.get('line')})"
+
+
 def make(op: UserOp, where: str, method: str) -> Any:
     """The object `op` names, made with its params; a RecipeError naming `where` if any of that fails."""
     module, attr = op.path.split(":")
@@ -66,10 +71,13 @@ class UserFilter:
                               f"`name:` in the recipe")
 
     def filter(self, rec: Record) -> bool | tuple[bool, str]:
-        res = self.obj.filter(rec)
+        try:
+            res = self.obj.filter(rec)
+        except Exception as e:  # the user's code failed: say which filter, on which record
+            raise RecipeError(f"{self.where}: filter() raised {_one_line(e)} on {_at(rec)}") from e
         keep, why = (res[0], res[1]) if isinstance(res, tuple) and len(res) == 2 else (res, None)
         if keep is None or not isinstance(why, str | None):
-            raise RecipeError(f"{self.where}: filter({rec.get('id')!r}) returned {res!r}; return True to keep the "
+            raise RecipeError(f"{self.where}: filter() returned {res!r} on {_at(rec)}; return True to keep the "
                               f"record, False or (False, 'why') to drop it")
         if keep:
             return True
@@ -82,7 +90,10 @@ class UserNormalizer:
         self.where = where
 
     def __call__(self, text: str) -> str:
-        out = self.obj.normalize(text)
+        try:
+            out = self.obj.normalize(text)
+        except Exception as e:
+            raise RecipeError(f"{self.where}: normalize() raised {_one_line(e)} on the text {text[:40]!r}") from e
         if not isinstance(out, str):
             raise RecipeError(f"{self.where}: normalize() returned a {type(out).__name__}; return the text (str)")
         return out
