@@ -85,21 +85,33 @@ def parse_recipe(data: Any, origin: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
-    """The validated recipe and the folder its relative paths are resolved against."""
+    """The validated recipe and the folder its relative paths are resolved against. The user's own filters and
+    normalisers it names are imported and made here, so a misspelt path stops every command before any work."""
     p = Path(path)
-    return parse_recipe(read_yaml_mapping(p, "recipe"), str(p)), p.parent
+    recipe = parse_recipe(read_yaml_mapping(p, "recipe"), str(p))
+    if recipe.clean.filters.custom or recipe.clean.normalize.custom:
+        from tuneforge.clean.custom import check_user_ops
+
+        try:
+            check_user_ops(recipe.clean)
+        except RecipeError as e:
+            raise RecipeError(f"{p}: {e}") from None
+    return recipe, p.parent
 
 
 def fingerprint(path: str | Path) -> str:
     """A hash of everything a build depends on: the recipe text, every input file, prompt templates the
-    recipe names, and the source of every tuneforge stage the build runs; equal fingerprints mean an
-    identical build."""
+    recipe names, the source of every tuneforge stage the build runs, and the files of the user modules its
+    `custom:` filters and normalisers name; equal fingerprints mean an identical build."""
+    from tuneforge.clean.custom import code_digest
     from tuneforge.common.io import sha256_file, sha256_text
     from tuneforge.common.source_hash import BUILD, source_hash
     from tuneforge.ingest import resolve_files
 
     recipe, base = load_recipe(path)
     parts = [source_hash(*BUILD), Path(path).read_text(encoding="utf-8")]
+    if (user := code_digest(recipe.clean)) is not None:  # the user's own filters and normalisers
+        parts.append(f"clean.custom:{user}")
     for src in recipe.sources:
         parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base, allow_outside=True) if f.is_file()]
     from tuneforge.templates.loader import PROMPTS_DIR

@@ -3,7 +3,7 @@ process, worker processes, a Dask cluster, Prefect task runs) can run them. Each
 under the work folder and returns a small summary; none receives or returns a record list.
 
 - `plan_task`: hash and cut a batch of input files (ingest planning).
-- `clean_task`: read one shard, normalise/scrub/filter every record, compute its dedup keys.
+- `clean_task`: read one shard, clean it (clean's `clean_shard`), write its records, keys and rejects.
 - `verify_task`: the exact Jaccard of candidate near-duplicate pairs whose later record is in one shard.
 - `export_task`: one shard's records to their split, in every dataset and export format, with its rejects
   (what happens to each record is `publish.shard.export_shard`'s; the task reads and writes the shard's files).
@@ -12,6 +12,7 @@ under the work folder and returns a small summary; none receives or returns a re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ import pyarrow as pa
 from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.keys import lsh_params
 from tuneforge.clean.minhash import key_text
-from tuneforge.clean.stage import KIND_CODES, STAGE, Cleaner, group_code, record_keys
+from tuneforge.clean.stage import KIND_CODES, clean_shard, group_code
 from tuneforge.common.gcpause import gc_paused_task
 from tuneforge.common.io import pack_bytes, unpack
 from tuneforge.common.records import REJECT_RANK as RANK
-from tuneforge.common.records import Record, reject_record, texts_of
+from tuneforge.common.records import Record, texts_of
 from tuneforge.common.shardio import done, finish, fresh, json_line, read_table, write_lines, write_table
 from tuneforge.ingest import FileJob, Shard, ShardReader, plan_file
 from tuneforge.ingest.plan import FilePlan
@@ -68,40 +69,36 @@ REJECTS_SCHEMA = pa.schema([("seq", pa.int32()), ("rank", pa.int8()), ("input", 
 
 @gc_paused_task
 def clean_task(job: CleanJob) -> dict[str, Any]:
-    """Ingest and clean one shard into `records.arrow` (kept records and their keys) and `rejects.arrow`."""
+    """Ingest one shard, clean it (`clean_shard`: the clean stage decides each record's fate), and write the
+    kept records with their keys to `records.arrow` and the ingest and filter rejects to `rejects.arrow`."""
     unit = Path(job.unit)
     prior = done(unit)
     if prior is not None and prior.get("key") == job.key:
         return {**prior, "cached": True}
     fresh(unit)
     reader = ShardReader(job.shard, job.variables)
-    cleaner = Cleaner(job.clean, job.recipe_dir)
-    kept: list[Record] = []
-    seqs: list[int] = []
-    originals: list[str | None] = []
     rej: dict[str, list] = {"seq": [], "rank": [], "input": [], "line": []}
-    for inp in reader:
-        if inp.reject is not None:
+
+    def inputs() -> Iterator[tuple[int, list[Record]]]:
+        for inp in reader:
+            if inp.reject is None:
+                yield inp.seq, inp.records
+                continue
             rej["seq"].append(inp.seq)
             rej["rank"].append(RANK["ingest"])
             rej["input"].append(None)
             rej["line"].append(json_line(inp.reject))
-            continue
-        for rec in inp.records:
-            new, reason, changed = cleaner(rec)
-            if reason is not None:
-                rej["seq"].append(inp.seq)
-                rej["rank"].append(RANK["clean"])
-                rej["input"].append(rec["meta"]["input"])
-                rej["line"].append(json_line(reject_record(rec, reason, stage=STAGE)))
-                continue
-            kept.append(new)
-            seqs.append(inp.seq)
-            originals.append(pack_bytes(rec) if changed else None)
-    keys, _ = record_keys(kept, job.clean)
+
+    out = clean_shard(inputs(), job.clean, job.recipe_dir)
+    for seq, row in out.rejects:
+        rej["seq"].append(seq)
+        rej["rank"].append(RANK["clean"])
+        rej["input"].append(row["raw"]["meta"]["input"])
+        rej["line"].append(json_line(row))
+    kept, keys = out.kept, out.keys
     nb = keys.bands.shape[1] if keys.bands is not None else None
     cols: dict[str, Any] = {
-        "seq": pa.array(seqs, pa.int32()), "id": pa.array([r["id"] for r in kept], pa.string()),
+        "seq": pa.array(out.seqs, pa.int32()), "id": pa.array([r["id"] for r in kept], pa.string()),
         "kind": pa.array(keys.kind, pa.int8()), "input": pa.array([r["meta"]["input"] for r in kept], pa.string()),
         "group": pa.array(keys.group, pa.uint64()),
         "exact": pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(kept), [None, pa.py_buffer(keys.exact.tobytes())]),
@@ -110,13 +107,13 @@ def clean_task(job: CleanJob) -> dict[str, Any]:
         flat = pa.array(keys.bands.reshape(-1), pa.uint64())
         cols["bands"] = pa.FixedSizeListArray.from_arrays(flat, nb)
     cols["record"] = pa.array([pack_bytes(r) for r in kept], pa.large_string())
-    cols["original"] = pa.array(originals, pa.large_string())
+    cols["original"] = pa.array([None if r is None else pack_bytes(r) for r in out.originals], pa.large_string())
     write_table(unit / "records.arrow", pa.table(cols, schema=_records_schema(nb)))
     write_table(unit / "rejects.arrow", pa.table(rej, schema=REJECTS_SCHEMA))
     st = reader.stats
     return finish(unit, {"key": job.key, "shard": job.shard.index, "source": job.shard.source.name,
                          "input": st.input, "rejected": st.rejected, "records": st.records, "kept": len(kept),
-                         "formats": st.formats, "encodings": st.encodings, "clean": cleaner.summary(),
+                         "formats": st.formats, "encodings": st.encodings, "clean": out.counts,
                          "bands": nb})
 
 

@@ -4,6 +4,7 @@ benchmark contamination checks (see docs/clean.md)."""
 from tuneforge.clean.config import CleanConfig
 from tuneforge.clean.contamination import contamination_report
 from tuneforge.clean.leakage import leakage_report
-from tuneforge.clean.stage import CleanResult, run_clean
+from tuneforge.clean.stage import CleanedShard, CleanResult, clean_shard, run_clean
 
-__all__ = ["CleanConfig", "CleanResult", "contamination_report", "leakage_report", "run_clean"]
+__all__ = ["CleanConfig", "CleanResult", "CleanedShard", "clean_shard", "contamination_report", "leakage_report",
+           "run_clean"]

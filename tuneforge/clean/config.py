@@ -6,9 +6,10 @@ PII and remove exact and near duplicates. Every other filter is off until the re
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 LANGS = ("zh", "en", "mixed", "other")
 
@@ -17,7 +18,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class NormalizeConfig(_Strict):
+_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
+
+
+class UserOp(_Strict):
+    """A user's own filter or normaliser: `path` names a class (or factory) importable where the build runs,
+    called with `params`. Checked when the recipe loads (clean/custom.py), imported again in each worker."""
+
+    path: str = Field(description="module.path:Attribute, e.g. mypkg.filters:NoURLs")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
+    name: str | None = Field(None, description="the reason key its rejects are counted under; default: the "
+                                               "object's `name` attribute, else the attribute's name in `path`")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not _PATH.match(v):
+            raise ValueError(f"{v!r} is not `module.path:Attribute` (e.g. mypkg.filters:NoURLs)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"{v!r}: a reason key is letters, digits, `_`, `.` or `-` (no spaces or colons)")
+        return v
+
+
+class _Custom(_Strict):
+    """A block with a `custom:` list, which its dump leaves out while empty (a recipe without one dumps, and so
+    hashes and publishes, as it did before the key existed)."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_custom(self, handler: Any) -> Any:
+        out = handler(self)
+        if isinstance(out, dict) and not out.get("custom"):
+            out.pop("custom", None)
+        return out
+
+
+class NormalizeConfig(_Custom):
     nfkc: bool = Field(False, description="Unicode NFKC (x² -> x2, ① -> 1); off = NFC, which never changes meaning")
     fullwidth_ascii: bool = Field(True, description="full-width letters/digits to ASCII; full-width punctuation "
                                                     "only outside Chinese context")
@@ -25,6 +66,8 @@ class NormalizeConfig(_Strict):
                                                "(fenced code blocks keep their spacing)")
     control_chars: bool = Field(True, description="drop control and zero-width characters")
     html: bool = Field(False, description="unescape entities and strip tags (for scraped text)")
+    custom: list[UserOp] = Field(default_factory=list, description="your own normalisers (`normalize(text) -> "
+                                                                   "str`), after the ones above, in this order")
 
 
 class LanguageConfig(_Strict):
@@ -34,7 +77,7 @@ class LanguageConfig(_Strict):
                                          "language; below it in both, zh+en is `mixed`")
 
 
-class FilterConfig(_Strict):
+class FilterConfig(_Custom):
     min_chars: int | None = Field(None, ge=1, description="whole record, characters")
     max_chars: int | None = Field(None, ge=1)
     min_turn_chars: int | None = Field(None, ge=1, description="every user/assistant turn, characters")
@@ -54,6 +97,8 @@ class FilterConfig(_Strict):
     speaker_markers: Literal["off", "flag", "reject"] = Field(
         "flag", description="a transcript's speaker marker (Human:, Assistant:, User:, 用户：, 助手：) at the start of "
                             "a line inside a turn: flag it (kept, counted, `meta.flags`), reject the record, or off")
+    custom: list[UserOp] = Field(default_factory=list, description="your own filters (`filter(record)`), after "
+                                                                   "the ones above, in this order")
 
     @property
     def token_filters(self) -> bool:

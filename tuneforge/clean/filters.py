@@ -1,17 +1,21 @@
-"""Record filters: each returns a reason `key: detail` (the key is what the manifest counts) or None.
+"""Record filters as small objects of datatrove's shape: `filter(record)` returns True to keep the record, or
+(False, "key: detail") to drop it (the key is what the manifest counts). `builtin_filters` makes the ones the
+recipe's thresholds turn on, in their fixed order; a user's own filters (clean/custom.py) run after them, and
+`first_failure` asks each in turn, so the first failing one is the reason.
 
-Thresholds come from the recipe; a filter whose threshold is unset does not run. Language is decided by
-script counting (Han characters vs Latin words), so no model is downloaded.
+A filter whose threshold is unset is not made. Language is decided by script counting (Han characters vs
+Latin words), so no model is downloaded.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tuneforge.clean.config import FilterConfig
+from tuneforge.clean.config import FilterConfig, LanguageConfig
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.records import Record, responses_of, turns_of
 
@@ -89,81 +93,178 @@ def load_badwords(path: Path) -> re.Pattern | None:
     return re.compile("|".join(alts), re.IGNORECASE)
 
 
-class Filters:
-    """All configured filters, applied in a fixed order so the first failing reason is the one reported."""
+class Filter(Protocol):
+    """What the clean stage calls: True keeps the record; False or (False, reason) drops it."""
 
-    def __init__(self, cfg: FilterConfig, recipe_dir: Path) -> None:
-        self.cfg = cfg
-        self.badwords = None
-        if cfg.badwords:
-            p = Path(cfg.badwords)
-            self.badwords = load_badwords(p if p.is_absolute() else recipe_dir / p)
-        try:
-            self.refusals = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in REFUSALS + cfg.refusal_patterns]
-        except re.error as e:
-            raise RecipeError(f"clean.filters.refusal_patterns: bad regex: {e}") from None
+    name: str
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]: ...
+
+
+def first_failure(filters: Sequence[Filter], rec: Record) -> str | None:
+    """The reason of the first filter that drops `rec` (a bare False is reported as the filter's name)."""
+    for f in filters:
+        res = f.filter(rec)
+        if res is True:
+            continue
+        if isinstance(res, tuple):
+            if not res[0]:
+                return res[1]
+        elif not res:
+            return f.name
+    return None
+
+
+class Empty:
+    name = "empty"
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
+        for i, role, text in turns_of(rec):
+            if role != "system" and (not text or text.isspace()):
+                return False, f"empty: {role} turn {i} is empty"
+        return True
+
+
+class SpeakerMarkers:
+    name = "speaker_marker"
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
+        found = speaker_marker(rec)
+        return (False, found) if found else True
+
+
+def _bounds(n: int, lo: int | None, hi: int | None, unit: str, short: str, long: str, turn: str = "",
+            where: str = "") -> str | None:
+    """`too_short: 3 chars < min_chars 5` (`turn_...: user turn 1 has 3 chars < min_turn_chars 5`), or None."""
+    if lo and n < lo:
+        return f"{turn}{short}: {where}{n} {unit} < min_{turn}{unit} {lo}"
+    if hi and n > hi:
+        return f"{turn}{long}: {where}{n} {unit} > max_{turn}{unit} {hi}"
+    return None
+
+
+class Lengths:
+    """The whole record's length, then each non-system turn's, in characters or in tokens of one tokenizer
+    (counted once a record for both checks)."""
+
+    name = "length"
+
+    def __init__(self, unit: str, lo: int | None, hi: int | None, turn_lo: int | None, turn_hi: int | None,
+                 tokenizer: str | None = None) -> None:
+        self.unit, self.lo, self.hi, self.turn_lo, self.turn_hi = unit, lo, hi, turn_lo, turn_hi
+        self.words = ("too_short", "too_long") if unit == "chars" else ("too_few_tokens", "too_many_tokens")
+        self.tokenizer_ref = tokenizer
 
     @cached_property
     def tokenizer(self) -> Any:
         from tuneforge.common.models import load_tokenizer
 
-        return load_tokenizer(self.cfg.tokenizer)
+        return load_tokenizer(self.tokenizer_ref)
 
-    def check(self, rec: Record) -> str | None:
-        c = self.cfg
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
         turns = turns_of(rec)
-        for i, role, text in turns:
-            if role != "system" and (not text or text.isspace()):
-                return f"empty: {role} turn {i} is empty"
-        if c.speaker_markers == "reject" and (found := speaker_marker(rec)):
-            return found
-        total = sum(len(t) for _, _, t in turns)
-        if c.min_chars and total < c.min_chars:
-            return f"too_short: {total} chars < min_chars {c.min_chars}"
-        if c.max_chars and total > c.max_chars:
-            return f"too_long: {total} chars > max_chars {c.max_chars}"
-        for i, role, text in turns:
-            if role == "system":
-                continue
-            if c.min_turn_chars and len(text) < c.min_turn_chars:
-                return f"turn_too_short: {role} turn {i} has {len(text)} chars < min_turn_chars {c.min_turn_chars}"
-            if c.max_turn_chars and len(text) > c.max_turn_chars:
-                return f"turn_too_long: {role} turn {i} has {len(text)} chars > max_turn_chars {c.max_turn_chars}"
-        if c.token_filters:
-            counts = [len(ids) for ids in self.tokenizer([t for _, _, t in turns], add_special_tokens=False)["input_ids"]]
-            n = sum(counts)
-            if c.min_tokens and n < c.min_tokens:
-                return f"too_few_tokens: {n} tokens < min_tokens {c.min_tokens}"
-            if c.max_tokens and n > c.max_tokens:
-                return f"too_many_tokens: {n} tokens > max_tokens {c.max_tokens}"
-            for (i, role, _), k in zip(turns, counts, strict=True):
-                if role == "system":
-                    continue
-                if c.min_turn_tokens and k < c.min_turn_tokens:
-                    return f"turn_too_few_tokens: {role} turn {i} has {k} tokens < min_turn_tokens {c.min_turn_tokens}"
-                if c.max_turn_tokens and k > c.max_turn_tokens:
-                    return f"turn_too_many_tokens: {role} turn {i} has {k} tokens > max_turn_tokens {c.max_turn_tokens}"
-        if c.max_repeat_ngram_ratio is not None:
-            for i, role, text in turns:
-                r = repeat_ratio(text, c.repeat_ngram)
-                if r > c.max_repeat_ngram_ratio:
-                    return (f"repetition: {role} turn {i} repeats {r:.2f} of its {c.repeat_ngram}-grams "
-                            f"> max_repeat_ngram_ratio {c.max_repeat_ngram_ratio}")
-        if c.language is not None:
-            lang, zh, en = language_of("\n".join(t for _, _, t in turns), c.language.min_share)
-            if lang not in c.language.allow:
-                return f"language: {lang} (Han {zh:.2f}, Latin {en:.2f}) not in allow {c.language.allow}"
-        if self.badwords is not None:
-            for i, role, text in turns:
-                m = self.badwords.search(text)
+        texts = [t for _, _, t in turns]
+        sizes = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] \
+            if self.tokenizer_ref else [len(t) for t in texts]
+        why = _bounds(sum(sizes), self.lo, self.hi, self.unit, *self.words)
+        for (i, role, _), k in zip(turns, sizes, strict=True):
+            if why is not None:
+                break
+            if role != "system":
+                why = _bounds(k, self.turn_lo, self.turn_hi, self.unit, *self.words, "turn_", f"{role} turn {i} has ")
+        return True if why is None else (False, why)
+
+
+class Repetition:
+    name = "repetition"
+
+    def __init__(self, max_ratio: float, n: int) -> None:
+        self.max_ratio, self.n = max_ratio, n
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
+        for i, role, text in turns_of(rec):
+            r = repeat_ratio(text, self.n)
+            if r > self.max_ratio:
+                return False, (f"repetition: {role} turn {i} repeats {r:.2f} of its {self.n}-grams "
+                               f"> max_repeat_ngram_ratio {self.max_ratio}")
+        return True
+
+
+class Language:
+    name = "language"
+
+    def __init__(self, cfg: LanguageConfig) -> None:
+        self.cfg = cfg
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
+        lang, zh, en = language_of("\n".join(t for _, _, t in turns_of(rec)), self.cfg.min_share)
+        if lang not in self.cfg.allow:
+            return False, f"language: {lang} (Han {zh:.2f}, Latin {en:.2f}) not in allow {self.cfg.allow}"
+        return True
+
+
+class Badwords:
+    name = "badword"
+
+    def __init__(self, pattern: re.Pattern) -> None:
+        self.pattern = pattern
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
+        for i, role, text in turns_of(rec):
+            m = self.pattern.search(text)
+            if m:
+                return False, f"badword: {role} turn {i} contains {m.group()!r}"
+        return True
+
+
+class Refusals:
+    """Responses that are placeholders or refusals (`placeholder`, `refusal`), response by response."""
+
+    name = "refusal"
+
+    def __init__(self, extra: list[str]) -> None:
+        try:
+            self.patterns = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in REFUSALS + extra]
+        except re.error as e:
+            raise RecipeError(f"clean.filters.refusal_patterns: bad regex: {e}") from None
+
+    def filter(self, rec: Record) -> bool | tuple[bool, str]:
+        for i, text in responses_of(rec):
+            if _NOT_WORD.sub("", text.strip().lower()) in PLACEHOLDERS:
+                return False, f"placeholder: response turn {i} is {text.strip()[:20]!r}"
+            for p in self.patterns:
+                m = p.search(text)
                 if m:
-                    return f"badword: {role} turn {i} contains {m.group()!r}"
-        if c.drop_refusals:
-            for i, text in responses_of(rec):
-                if _NOT_WORD.sub("", text.strip().lower()) in PLACEHOLDERS:
-                    return f"placeholder: response turn {i} is {text.strip()[:20]!r}"
-                for p in self.refusals:
-                    m = p.search(text)
-                    if m:
-                        return f"refusal: response turn {i} says {m.group()!r}"
-        return None
+                    return False, f"refusal: response turn {i} says {m.group()!r}"
+        return True
+
+
+BUILTIN_KEYS = frozenset({"empty", "speaker_marker", "too_short", "too_long", "turn_too_short", "turn_too_long",
+                          "too_few_tokens", "too_many_tokens", "turn_too_few_tokens", "turn_too_many_tokens",
+                          "repetition", "language", "badword", "placeholder", "refusal"})
+
+
+def builtin_filters(cfg: FilterConfig, recipe_dir: Path) -> list[Filter]:
+    """The filters the recipe's thresholds turn on, in the fixed order the docs give (`empty` always).
+    Fails early on a bad badwords file or refusal pattern."""
+    out: list[Filter] = [Empty()]
+    if cfg.speaker_markers == "reject":
+        out.append(SpeakerMarkers())
+    if cfg.min_chars or cfg.max_chars or cfg.min_turn_chars or cfg.max_turn_chars:
+        out.append(Lengths("chars", cfg.min_chars, cfg.max_chars, cfg.min_turn_chars, cfg.max_turn_chars))
+    if cfg.token_filters:
+        out.append(Lengths("tokens", cfg.min_tokens, cfg.max_tokens, cfg.min_turn_tokens, cfg.max_turn_tokens,
+                           cfg.tokenizer))
+    if cfg.max_repeat_ngram_ratio is not None:
+        out.append(Repetition(cfg.max_repeat_ngram_ratio, cfg.repeat_ngram))
+    if cfg.language is not None:
+        out.append(Language(cfg.language))
+    if cfg.badwords:
+        p = Path(cfg.badwords)
+        words = load_badwords(p if p.is_absolute() else recipe_dir / p)
+        if words is not None:
+            out.append(Badwords(words))
+    refusals = Refusals(cfg.refusal_patterns)  # a bad pattern is an error even while drop_refusals is off
+    if cfg.drop_refusals:
+        out.append(refusals)
+    return out

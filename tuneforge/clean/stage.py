@@ -1,13 +1,16 @@
 """The clean stage: normalise, scrub PII, filter (per record, on any worker), then deduplicate (globally, on
 compact keys). Everything dropped is kept as a reject row; `kb` rows pass through untouched.
 
-`Cleaner` is the per-record part a shard task runs; `run_clean` is the whole stage over an in-memory list
-(for small data and library use), built from the same pieces as the sharded build.
+`clean_shard` is the stage's per-shard function, the one a build's clean task calls on each shard (the task
+only reads the shard and writes what this returns); `Cleaner` is its per-record part, which the build's
+augment step also runs on generated text. `run_clean` is the whole stage over an in-memory list: one
+`clean_shard`, then the same global `deduplicate` the build runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from tuneforge.clean.config import CleanConfig
+from tuneforge.clean.custom import user_filters, user_normalizers
 from tuneforge.clean.dedup import Keys, deduplicate
-from tuneforge.clean.filters import Filters, speaker_marker
+from tuneforge.clean.filters import builtin_filters, first_failure, speaker_marker
 from tuneforge.clean.keys import band_hashes, exact_key
 from tuneforge.clean.minhash import key_texts
 from tuneforge.clean.normalize import normalize_text
@@ -33,7 +37,10 @@ class Cleaner:
 
     def __init__(self, cfg: CleanConfig, recipe_dir: Path | str = Path(".")) -> None:
         self.cfg = cfg
-        self.filters = Filters(cfg.filters, Path(recipe_dir))  # fails early on a bad badwords file or pattern
+        # Ours in their fixed order, then the user's in recipe order; made here, so a bad badwords file, pattern
+        # or user op fails before the first record.
+        self.filters = [*builtin_filters(cfg.filters, Path(recipe_dir)), *user_filters(cfg)]
+        self.normalizers = user_normalizers(cfg)
         self.counts: dict[str, Any] = {"input": 0, "kept": 0, "passthrough": 0, "normalised": 0, "filters": {},
                                        "pii": {}, "flagged": {}}
 
@@ -54,7 +61,7 @@ class Cleaner:
         for k, n in pii.items():
             c["pii"][k] = c["pii"].get(k, 0) + n
         # A prompt is filtered once it is answered (its length, language... are those of the conversation).
-        reason = None if kind == "prompt" else self.filters.check(new)
+        reason = None if kind == "prompt" else first_failure(self.filters, new)
         if reason is not None:
             key = reason.split(":", 1)[0]
             c["filters"][key] = c["filters"].get(key, 0) + 1
@@ -74,6 +81,8 @@ class Cleaner:
         def fix(text: str) -> str:
             nonlocal changed
             out = normalize_text(text, cfg.normalize)
+            for norm in self.normalizers:
+                out = norm(out)
             changed = changed or out != text
             return scrub(out, cfg.pii, pii) if cfg.pii is not None else out
 
@@ -140,6 +149,42 @@ def record_keys(records: list[Record], cfg: CleanConfig) -> tuple[Keys, list[str
 
 
 @dataclass
+class CleanedShard:
+    """What `clean_shard` made of one shard: the kept records (cleaned) with each one's input sequence number
+    and, where cleaning changed it, the record as read; the filters' reject rows by sequence number; the kept
+    records' dedup keys and texts; the counts."""
+
+    kept: list[Record]
+    seqs: list[int]
+    originals: list[Record | None]
+    rejects: list[tuple[int, dict]]
+    keys: Keys
+    texts: list[str]
+    counts: dict[str, Any]
+
+
+def clean_shard(inputs: Iterable[tuple[int, list[Record]]], cfg: CleanConfig,
+                recipe_dir: Path | str = Path(".")) -> CleanedShard:
+    """Clean one shard: `inputs` are (sequence number, records read from that input) in input order."""
+    cleaner = Cleaner(cfg, recipe_dir)
+    kept: list[Record] = []
+    seqs: list[int] = []
+    originals: list[Record | None] = []
+    rejects: list[tuple[int, dict]] = []
+    for seq, records in inputs:
+        for rec in records:
+            new, reason, changed = cleaner(rec)
+            if reason is not None:
+                rejects.append((seq, reject_record(rec, reason, stage=STAGE)))
+                continue
+            kept.append(new)
+            seqs.append(seq)
+            originals.append(rec if changed else None)
+    keys, texts = record_keys(kept, cfg)
+    return CleanedShard(kept, seqs, originals, rejects, keys, texts, cleaner.summary())
+
+
+@dataclass
 class CleanResult:
     kept: list[Record]
     rejects: list[dict]
@@ -149,33 +194,24 @@ class CleanResult:
 
 def run_clean(records: list[Record], cfg: CleanConfig, recipe_dir: Path | str = Path("."),
               num_proc: int = 1) -> CleanResult:
-    """Clean `records` in memory (same order out, minus the dropped). `num_proc` is accepted for callers of
-    the earlier API; the sharded build is what spreads work over cores."""
-    cleaner = Cleaner(cfg, recipe_dir)
-    cleaned: list[Record] = []
-    originals: list[Record] = []
-    rejects: list[tuple[int, dict]] = []
-    for i, rec in enumerate(records):
-        new, reason, _ = cleaner(rec)
-        if reason is not None:
-            rejects.append((i, reject_record(rec, reason, stage=STAGE)))
-        else:
-            cleaned.append(new)
-            originals.append(rec)
-    counts = merge_counts([cleaner.summary()])
+    """Clean `records` in memory (same order out, minus the dropped): the build's per-shard code over one
+    shard, then its global dedup. `num_proc` is accepted for callers of the earlier API; the sharded build is
+    what spreads work over cores."""
+    shard = clean_shard(((i, [r]) for i, r in enumerate(records)), cfg, recipe_dir)
+    cleaned = shard.kept
+    rejects = list(shard.rejects)
+    counts = merge_counts([shard.counts])
     if not cfg.enabled:
         return CleanResult(cleaned, [], counts, {})
-    keys, texts = record_keys(cleaned, cfg)
-    found = deduplicate(keys, cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold, texts.__getitem__,
+    found = deduplicate(shard.keys, cfg.dedup.exact, cfg.dedup.near, cfg.dedup.threshold, shard.texts.__getitem__,
                         cfg.dedup.ngram)
     clusters: dict[str, str] = {}
-    position = {id(r): i for i, r in enumerate(records)}
     for d in sorted(found.dups.values(), key=lambda d: d.index):
         keep = cleaned[d.of]
         counts["deduplicated"]["exact" if d.method == "exact" else "near"] += 1
-        rejects.append((position[id(originals[d.index])], reject_record(
-            originals[d.index], "deduplicated", stage=STAGE, duplicate_of=keep["id"], method=d.method,
-            similarity=round(d.similarity, 4))))
+        seq = shard.seqs[d.index]
+        rejects.append((seq, reject_record(records[seq], "deduplicated", stage=STAGE, duplicate_of=keep["id"],
+                                           method=d.method, similarity=round(d.similarity, 4))))
         clusters[cleaned[d.index]["id"]] = keep["id"]
         clusters[keep["id"]] = keep["id"]
     kept = [r for i, r in enumerate(cleaned) if i not in found.dups]
