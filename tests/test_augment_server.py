@@ -10,7 +10,9 @@ import shutil
 import pytest
 from pydantic import BaseModel
 
-from tuneforge.augment.local_server import BadRequest, Engine, Job, closed, create_app, grammar_for
+from tuneforge.augment.local_engine import Engine, Job
+from tuneforge.augment.local_grammar import BadRequest, closed, grammar_for
+from tuneforge.augment.local_server import create_app
 from tuneforge.augment.ops.base import Score
 from tuneforge.augment.ops.extend_turns import Extension
 from tuneforge.augment.ops.extend_turns import wire_schema as extension_schema
@@ -70,7 +72,7 @@ def test_random_weights_still_give_valid_json(engine, max_tokens):
 def test_a_tokenizer_the_grammar_misreads_is_refused(engine):
     """The engine checks llguidance's bytes for every token against the tokenizer's decoding: the real
     tokenizer agrees everywhere; one that maps byte-level pieces differently is caught."""
-    from tuneforge.augment.local_server import byte_mismatches
+    from tuneforge.augment.local_engine import byte_mismatches
 
     assert byte_mismatches(engine.tok, engine.ll_tok) == []
 

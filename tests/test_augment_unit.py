@@ -10,11 +10,11 @@ import pytest
 
 from tuneforge.augment import AugmentConfig, load_config, run_augment
 from tuneforge.augment.cache import CachedResponse, ResponseCache, cache_key
-from tuneforge.augment.client import Redactor
 from tuneforge.augment.config import StepConfig
 from tuneforge.augment.endpoint import EMBEDDED_ENDPOINT, public_url, resolve_endpoint
 from tuneforge.augment.limits import RateLimiter, backoff_delay, parse_retry_after
 from tuneforge.augment.ops.grounding import Vocabulary, price_cap, rating_floor, short_name, ungrounded
+from tuneforge.augment.request_types import Redactor
 from tuneforge.augment.select import draw, sample, select
 from tuneforge.augment.structured import clean_text, extract_json
 from tuneforge.common.errors import RecipeError
@@ -272,7 +272,7 @@ def test_progress_projects_time_and_cost_left():
 
 
 def test_hedge_point_is_p95_with_a_floor():
-    from tuneforge.augment.client import Latency
+    from tuneforge.augment.hedging import Latency
 
     lat = Latency()
     for _ in range(19):

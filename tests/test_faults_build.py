@@ -346,18 +346,18 @@ def test_a_source_that_changes_during_the_build_is_an_error_naming_it(tmp_path, 
 
 
 def test_a_file_that_grows_while_it_is_planned_is_an_error(tmp_path, monkeypatch):
-    from tuneforge.ingest import plan
+    from tuneforge.ingest import scan
 
     src = tmp_path / "a.jsonl"
     _corpus(src, 5)
-    real = plan._Scan.__init__
+    real = scan.Scan.__init__
 
     def scan_then_grow(self, path, *a):
         real(self, path, *a)
         with open(path, "a", encoding="utf-8") as f:
             f.write("{}\n")
 
-    monkeypatch.setattr(plan._Scan, "__init__", scan_then_grow)
+    monkeypatch.setattr(scan.Scan, "__init__", scan_then_grow)
     with pytest.raises(SourceError, match="changed while the build read it"):
         plan_file(src, "a.jsonl", SourceConfig(name="s", path="a.jsonl"), Sharding())
 

@@ -16,7 +16,7 @@ import yaml
 from fake_openai_server import FakeOpenAIServer, Plan, refused_url  # tests/ is on sys.path under pytest
 
 from tuneforge.augment import AugmentConfig, run_augment
-from tuneforge.augment.client import EndpointFailed
+from tuneforge.augment.request_types import EndpointFailed
 from tuneforge.common.decoding import whole_chars
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.mcq import load_benchmark

@@ -259,9 +259,9 @@ def test_plan_utf8_check_agrees_with_python_across_chunk_boundaries(tmp_path, mo
     stray byte, a surrogate or a truncated end must give exactly Python's strict verdict."""
     import random
 
-    from tuneforge.ingest import plan
+    from tuneforge.ingest import scan
 
-    monkeypatch.setattr(plan, "CHUNK", 7)
+    monkeypatch.setattr(scan, "CHUNK", 7)
     rng = random.Random(0)
     path = tmp_path / "u.txt"
     cases = [b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", "中".encode()[:2], b"ab\x80"]
@@ -277,7 +277,7 @@ def test_plan_utf8_check_agrees_with_python_across_chunk_boundaries(tmp_path, mo
             expected = True
         except UnicodeDecodeError:
             expected = False
-        assert plan._Scan(path, None, None).utf8 is expected, data
+        assert scan.Scan(path, None, None).utf8 is expected, data
 
 
 @pytest.mark.parametrize("line", [
@@ -288,7 +288,7 @@ def test_plan_utf8_check_agrees_with_python_across_chunk_boundaries(tmp_path, mo
 def test_jsonl_fast_parse_is_exactly_json_loads(line):
     """JSONL lines go through orjson only where its answer is json.loads' own; everything else (floats, huge
     integers, NaN, lone surrogates, errors, deep nesting) is handed back to the standard library."""
-    from tuneforge.ingest.readers import _SLOW, _exact_fast
+    from tuneforge.ingest.json_readers import _SLOW, _exact_fast
 
     fast = _exact_fast(line.encode("utf-8"))
     if fast is _SLOW:
@@ -298,7 +298,7 @@ def test_jsonl_fast_parse_is_exactly_json_loads(line):
 
 
 def test_jsonl_fast_parse_hands_back_what_it_cannot_say():
-    from tuneforge.ingest.readers import _SLOW, _exact_fast
+    from tuneforge.ingest.json_readers import _SLOW, _exact_fast
 
     for line in ('{"n":123456789012345678901234567890}', '[1.0]', '[NaN]', '{"s":"\\ud800"}', '{"a": 1',
                  '[' * 1000 + ']' * 1000):

@@ -50,8 +50,8 @@ def test_demo_pipeline_quick_cache_and_gate(prefect_api, tmp_path):
     `transformers serve`, LoRA SFT, held-out and forgetting evaluations, the report; then re-runs."""
     from tuneforge import run_pipeline
     from tuneforge.common.errors import TuneforgeError
-    from tuneforge.flows.cli import DEMO_QUICK
     from tuneforge.flows.pipeline import pipeline_flow
+    from tuneforge.orchestration import DEMO_QUICK
 
     pipe, out = str(REPO / "pipelines" / "demo.yaml"), tmp_path / "demo"
     res = run_pipeline(pipe, out, overrides=DEMO_QUICK)  # the plain API: no Prefect server

@@ -22,8 +22,7 @@ from tuneforge.api import (
 )
 from tuneforge.common.errors import RecipeError, StrictError, TuneforgeError
 from tuneforge.common.results import BuildResult, PipelineResult, Result
-
-__version__ = "0.1.0"
+from tuneforge.common.version import __version__
 
 __all__ = [
     "BuildResult",

@@ -31,24 +31,32 @@ class EvalResult(Result):
     suites: dict[str, Any]
 
 
-def build(recipe: PathLike, out: PathLike, **options: Any) -> BuildResult:
+def build(recipe: PathLike, out: PathLike, *, seed: int | None = None, strict: bool = False,
+          llm_base_url: str | None = None, llm_model: str | None = None, augment_limit: int | None = None,
+          runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
+          executor: Any = None, shard_mb: float | None = None, shard_records: int | None = None,
+          force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
     """Build the dataset a recipe describes into `out` (sharded over every core; `runner="dask"` with
-    `dask_address=` for a cluster). Options are those of `tuneforge build`: seed, strict, llm_base_url,
-    llm_model, augment_limit, runner, workers, dask_address, shard_mb, shard_records, force, allow_outside,
-    progress. Returns the manifest. Call it under `if __name__ == "__main__":` in a script (worker processes
-    re-import the main module)."""
+    `dask_address=` for a cluster); the options are those of `tuneforge build` (docs/python-api.md). With
+    `strict=True` it raises StrictError, after writing the output, where `--strict` exits non-zero: an augment
+    step failed every item, or an input record was rejected. Returns the manifest. Call it under
+    `if __name__ == "__main__":` in a script (worker processes re-import the main module)."""
     from tuneforge.builder import build as _build
 
-    return _build(recipe, out, **options)
+    return _build(recipe, out, seed=seed, strict=strict, llm_base_url=llm_base_url, llm_model=llm_model,
+                  augment_limit=augment_limit, runner=runner, workers=workers, dask_address=dask_address,
+                  executor=executor, shard_mb=shard_mb, shard_records=shard_records, force=force,
+                  allow_outside=allow_outside, progress=progress)
 
 
 def train(config: PathLike | dict[str, Any], out: PathLike, *, resume: bool = False, merge: bool = False,
-          **options: Any) -> TrainResult:
+          strict: bool | None = None) -> TrainResult:
     """Train one stage (sft, pt, rm, dpo, kto, ppo, grpo, ...) from a config file or dict into `out`; relative
-    paths in a dict resolve against the working directory, in a file against the file's folder."""
+    paths in a dict resolve against the working directory, in a file against the file's folder. `strict`
+    (default: the config's `truncation.strict`): raise before training if any row cannot fit max_length."""
     from tuneforge.trainers import train as _train
 
-    return TrainResult(_train(config, out, resume=resume, merge=merge, **options))
+    return TrainResult(_train(config, out, resume=resume, merge=merge, strict=strict))
 
 
 def evaluate(config: PathLike | dict[str, Any] | None = None, *, out: PathLike, model: str | None = None,

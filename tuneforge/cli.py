@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tuneforge.common.errors import TuneforgeError, machine_fault
+from tuneforge.orchestration import use_prefect
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # An ephemeral Prefect API starts in a subprocess; on a busy 2-core machine its default 20 s can run out.
@@ -40,11 +41,6 @@ def _options(debug: bool = typer.Option(False, "--debug", help="show tracebacks 
 
     STATE["debug"] = debug
     logs.setup(debug)
-
-
-def use_prefect(flag: bool | None) -> bool:
-    """Run as a Prefect flow when asked, or when a Prefect API is configured (PREFECT_API_URL)."""
-    return bool(os.environ.get("PREFECT_API_URL")) if flag is None else flag
 
 
 @app.command()
@@ -116,19 +112,32 @@ def check(
     typer.echo(f"{file}: {report.kind} ok" + "".join(f"; {n}" for n in report.notes))
 
 
+def new_domain(
+    name: str = typer.Argument(..., help="the new domain's name (a folder under datasets/)"),
+    root: Path = typer.Option(Path("."), help="the project folder holding datasets/ and pipelines/"),
+) -> None:
+    """Start a new domain from the commented template: recipe, prompt, eval, training and forgetting configs
+    (to edit) and a pipeline naming them, each path relative to the file that holds it."""
+    from tuneforge.new_domain import new_domain as make
+
+    target, pipe = make(name, root)
+    typer.echo(f"created {target}/ and {pipe}; put your data under {target}/data and edit recipe.yaml")
+
+
 # Sub-commands owned by later stages register here; their modules import heavy libraries only inside
 # the commands, so `tuneforge --help` stays fast.
 def _register() -> None:
     from tuneforge.envinfo import env_command
     from tuneforge.eval.cli import register as register_eval
-    from tuneforge.flows.cli import register as register_flows
+    from tuneforge.orchestration import register as register_orchestration
     from tuneforge.templates.cli import app as templates_app
     from tuneforge.trainers.cli import train_command
 
     app.add_typer(templates_app, name="templates")
     app.command("train")(train_command)
     register_eval(app)
-    register_flows(app)
+    register_orchestration(app)
+    app.command("new-domain")(new_domain)
     app.command("env")(env_command)
 
 

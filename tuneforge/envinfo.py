@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from tuneforge.common.extras import EXTRAS, present, trl_has_ppo
+from tuneforge.common.version import __version__
 
 # Shown in this order; the distribution names, as pip spells them.
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "pyarrow", "openai", "prefect",
@@ -69,15 +70,13 @@ def _embedded() -> dict[str, Any]:
 
 def collect() -> dict[str, Any]:
     """Everything `tuneforge env` reports, as a JSON-ready dict."""
-    import tuneforge
-
     versions = {p: _version(p) for p in PACKAGES}
     extras = present()
     if trl_has_ppo() and "train" in extras:
         extras.append("ppo")
     return {
-        "tuneforge": _version("tuneforge") or tuneforge.__version__,
-        "tuneforge_location": str(Path(tuneforge.__file__).parent),
+        "tuneforge": __version__,
+        "tuneforge_location": str(Path(__file__).parent),
         "python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

@@ -8,12 +8,7 @@ up while it sleeps, every HTTP attempt counted). The policy: a 429 makes *its ow
 and malformed bodies back off exponentially with jitter; 401/403/404 stop the run (every other item would fail
 the same way); other 4xx fail the item at once.
 
-Hedging (Dean and Barroso, "The Tail at Scale"): once 20 requests have finished, an attempt still running past
-the hedge point (the p95 of the recent ones, at least 1.5x their median) gets a copy, which takes the window's
-next free slot ahead of queued requests, and a second copy if the first is quiet as long; the first answer
-wins and the others are cancelled, so a hung connection costs about a hedge point, not the deadline. Hedges are
-at most a tenth of the requests, at most concurrency/16 out at once, and off for the embedded server (one
-CPU-bound process: a copy would only compete with the original).
+Hedging (a copy of a slow attempt) is `hedging.py`.
 
 Requests go through `AsyncOpenAI.post` with the aiohttp transport and a plain dict body: the typed
 `chat.completions.create` spends about a millisecond of CPU per call validating its arguments, which alone caps
@@ -24,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
-import re
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -40,6 +33,7 @@ import openai
 from tuneforge.augment.cache import CachedResponse, ResponseCache, cache_key
 from tuneforge.augment.config import LLMConfig
 from tuneforge.augment.endpoint import EmbeddedServer, EndpointSpec
+from tuneforge.augment.hedging import Hedger
 from tuneforge.augment.limits import (
     RateLimiter,
     Window,
@@ -47,6 +41,19 @@ from tuneforge.augment.limits import (
     estimate_tokens,
     parse_key_exhausted,
     parse_retry_after,
+)
+from tuneforge.augment.request_types import (
+    EndpointFailed,
+    FormatRejected,
+    ItemState,
+    Redactor,
+    Reply,
+    ReplyTruncated,
+    RequestFailed,
+    Sampling,
+    Tally,
+    Usage,
+    unreachable,
 )
 from tuneforge.common.errors import TuneforgeError
 
@@ -57,145 +64,6 @@ _FORMAT_REJECT_STATUS = {400, 415, 422, 501}
 # What a run used for JSON replies, in order of preference.
 STRUCTURED_MODES = ("json_schema", "json_object", "prompted")
 _PROBE_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-
-
-class RequestFailed(Exception):
-    """A request that failed for good (attempts exhausted, or an error retrying cannot fix)."""
-
-
-class ReplyTruncated(RequestFailed):
-    """The reply stopped at `max_tokens` (`finish_reason: length`): cut mid-answer, so not a usable output."""
-
-
-def unreachable(error: BaseException) -> str | None:
-    """'connection refused' or 'host not found' when that is what an error comes down to (the aiohttp
-    transport reports a refused connection as `APITimeoutError`, "Request timed out"); else None."""
-    import socket
-
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(e, socket.gaierror):
-            return "host not found"
-        e = e.__cause__ or e.__context__
-    return None
-
-
-class EndpointFailed(TuneforgeError):
-    """The endpoint refuses every request (bad key, unknown model): stop instead of failing each item."""
-
-
-class FormatRejected(Exception):
-    """The endpoint answered 4xx to a request that carried `response_format`."""
-
-
-class Redactor:
-    """Removes the API key (and any bearer token) from text before it reaches logs, rows or the manifest."""
-
-    _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
-
-    def __init__(self, secrets: list[str]) -> None:
-        self.secrets = [s for s in secrets if s and len(s) >= 4 and s != "EMPTY"]
-
-    def __call__(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, "***")
-        return self._BEARER.sub(r"\1***", text)
-
-
-@dataclass
-class Sampling:
-    """What a request is sent with; `label` (not the served path) goes into cache keys and meta."""
-
-    model: str | None
-    label: str
-    temperature: float
-    top_p: float | None
-    max_tokens: int
-    response_format: str
-
-
-@dataclass
-class Tally:
-    """Per-step request counters and what the step's fresh replies cost in tokens."""
-
-    requested: int = 0  # logical requests that missed the cache
-    cached: int = 0  # logical requests answered from the cache
-    attempts: int = 0  # HTTP attempts (hedges included)
-    retries: int = 0
-    hedges: int = 0  # second copies sent for a slow attempt
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class ItemState:
-    """What one item has cost so far, for its failure row; `slot` is its worker slot, given up while it sleeps."""
-
-    attempts: int = 0
-    slot: asyncio.Semaphore | None = None
-    _sleeping: int = 0
-
-    async def sleep(self, seconds: float) -> None:
-        """Back off without holding a worker slot: a retry never stalls the items queued behind it."""
-        first = self._sleeping == 0
-        self._sleeping += 1
-        if first and self.slot is not None:
-            self.slot.release()
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self._sleeping -= 1
-            if self._sleeping == 0 and self.slot is not None:
-                await self.slot.acquire()
-
-
-class Latency:
-    """Durations of recent successful attempts. The hedge point is their p95, and at least 1.5 times their median:
-    with steady latency the p95 is only jitter above the median, and hedging there would send 5% more requests
-    for nothing."""
-
-    def __init__(self, keep: int = 256, min_samples: int = 20) -> None:
-        self._d: deque[float] = deque(maxlen=keep)
-        self.min_samples = min_samples
-        self._p95: float | None = None
-        self._dirty = 0
-
-    def observe(self, seconds: float) -> None:
-        self._d.append(seconds)
-        self._dirty += 1
-
-    def hedge_after(self) -> float | None:
-        if len(self._d) < self.min_samples:
-            return None
-        if self._p95 is None or self._dirty >= 16:  # re-sorted every 16 samples: cheap at thousands a second
-            xs = sorted(self._d)
-            self._p95 = max(xs[min(len(xs) - 1, int(0.95 * len(xs)))], 1.5 * xs[len(xs) // 2])
-            self._dirty = 0
-        return self._p95
-
-
-@dataclass
-class Reply:
-    content: str
-    key: str
-    cached: bool
-
-
-@dataclass
-class Usage:
-    requests: int = 0
-    completions: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    hedges: int = 0
-
-
-MAX_COPIES = 2  # hedge copies of one attempt
 
 
 class LLM:
@@ -209,10 +77,8 @@ class LLM:
         self.usage = Usage()
         self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
         self.window = Window(cfg.concurrency)
-        self.latency = Latency()
-        self._copies = 0  # hedge copies out now (waiting for a slot or sent)
-        self.max_copies = max(1, cfg.concurrency // 16)
         self.hedging = cfg.hedge if cfg.hedge is not None else not spec.embedded
+        self.hedger = Hedger(cfg, self.hedging)
         # How JSON is asked for: pinned by the config, or probed on first contact (`auto`); None until known.
         self.structured: str | None = None if cfg.response_format == "auto" else (
             "prompted" if cfg.response_format == "none" else cfg.response_format)
@@ -397,87 +263,8 @@ class LLM:
                 if scope is not None:  # the whole key is spent: every worker waits until it resets (set
                     self.limiter.pause(scope)  # before this slot is free, so no other request slips out)
                 raise
-            self.latency.observe(time.monotonic() - t0)
+            self.hedger.latency.observe(time.monotonic() - t0)
             return data
-
-    async def _copy(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState) -> dict:
-        """A hedge copy. At most `max_copies` are out at once: a stall of this process (a long GC pause, a busy
-        machine) makes every attempt in flight late at the same moment, and copying them all would only add
-        load; the faults hedging is for (a request that hangs) come a few at a time."""
-        self._copies += 1
-        try:
-            return await self._post(client, body, tally, item, [], copy=True)
-        finally:
-            self._copies -= 1
-
-    def deadline(self, attempt: int) -> float:
-        """An attempt's deadline: `timeout_s`, or, once latency is known, 4x the hedge point, doubling with each
-        retry of the same request (a long generation is cut once, not every time) and never for the last one."""
-        hp = self.latency.hedge_after() if self.hedging else None
-        if hp is None or attempt >= self.cfg.max_attempts:
-            return self.cfg.timeout_s
-        return min(self.cfg.timeout_s, 4 * hp * 2 ** (attempt - 1))
-
-    async def _attempt(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState,
-                       attempt: int = 1) -> dict:
-        """One attempt under its deadline (re-read as latency samples arrive), hedged: past the hedge point a
-        second copy races it, taking the window's next free slot ahead of queued requests; the first answer
-        wins and the loser is cancelled. A copy that fails ends the attempt (the silent primary is dropped)."""
-        sent: list[float] = []  # when the primary got its slot and was sent
-        if not self.hedging:
-            return await self._post(client, body, tally, item, sent)
-        # Every attempt can be hedged, also one sent into a full window: a hung attempt would otherwise hold its
-        # slot until the deadline (4x the hedge point), which at 10% faults cost a tenth of the window's capacity.
-        on_sent = asyncio.get_running_loop().create_future()  # wakes the watch below when the primary is sent
-        primary = asyncio.ensure_future(self._post(client, body, tally, item, sent, on_sent=on_sent))
-        pending: set[asyncio.Future] = {primary}
-        copies: list[asyncio.Future] = []
-        last_sent = 0.0  # when the newest copy was made
-        error: BaseException | None = None
-        try:
-            while pending:
-                wait = 0.5  # re-read the deadline at least this often: the first samples arrive meanwhile
-                after = self.latency.hedge_after()
-                if sent:
-                    elapsed = time.monotonic() - sent[0]
-                    deadline = self.deadline(attempt)
-                    if elapsed >= deadline:
-                        raise TimeoutError(f"past the deadline {deadline:.3g}s")
-                    wait = min(wait, deadline - elapsed)
-                    if after is not None and len(copies) < MAX_COPIES:
-                        # The first copy once the primary is past the hedge point, a second once that copy is
-                        # too: both hanging (one item in a thousand at 10% faults) would otherwise hold the
-                        # item until the primary's deadline.
-                        quiet = elapsed if not copies else time.monotonic() - last_sent
-                        if quiet >= after and self.usage.hedges <= 0.1 * self.usage.requests and \
-                                self._copies < self.max_copies:
-                            tally.hedges += 1
-                            self.usage.hedges += 1
-                            copies.append(asyncio.ensure_future(self._copy(client, body, tally, item)))
-                            pending.add(copies[-1])
-                            last_sent = time.monotonic()
-                            wait = min(wait, after)
-                        elif quiet < after:
-                            wait = min(wait, after - quiet)
-                # Until the primary holds a slot the clock has not started: wait for it to be sent, not 0.5 s.
-                watch = pending if sent or on_sent.done() else pending | {on_sent}
-                done, _ = await asyncio.wait(watch, timeout=max(0.005, wait), return_when=asyncio.FIRST_COMPLETED)
-                done.discard(on_sent)
-                pending -= done
-                for t in done:
-                    if t.exception() is None:
-                        return t.result()
-                    error = error or t.exception()
-                if primary in pending and any(c in done for c in copies):
-                    # The copy failed (a 429, a 500, a dropped connection) while the primary, already past the
-                    # hedge point, is still silent: retry now rather than wait for the primary's deadline.
-                    raise error  # type: ignore[misc]
-            raise error  # type: ignore[misc]
-        finally:
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _send(self, client: openai.AsyncOpenAI, body: dict, tally: Tally, item: ItemState, *,
                     format_errors: bool = False, probe: bool = False) -> CachedResponse:
@@ -487,7 +274,8 @@ class LLM:
             await self.limiter.acquire(estimate)
             delay: float | None = None
             try:
-                data = await self._attempt(client, body, tally, item, attempt)
+                post = functools.partial(self._post, client, body, tally, item)
+                data = await self.hedger.attempt(post, tally, self.usage, attempt)
                 choice = data["choices"][0]
                 content = choice["message"].get("content")
                 if not isinstance(content, str):
@@ -517,7 +305,7 @@ class LLM:
                 why = unreachable(e)
                 if why and self.usage.completions == 0:  # never reached: every request would fail the same way
                     raise EndpointFailed(self._unreachable_message(why)) from None
-                last = f"{why} at {self.spec.public_url}" if why else f"timeout after {self.deadline(attempt):.3g}s"
+                last = f"{why} at {self.spec.public_url}" if why else f"timeout after {self.hedger.deadline(attempt):.3g}s"
             except openai.APIConnectionError as e:
                 why = unreachable(e)
                 if why and self.usage.completions == 0:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.augment.cache import ResponseCache
-from tuneforge.augment.client import LLM, ItemState, ReplyTruncated, RequestFailed, Tally
+from tuneforge.augment.client import LLM
 from tuneforge.augment.config import AugmentConfig, StepConfig, cache_path
 from tuneforge.augment.endpoint import resolve_endpoint
 from tuneforge.augment.ops import OPERATORS
 from tuneforge.augment.ops.base import Operator, Outcome, Prompt, StepContext, load_template
 from tuneforge.augment.progress import StepProgress
+from tuneforge.augment.request_types import ItemState, ReplyTruncated, RequestFailed, Tally
 from tuneforge.augment.select import select
 from tuneforge.augment.structured import OutputInvalid
 from tuneforge.common.gcpause import gc_frozen

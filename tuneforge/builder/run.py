@@ -69,7 +69,6 @@ class BuildOptions:
     """How a build runs (never what it produces: the same recipe and inputs give the same bytes)."""
 
     seed: int | None = None
-    strict: bool = False
     llm_base_url: str | None = None
     llm_model: str | None = None
     augment_limit: int | None = None
@@ -355,7 +354,8 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
           force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
     """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
 
-    `strict`: raise StrictError (after writing the output) when any input record was rejected.
+    `strict`: raise StrictError (after writing the output) when an augment step failed every item it selected,
+    or when any input record was rejected.
     Work runs on `executor`, or where `runner`, `workers` and `dask_address` say (`builder/executor.py`
     `choose_runner`: `auto` worker processes, one a core, in-process for small inputs; `processes`, `threads`,
     `serial`, or `dask`: a LocalCluster, or the scheduler at `dask_address`). The output is the same bytes
@@ -366,7 +366,7 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
                              "call under `if __name__ == \"__main__\":`")
     sharding = Sharding(target_bytes=int(shard_mb * (1 << 20)) if shard_mb else Sharding.target_bytes,
                         target_records=shard_records or Sharding.target_records)
-    opts = BuildOptions(seed=seed, strict=strict, llm_base_url=llm_base_url, llm_model=llm_model,
+    opts = BuildOptions(seed=seed, llm_base_url=llm_base_url, llm_model=llm_model,
                         augment_limit=augment_limit, force=force, allow_outside=allow_outside, sharding=sharding,
                         progress=progress)
     own = executor is None
@@ -379,10 +379,14 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
             ex.close()
     timings = {"timings": b.timings, "executor": ex.describe()}
     write_json(b.out.mark / "timings.json", timings)
-    rejected = manifest["counts"]["rejected"]
-    if strict and rejected:
-        raise StrictError(f"strict: {rejected} input records rejected; the output was written, the reasons are in "
-                          f"{Path(out) / 'rejects.jsonl'}")
+    if strict:  # what `tuneforge build --strict` checks (exit 2 for a failed step, else 1 for rejects)
+        from tuneforge.augment.run import failed_step_warnings
+
+        if failed := failed_step_warnings(manifest):
+            raise StrictError(f"strict: {'; '.join(failed)}; the output was written")
+        if rejected := manifest["counts"]["rejected"]:
+            raise StrictError(f"strict: {rejected} input records rejected; the output was written, the reasons are "
+                              f"in {Path(out) / 'rejects.jsonl'}")
     return BuildResult(manifest)
 
 

@@ -93,9 +93,10 @@ def _question(row: dict) -> str:
 async def _judge_all(pairs: list[tuple[dict, dict]], jc: Any, cache_file: Path,
                      on_request: Callable[[int], None] | None = None) -> list[dict]:
     from tuneforge.augment.cache import ResponseCache
-    from tuneforge.augment.client import LLM, ItemState, RequestFailed, Tally
+    from tuneforge.augment.client import LLM
     from tuneforge.augment.config import LLMConfig
     from tuneforge.augment.endpoint import resolve_endpoint
+    from tuneforge.augment.request_types import ItemState, RequestFailed, Tally
 
     llm_cfg = LLMConfig.model_validate({"temperature": 0.0, "max_tokens": 256, **jc.llm})
     spec = resolve_endpoint(llm_cfg)

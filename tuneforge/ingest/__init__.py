@@ -20,10 +20,14 @@ from typing import Any
 from tuneforge.common.errors import SourceError
 from tuneforge.common.records import Record, provenance, reject
 from tuneforge.ingest.config import SourceConfig
-from tuneforge.ingest.formats import FORMATS, Context, Invalid, detect, fill_placeholders, propose_transcript
-from tuneforge.ingest.plan import FilePlan, Sharding
+from tuneforge.ingest.cuts import Sharding
+from tuneforge.ingest.fields import Context, Invalid
+from tuneforge.ingest.formats import FORMATS, detect, fill_placeholders
+from tuneforge.ingest.parts import ARROW_MARKERS, SUFFIX_TYPES, Bad, Item, Part
+from tuneforge.ingest.plan import FilePlan
 from tuneforge.ingest.plan import plan_file as _plan_file
-from tuneforge.ingest.readers import ARROW_MARKERS, SUFFIX_TYPES, Bad, Item, Part, read
+from tuneforge.ingest.readers import read
+from tuneforge.ingest.transcript import propose_transcript
 
 __all__ = ["FilePlan", "IngestResult", "Shard", "ShardReader", "Sharding", "SourceConfig", "empty_files", "ingest",
            "plan_file", "plan_files", "shards_of", "source_figures"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge import __version__
 from tuneforge.common.io import dumps, sha256_text
+from tuneforge.common.version import __version__
 
 SPLITS = ("train", "validation", "test")
 

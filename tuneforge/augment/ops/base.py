@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 import jinja2
 from pydantic import BaseModel, Field
 
-from tuneforge.augment.client import LLM, ItemState, Sampling, Tally
+from tuneforge.augment.client import LLM
 from tuneforge.augment.config import StepConfig
 from tuneforge.augment.params import OpParams
+from tuneforge.augment.request_types import ItemState, Sampling, Tally
 from tuneforge.common.records import KINDS, Record, new_record
 from tuneforge.templates.loader import load_prompt, prompt_source, render
 

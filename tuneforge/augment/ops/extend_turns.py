@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from tuneforge.augment.client import ItemState
 from tuneforge.augment.ops.base import Operator, Outcome, StepContext
 from tuneforge.augment.params import ExtendParams
+from tuneforge.augment.request_types import ItemState
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tuneforge.augment.client import ItemState
 from tuneforge.augment.ops.base import Operator, Outcome, Score, StepContext
 from tuneforge.augment.params import JudgeParams
+from tuneforge.augment.request_types import ItemState
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import KINDS, Record
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from tuneforge.augment.client import ItemState
 from tuneforge.augment.ops.base import Operator, Outcome, StepContext, gather_all
 from tuneforge.augment.ops.grounding import Vocabulary, price_cap, rating_floor, short_name, ungrounded
 from tuneforge.augment.params import KBFields, KBParams
+from tuneforge.augment.request_types import ItemState
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 

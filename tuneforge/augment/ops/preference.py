@@ -6,9 +6,9 @@ counted, not guessed at.
 
 from __future__ import annotations
 
-from tuneforge.augment.client import ItemState
 from tuneforge.augment.ops.base import Operator, Outcome, Score, StepContext, gather_all
 from tuneforge.augment.params import PreferenceParams
+from tuneforge.augment.request_types import ItemState
 from tuneforge.augment.structured import ask, schema_line
 from tuneforge.common.records import Record
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from tuneforge.augment.client import ItemState
 from tuneforge.augment.ops.base import Operator, Outcome, StepContext, gather_all
 from tuneforge.augment.params import RewriteParams
+from tuneforge.augment.request_types import ItemState
 from tuneforge.augment.structured import ask
 from tuneforge.common.records import Record
 

@@ -1,10 +1,12 @@
-"""CLI verbs for orchestration: run, schedule, server, demo, new-domain. Heavy imports stay inside commands."""
+"""The CLI's pipeline verbs: run, demo, schedule, server (docs/orchestration.md). Each runs the pipeline's
+plain function or, with --prefect (or PREFECT_API_URL), its Prefect flow, so this module sits above both
+`tuneforge/pipeline/` and `tuneforge/flows/` (flows hold no logic; this is where the choice is made);
+`tuneforge.cli` registers the verbs. Heavy imports stay inside the commands."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,9 +20,13 @@ from tuneforge.common.resources import asset
 PREFECT_HELP = "run as a Prefect flow (default: only when PREFECT_API_URL is set)"
 
 
+def use_prefect(flag: bool | None) -> bool:
+    """Run as a Prefect flow when asked, or when a Prefect API is configured (PREFECT_API_URL)."""
+    return bool(os.environ.get("PREFECT_API_URL")) if flag is None else flag
+
+
 def _run(pipeline: Path, out: Path, overrides: dict | None, prefect: bool | None) -> dict:
     """The pipeline through the plain API, or as a Prefect flow when asked (or PREFECT_API_URL is set)."""
-    from tuneforge.cli import use_prefect
     from tuneforge.pipeline import load_pipeline
 
     if use_prefect(prefect):
@@ -156,34 +162,9 @@ def demo_command(
     typer.echo(_summary(out, res, time.perf_counter() - t))
 
 
-def new_domain_command(
-    name: str = typer.Argument(..., help="the new domain's name (a folder under datasets/)"),
-    root: Path = typer.Option(Path("."), help="the project folder holding datasets/ and pipelines/"),
-) -> None:
-    """Start a new domain from the commented template: recipe, prompt, eval, training and forgetting configs
-    (to edit) and a pipeline naming them, each path relative to the file that holds it."""
-    import re
-
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise TuneforgeError("a domain name is lower-case letters, digits and underscores, starting with a letter")
-    template = asset("datasets", "_template")
-    target = root / "datasets" / name
-    if target.exists():
-        raise TuneforgeError(f"{target} already exists")
-    # The pipeline names configs beside the recipe, so the new domain works outside a tuneforge clone.
-    shutil.copytree(template, target)
-    for f in target.rglob("*"):
-        if f.is_file() and f.suffix in (".yaml", ".md", ".jinja"):
-            f.write_text(f.read_text(encoding="utf-8").replace("__DOMAIN__", name), encoding="utf-8")
-    pipe = root / "pipelines" / f"{name}.yaml"
-    pipe.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(target / "pipeline.yaml"), pipe)
-    typer.echo(f"created {target}/ and {pipe}; put your data under {target}/data and edit recipe.yaml")
-
-
 def register(app: typer.Typer) -> None:
+    """Add run, schedule, server and demo to the `tuneforge` app, in that order (the order of --help)."""
     app.command("run")(run_command)
     app.command("schedule")(schedule_command)
     app.command("server")(server_command)
     app.command("demo")(demo_command)
-    app.command("new-domain")(new_domain_command)
