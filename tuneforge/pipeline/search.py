@@ -165,7 +165,7 @@ def _evaluate_base_side(steps: _Steps, root: Path, forgetting_config: Any, base:
 
 def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: StepRunner | None = None) -> dict[str, Any]:
     """Train, prune-check, evaluate and forgetting-check one trial (every step cached); its record."""
-    from tuneforge.eval.gate import gate_decision
+    from tuneforge.pipeline.gate import gate_decision
 
     h = params_hash(params)
     cfg, _ = load_pipeline(ctx["pipeline"], ctx["overrides"])
