@@ -7,7 +7,6 @@ import pytest
 from scipy.stats import binom, norm
 
 from tuneforge.eval.config import ForgettingConfig
-from tuneforge.pipeline.gate import gate_decision
 from tuneforge.eval.runner import forgetting_block
 from tuneforge.eval.stats import (
     FORGETTING,
@@ -18,6 +17,7 @@ from tuneforge.eval.stats import (
     mcnemar_mde,
     mcnemar_n,
 )
+from tuneforge.pipeline.gate import gate_decision
 
 
 def _connor_n(d: float, psi: float, alpha: float = 0.05, power: float = 0.8) -> float:
