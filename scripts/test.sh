@@ -24,7 +24,7 @@ sets=${TUNEFORGE_SETS:-$([ $# -eq 0 ] && echo locked,newest || echo locked)}
 NEWEST_TESTS=(tests/test_augment_server.py tests/test_templates_hf.py tests/test_templates.py tests/test_build.py
   tests/test_train_config.py tests/test_train_e2e.py tests/test_eval.py tests/test_eval_e2e.py
   tests/test_eval_gate.py tests/test_pipeline.py tests/test_pipeline_lineage.py tests/test_search.py
-  tests/test_install.py tests/test_check.py)
+  tests/test_install.py tests/test_check.py tests/test_stage_table.py)
 
 status=0
 if [[ $sets == *locked* ]]; then

@@ -7,7 +7,6 @@ import pytest
 from scipy.stats import binom, norm
 
 from tuneforge.eval.config import ForgettingConfig
-from tuneforge.eval.gate import gate_decision
 from tuneforge.eval.runner import forgetting_block
 from tuneforge.eval.stats import (
     FORGETTING,
@@ -18,6 +17,7 @@ from tuneforge.eval.stats import (
     mcnemar_mde,
     mcnemar_n,
 )
+from tuneforge.pipeline.gate import gate_decision
 
 
 def _connor_n(d: float, psi: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -110,12 +110,3 @@ def test_tiers_decide_the_gate_and_report_mde_per_comparison():
     assert fg2["verdict"] == INCONCLUSIVE
     assert gate_decision(fg2, "fail")["passed"]
 
-
-def test_gate_decision_keeps_its_old_contract():
-    assert gate_decision(None, "fail").items() >= {"passed": True, "policy": "fail", "verdict": None,
-                                                   "reasons": ["no forgetting check was run"]}.items()
-    old = {"verdict": "forgetting", "suites": {"ceval": {"verdict": "forgetting", "delta": -3.0, "ci_low": -5.0,
-                                                          "ci_high": -1.0, "p_value": 0.001}}}
-    g = gate_decision(old, "warn")
-    assert g["passed"] and g["reasons"][0].startswith("ceval: accuracy -3.00 points")
-    assert not gate_decision(old, "fail")["passed"]

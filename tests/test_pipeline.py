@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneforge.eval.gate import gate_decision
+from tuneforge.pipeline.gate import gate_decision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,6 +113,16 @@ def test_gate_decision():
     ppl = gate_decision({"verdict": "no significant change", "suites": {},
                          "perplexity": {"verdict": "forgetting", "change_pct": 25.0, "tolerance_pct": 10.0}}, "fail")
     assert ppl["passed"] is True and "perplexity on general text rose +25.0%" in ppl["reasons"][-1]
+
+
+def test_gate_decision_keeps_its_old_contract():
+    assert gate_decision(None, "fail").items() >= {"passed": True, "policy": "fail", "verdict": None,
+                                                   "reasons": ["no forgetting check was run"]}.items()
+    old = {"verdict": "forgetting", "suites": {"ceval": {"verdict": "forgetting", "delta": -3.0, "ci_low": -5.0,
+                                                          "ci_high": -1.0, "p_value": 0.001}}}
+    g = gate_decision(old, "warn")
+    assert g["passed"] and g["reasons"][0].startswith("ceval: accuracy -3.00 points")
+    assert not gate_decision(old, "fail")["passed"]
 
 
 @pytest.mark.slow

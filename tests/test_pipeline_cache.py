@@ -94,7 +94,7 @@ def test_step_keys_follow_config_inputs_and_source(tmp_path, monkeypatch):
 
 
 def test_pipeline_report_shows_the_evaluate_steps_own_suites(tmp_path):
-    from tuneforge.eval.pipeline_report import write_pipeline_report
+    from tuneforge.pipeline.report import write_pipeline_report
 
     for model, acc in (("base", 40.0), ("tuned", 55.0)):
         d = tmp_path / "eval" / model

@@ -161,7 +161,7 @@ def test_a_changed_model_folder_is_caught(tmp_path, smollm2_path):
 
 
 def test_gate_policy_for_an_inconclusive_check():
-    from tuneforge.eval.gate import gate_decision, gate_line
+    from tuneforge.pipeline.gate import gate_decision, gate_line
 
     block = {"verdict": "inconclusive", "suites": {"ceval": {"verdict": "inconclusive", "note": "needs 783"}}}
     warn = gate_decision(block, "fail")

@@ -13,8 +13,8 @@ import yaml
 
 from tuneforge.common.errors import RecipeError
 from tuneforge.pipeline.config import PipelineConfig, load_pipeline
-from tuneforge.pipeline.search import params_hash, trial_overrides
 from tuneforge.pipeline.search_config import SearchSpec
+from tuneforge.pipeline.search_trial import params_hash, trial_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def test_search_block_validation():
 
 def test_pareto_why_and_report_on_synthetic_trials(tmp_path):
     """Without a model: the Pareto marks, the reasons and the report's scatter."""
-    from tuneforge.pipeline.search import _pareto, _why
     from tuneforge.pipeline.search_report import write_search_report
+    from tuneforge.pipeline.search_stats import pareto, why
 
     def trial(n, state, gain=None, tuned=None, change=None, reason=None):
         t = {"number": n, "hash": f"h{n}", "params": {"learning_rate": n}, "state": state, "reason": reason,
@@ -79,12 +79,12 @@ def test_pareto_why_and_report_on_synthetic_trials(tmp_path):
     trials = [trial(0, "complete", 2.0, 12.0, -1.0), trial(1, "complete", 1.0, 11.0, 0.0),
               trial(2, "complete", 0.5, 10.5, -2.0), trial(3, "failed_gate", 5.0, 15.0, -30.0, "failed the gate"),
               trial(4, "pruned", change=-40.0, reason="pruned at the cheap forgetting check: ceval")]
-    _pareto(trials)
+    pareto(trials)
     assert [t.get("pareto") for t in trials] == [True, True, False, True, None]
     chosen = trials[0]
     for t in trials:
         t["chosen"] = t is chosen
-        t["why"] = _why(t, chosen, "rougeL")
+        t["why"] = why(t, chosen, "rougeL")
     assert trials[1]["why"] == "held-out rougeL 11 below the chosen trial's 12"
     assert trials[3]["why"] == "failed the gate" and trials[4]["why"].startswith("pruned")
     results = {"pipeline": "p", "search": {"objective_metric": "rougeL", "sampler_used": "TPESampler", "seed": 0,

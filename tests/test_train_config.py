@@ -217,12 +217,13 @@ def test_lora_block_still_works_and_equals_peft_lora():
 
 
 def test_stage_blocks_translate_to_trl_fields():
-    from tuneforge.trainers.config import STAGE_KIND, trl_config_class
+    from tuneforge.trainers.config import trl_config_class
+    from tuneforge.trainers.stage_table import STAGE_TABLE
 
     kto = load_config(base(stage="kto", kto={"undesirable_weight": 1.5}))
     assert kto.stage_fields() == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.5,
                                   "loss_type": "kto"}
-    assert STAGE_KIND["kto"] == ("unpaired",) and trl_config_class("kto").__name__ == "KTOConfig"
+    assert STAGE_TABLE["kto"].kinds == ("unpaired",) and trl_config_class("kto").__name__ == "KTOConfig"
     simpo = load_config(base(stage="simpo"))
     assert simpo.stage_fields() == {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0}
     assert trl_config_class("simpo").__name__ == "CPOConfig" and trl_config_class("orpo").__name__ == "ORPOConfig"

@@ -113,11 +113,11 @@ def _recipe(report: Report) -> None:
 
 def _dataset_kind(config: Any) -> str:
     """The training config's dataset has the kind its stage reads, and the template exists."""
-    from tuneforge.trainers.config import STAGE_KIND
     from tuneforge.trainers.data import dataset_folder, read_manifest
+    from tuneforge.trainers.stage_table import STAGE_TABLE
 
     manifest = read_manifest(config.dataset)
-    dataset_folder(config.dataset, manifest, STAGE_KIND[config.stage], config.stage)
+    dataset_folder(config.dataset, manifest, STAGE_TABLE[config.stage].kinds, config.stage)
     name = config.template or manifest.get("template")
     if not name:
         raise TuneforgeError("no `template` in the config and none declared in the dataset manifest")
@@ -241,11 +241,11 @@ def recipe_kinds(recipe: Path) -> dict[str, str]:
 
 def _stage_inputs(recipe: Path, plan: Any, report: Report) -> None:
     """Each training stage reads a dataset kind the build will make (sampled from the sources)."""
-    from tuneforge.trainers.config import STAGE_KIND
+    from tuneforge.trainers.stage_table import STAGE_TABLE
 
     made = recipe_kinds(recipe)
     for stage in plan.train:
-        wants = STAGE_KIND[stage.config.stage]
+        wants = STAGE_TABLE[stage.config.stage].kinds
         if not any(k in made for k in wants):
             have = ", ".join(f"{k} ({w})" for k, w in sorted(made.items())) or "nothing"
             report.errors.append(f"train step {stage.name!r} (stage {stage.config.stage}) reads a "

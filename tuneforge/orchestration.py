@@ -68,7 +68,7 @@ def _search_summary(out: Path, res: dict, seconds: float) -> str:
 def _summary(out: Path, res: dict, seconds: float) -> str:
     if res.get("kind") == "search":
         return _search_summary(out, res, seconds)
-    from tuneforge.eval.gate import gate_line
+    from tuneforge.pipeline.gate import gate_line
 
     steps = res.get("steps") or {}
     model = (res.get("model") or {}).get("summary")

@@ -69,7 +69,7 @@ class PipelineConfig(_Strict):
     train: list[TrainStep] = Field(default_factory=list)
     evaluate: EvaluateStep | None = None
     forgetting: ForgettingStep | None = None
-    # a hyperparameter search over the training stages (tuneforge/pipeline/search.py)
+    # a hyperparameter search over the training stages (tuneforge/pipeline/search.py and search_*.py)
     search: SearchSpec | None = None
 
 

@@ -147,7 +147,7 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
                  step: StepRunner | None = None) -> PipelineResult:
     """Run a pipeline file end to end into `out` (data/, train/<stage>/, eval/, forgetting/, report.html,
     results.json); returns results.json's content. Raises TuneforgeError when the gate fails (`gate: fail`)."""
-    from tuneforge.eval.gate import gate_decision, gate_line
+    from tuneforge.pipeline.gate import gate_decision, gate_line
 
     plan = plan_pipeline(pipeline, out, overrides)
     root = plan.root
@@ -235,7 +235,7 @@ def _size_forgetting(plan: Plan) -> dict[str, Any] | None:
 
 
 def _report(root: Path, results: dict[str, Any]) -> None:
-    from tuneforge.eval.pipeline_report import write_pipeline_report
+    from tuneforge.pipeline.report import write_pipeline_report
 
     write_json(root / "results.json", results)
     write_pipeline_report(str(root), results)

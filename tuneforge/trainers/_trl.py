@@ -1,5 +1,6 @@
-"""Each stage's TRL trainer and config classes, one table; the experimental ones (PPO, ORPO, CPO for SimPO live
-in `trl.experimental` in TRL 1.12) are imported without their warning banner."""
+"""Each stage's TRL trainer and config classes, imported when a stage is used (the stage table names them);
+the experimental ones (PPO, ORPO, CPO for SimPO live in `trl.experimental` in TRL 1.12) are imported without
+their warning banner."""
 
 from __future__ import annotations
 
@@ -8,37 +9,27 @@ import importlib
 import os
 from typing import Any
 
-# stage -> (module, trainer class, config class)
-STAGE_CLASSES: dict[str, tuple[str, str, str]] = {
-    "pt": ("trl", "SFTTrainer", "SFTConfig"),
-    "sft": ("trl", "SFTTrainer", "SFTConfig"),
-    "rm": ("trl", "RewardTrainer", "RewardConfig"),
-    "dpo": ("trl", "DPOTrainer", "DPOConfig"),
-    "kto": ("trl", "KTOTrainer", "KTOConfig"),
-    "orpo": ("trl.experimental.orpo", "ORPOTrainer", "ORPOConfig"),
-    "simpo": ("trl.experimental.cpo", "CPOTrainer", "CPOConfig"),
-    "ppo": ("trl.experimental.ppo", "PPOTrainer", "PPOConfig"),
-    "grpo": ("trl", "GRPOTrainer", "GRPOConfig"),
-}
+from tuneforge.trainers.stage_table import STAGE_TABLE
 
 
 def stage_classes(stage: str) -> tuple[type, type]:
-    """(trainer class, config class) of a stage."""
-    module, trainer, config = STAGE_CLASSES[stage]
-    if module.startswith("trl.experimental"):
+    """(trainer class, config class) of a stage; a stage TRL no longer has names the extra that holds it."""
+    facts = STAGE_TABLE[stage]
+    if facts.module.startswith("trl.experimental"):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
-        mod = importlib.import_module(module)
-        return getattr(mod, trainer), getattr(mod, config)
+        mod = importlib.import_module(facts.module)
+        return getattr(mod, facts.trainer), getattr(mod, facts.config)
     except (ImportError, AttributeError):
-        if stage != "ppo":
+        if facts.extra is None or facts.trl_last is None:
             raise
         from importlib.metadata import version
 
         from tuneforge.common.extras import MissingExtra, install_line
 
-        raise MissingExtra(f"stage ppo needs TRL's PPOTrainer, which TRL {version('trl')} no longer has (removed "
-                           f"after 1.12): {install_line('ppo')}") from None
+        last = ".".join(map(str, facts.trl_last))
+        raise MissingExtra(f"stage {stage} needs TRL's {facts.trainer}, which TRL {version('trl')} no longer has "
+                           f"(removed after {last}): {install_line(facts.extra)}") from None
 
 
 # transformers 5.23 renamed these TrainingArguments (the old names warn until v6); TRL <= 1.12 still defaults
@@ -61,6 +52,3 @@ def current_arg_names(cls: type, values: dict[str, Any]) -> dict[str, Any]:
             out[new] = fields[old].default
     return out
 
-
-def ppo_classes() -> tuple[type, type]:
-    return stage_classes("ppo")

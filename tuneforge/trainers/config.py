@@ -1,7 +1,9 @@
 """The training config: one YAML file per run, validated with pydantic before any model is loaded.
 
-The adapter is `peft: {method: ...}` (see `peft_methods`; `lora: {...}` is its older spelling). The kto, orpo
-and simpo stages have a validated block each, translated into their TRL config's fields. Every other TRL knob
+What each stage is (its TRL classes, dataset kind, block, the adapters it refuses) is the stage table
+(`stage_table.py`); this module validates a config against it. The adapter is `peft: {method: ...}` (see
+`peft_methods`; `lora: {...}` is its older spelling). The kto, orpo and simpo stages have a validated block each
+(`stage_blocks.py`), translated into their TRL config's fields. Every other TRL knob
 (DPO `beta`/`loss_type`, `packing`, `max_steps`...) goes in `args`, which is passed through to the stage's TRL
 config and checked against its fields, so every TRL/transformers argument is reachable without this module
 mirroring them. Relative paths resolve against the file that names them (`load_config`), and `check_paths`
@@ -22,22 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 from tuneforge.trainers.peft_methods import METHODS, LoraSpec, parse_spec, uses_qlora
+from tuneforge.trainers.stage_blocks import GRPOSpec, KTOSpec, ORPOSpec, PPOSpec, SimPOSpec, TRLBlock
+from tuneforge.trainers.stage_table import STAGE_NAMES, STAGE_TABLE, STAGES
 
-Stage = Literal["pt", "sft", "rm", "dpo", "kto", "orpo", "simpo", "ppo", "grpo"]
-# The dataset kind (see tuneforge.common.records) each stage reads, in order of preference.
-STAGE_KIND: dict[str, tuple[str, ...]] = {
-    "pt": ("text",),
-    "sft": ("messages",),
-    "rm": ("preference",),
-    "dpo": ("preference",),
-    "kto": ("unpaired",),
-    "orpo": ("preference",),
-    "simpo": ("preference",),
-    "ppo": ("messages", "preference"),
-    "grpo": ("messages", "preference"),
-}
-# Preference-style stages train at a tenth of the supervised learning rate by default.
-LOW_LR_STAGES = ("dpo", "kto", "orpo", "simpo", "ppo", "grpo")
+# The stage names, from the stage table (a config with another `stage` fails validation).
+Stage = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -55,70 +46,6 @@ class ReplaySpec(_Strict):
 class SplitSpec(_Strict):
     train: str = "train"
     eval: str | None = "validation"
-
-
-class RewardSpec(_Strict):
-    """One GRPO reward function; `weight` scales it in the sum."""
-
-    type: Literal["reward_model", "exact_match", "regex", "length"]
-    weight: float = 1.0
-    path: str | None = None  # reward_model: an `rm` run's final/ folder (or a hub id)
-    pattern: str | None = None  # regex: group 1 (or the whole match) must agree with the reference's
-    target: int | None = Field(None, ge=1)  # length: target completion length in characters
-
-    @model_validator(mode="after")
-    def _needs(self) -> RewardSpec:
-        need = {"reward_model": "path", "regex": "pattern", "length": "target"}.get(self.type)
-        if need and getattr(self, need) is None:
-            raise ValueError(f"reward {self.type!r} needs `{need}`")
-        return self
-
-
-class PPOSpec(_Strict):
-    reward_model: str  # an `rm` run's final/ folder (adapter or full model) or a hub id
-    value_model: str | None = None  # defaults to the reward model, as in TRL's examples
-
-
-class GRPOSpec(_Strict):
-    rewards: list[RewardSpec] = Field(min_length=1)
-
-
-# Stage blocks translated to TRL config fields (the TRL style: one validated config per stage). A field set
-# both here and in `args` is an error, so a run has one source for each value.
-class _TRLBlock(_Strict):
-    def trl_fields(self) -> dict[str, Any]:
-        return self.model_dump()
-
-
-class KTOSpec(_TRLBlock):
-    """KTO on unpaired rows (prompt, completion, label): `desirable_weight`/`undesirable_weight` balance an
-    unequal number of desirable and undesirable completions (TRL warns when they are out of range)."""
-
-    beta: float = Field(0.1, gt=0.0)
-    desirable_weight: float = Field(1.0, gt=0.0)
-    undesirable_weight: float = Field(1.0, gt=0.0)
-    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
-
-
-class ORPOSpec(_TRLBlock):
-    """ORPO (TRL's experimental ORPOTrainer): no reference model; `beta` is the odds-ratio weight (λ)."""
-
-    beta: float = Field(0.1, gt=0.0)
-
-
-class SimPOSpec(_TRLBlock):
-    """SimPO (TRL's experimental CPOTrainer with loss_type simpo): length-normalised reward, no reference model;
-    `gamma` is the target reward margin, `cpo_alpha` > 0 adds CPO's NLL term on the chosen reply (CPO-SimPO)."""
-
-    beta: float = Field(2.0, gt=0.0)
-    gamma: float = Field(0.5, ge=0.0)
-    cpo_alpha: float = Field(0.0, ge=0.0)
-
-    def trl_fields(self) -> dict[str, Any]:
-        return {"loss_type": "simpo", "beta": self.beta, "simpo_gamma": self.gamma, "cpo_alpha": self.cpo_alpha}
-
-
-STAGE_BLOCKS: dict[str, type[_TRLBlock]] = {"kto": KTOSpec, "orpo": ORPOSpec, "simpo": SimPOSpec}
 
 
 class TruncationSpec(_Strict):
@@ -182,24 +109,23 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _stage_blocks(self) -> TrainConfig:
-        if self.stage == "ppo" and self.ppo is None:
-            raise ValueError("stage 'ppo' needs a `ppo:` block with `reward_model` (an `rm` run's final/ folder)")
-        if self.stage == "grpo" and self.grpo is None:
-            raise ValueError("stage 'grpo' needs a `grpo:` block with `rewards`")
-        if self.stage == "ppo" and self.qlora:
-            raise ValueError("QLoRA is not supported for ppo (TRL's PPOTrainer trains the value model in full)")
-        for stage in ("ppo", "grpo", *STAGE_BLOCKS):
-            if getattr(self, stage) is not None and self.stage != stage:
-                raise ValueError(f"a `{stage}:` block only applies to stage {stage!r} (this is {self.stage!r})")
-        if self.stage in STAGE_BLOCKS and getattr(self, self.stage) is None:
-            object.__setattr__(self, self.stage, STAGE_BLOCKS[self.stage]())
-        if self.peft is not None and self.peft.method in ("prefix", "prompt", "p_tuning") \
-                and self.stage in ("rm", "ppo"):
+        """The stage table's rules: the block a stage needs, the adapters it refuses, no other stage's block."""
+        facts = STAGE_TABLE[self.stage]
+        if facts.needs and getattr(self, self.stage) is None:
+            raise ValueError(f"stage {self.stage!r} needs {facts.needs}")
+        refused = dict(facts.refuses)
+        if self.qlora and "qlora" in refused:
+            raise ValueError(f"QLoRA is not supported for {self.stage} ({refused['qlora']})")
+        for other in STAGES:
+            if other.block is not None and getattr(self, other.name) is not None and self.stage != other.name:
+                raise ValueError(f"a `{other.name}:` block only applies to stage {other.name!r} "
+                                 f"(this is {self.stage!r})")
+        if facts.block is not None and not facts.needs and getattr(self, self.stage) is None:
+            object.__setattr__(self, self.stage, facts.block())
+        if self.peft is not None and self.peft.method in refused:
+            allowed = [m for m in METHODS if m not in refused]
             raise ValueError(f"peft method {self.peft.method!r} is not supported for stage {self.stage!r} "
-                             "(a scoring head or value model on virtual tokens); use lora, dora, adalora or ia3")
-        if self.peft is not None and self.peft.method == "adalora" and self.stage == "ppo":
-            raise ValueError("peft method 'adalora' is not supported for ppo (TRL's PPOTrainer runs its own loop, "
-                             "so the rank budget would never be reallocated)")
+                             f"({refused[self.peft.method]}); use {', '.join(allowed[:-1])} or {allowed[-1]}")
         return self
 
     def default_learning_rate(self) -> float:
@@ -211,12 +137,12 @@ class TrainConfig(_Strict):
             lr = 1e-2
         else:
             lr = 2e-4 if self.qlora else 1e-4
-        return lr / 10 if self.stage in LOW_LR_STAGES else lr
+        return lr / 10 if STAGE_TABLE[self.stage].low_lr else lr
 
     def stage_fields(self) -> dict[str, Any]:
         """TRL config fields that the stage's block sets (kto/orpo/simpo)."""
-        block = getattr(self, self.stage, None) if self.stage in STAGE_BLOCKS else None
-        return block.trl_fields() if block is not None else {}
+        block = getattr(self, self.stage) if STAGE_TABLE[self.stage].block is not None else None
+        return block.trl_fields() if isinstance(block, TRLBlock) else {}
 
 
 def trl_config_class(stage: str) -> type:

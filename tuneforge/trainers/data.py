@@ -8,7 +8,8 @@ from typing import Any
 
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import read_json_file
-from tuneforge.trainers.config import STAGE_KIND, TrainConfig
+from tuneforge.trainers.config import TrainConfig
+from tuneforge.trainers.stage_table import STAGE_TABLE
 
 
 def pinned(folder: Path) -> Path:
@@ -45,7 +46,7 @@ def load_stage_data(config: TrainConfig) -> dict[str, Any]:
     """{"kind", "train", "eval" (or None), "manifest"} for the config's stage, replay already mixed in."""
     folder = pinned(config.dataset)
     manifest = read_manifest(folder)
-    kind, path = dataset_folder(folder, manifest, STAGE_KIND[config.stage], config.stage)
+    kind, path = dataset_folder(folder, manifest, STAGE_TABLE[config.stage].kinds, config.stage)
     train = load_split(path, config.splits.train)
     ev = None
     if config.splits.eval:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneforge.common.errors import RecipeError
-from tuneforge.trainers.config import RewardSpec, TrainConfig
+from tuneforge.trainers.config import TrainConfig
+from tuneforge.trainers.stage_blocks import RewardSpec
 
 
 def completion_text(completion: Any) -> str:

@@ -21,7 +21,8 @@ from tuneforge.trainers.data import load_stage_data
 from tuneforge.trainers.metrics import LossProgress, MetricsLog, plot_loss, read_metrics
 from tuneforge.trainers.models import load_tokenizer_and_template
 from tuneforge.trainers.peft_methods import METHODS
-from tuneforge.trainers.stages import STAGES, trl_args
+from tuneforge.trainers.stage_table import STAGE_TABLE
+from tuneforge.trainers.stages import stage_steps, trl_args
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _swap_progress_bar(trainer: Any) -> None:
 
 def merge_adapter(final: Path, target: Path, stage: str, tokenizer: Any) -> Path:
     """A standalone model: the LoRA adapter folded into its base weights."""
-    if stage == "rm":
+    if STAGE_TABLE[stage].scorer:
         from peft import AutoPeftModelForSequenceClassification as auto
     else:
         from peft import AutoPeftModelForCausalLM as auto
@@ -120,8 +121,10 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         raise TuneforgeError(f"--resume: no checkpoint under {out / 'checkpoints'}")
     if not resume and ckpt is not None:
         raise TuneforgeError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
-    if resume and config.stage == "ppo":
-        raise TuneforgeError("--resume is not supported for ppo: TRL's PPOTrainer cannot restore its state")
+    facts = STAGE_TABLE[config.stage]
+    if resume and facts.own_loop:
+        raise TuneforgeError(f"--resume is not supported for {config.stage}: TRL's {facts.trainer} cannot restore "
+                             "its state")
 
     data = load_stage_data(config)
     template_name = config.template or data["manifest"].get("template")
@@ -129,7 +132,7 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         raise RecipeError("no `template` in the config and none declared in the dataset manifest")
     tokenizer, template = load_tokenizer_and_template(config, template_name)
 
-    prepare, build = STAGES[config.stage]
+    prepare, build = stage_steps(config.stage)
     prepared = prepare(config, data, tokenizer, template)
     fitting = {r.split: r.to_json() for r in prepared.reports}
     main = _is_main()
@@ -181,7 +184,7 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         trainer.add_callback(MetricsLog(metrics_path, resume_step=resume_step))
     _swap_progress_bar(trainer)
 
-    if config.stage == "ppo":
+    if facts.own_loop:
         trainer.train()
     else:
         trainer.train(resume_from_checkpoint=str(ckpt) if resume_step is not None else None)
@@ -197,8 +200,7 @@ def train(config: TrainConfig | str | Path | dict, out: str | Path, resume: bool
         lineage = write_trained(final, config.base_model, config.stage, out, config.peft is not None, merged)
     rows = read_metrics(metrics_path) if main else []
     plot = plot_loss(rows, out / "loss.png") if main else None
-    key = "loss/policy_avg" if config.stage == "ppo" else "loss"
-    losses = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    losses = [r[facts.loss] for r in rows if isinstance(r.get(facts.loss), (int, float))]
     eval_losses = [r["eval_loss"] for r in rows if isinstance(r.get("eval_loss"), (int, float))]
     summary = {
         "run_dir": str(out), "stage": config.stage, "final": str(final),

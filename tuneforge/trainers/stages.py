@@ -1,5 +1,5 @@
 """Per stage: `prepare` fits the rows into max_length (tokenizer only, no model), then `build` turns the config
-and the prepared rows into a ready TRL trainer."""
+and the prepared rows into a ready TRL trainer. Which pair a stage uses is the stage table's (`stage_steps`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tuneforge.trainers._trl import current_arg_names, stage_classes
 from tuneforge.trainers.config import TrainConfig, trl_config_class
 from tuneforge.trainers.data import prompt_and_reference
 from tuneforge.trainers.peft_methods import METHODS
+from tuneforge.trainers.stage_table import STAGE_TABLE
 
 log = logging.getLogger("tuneforge.train")
 # A user's own TensorBoard folder wins; otherwise each run logs into its own DIR/tensorboard.
@@ -121,13 +122,14 @@ def _prepare_pairs(config, data, tokenizer, template, completions: tuple[str, ..
 
 def prepare_preference(config, data, tokenizer, template) -> Prepared:
     # dpo: TRL keeps the start of a completion that does not fit; rm drops such rows, and ORPO/CPO would cut
-    # replies to nothing, so for those a row must fit whole.
+    # replies to nothing, so for those a row must fit whole (the stage table's `cut_completion`).
     return _prepare_pairs(config, data, tokenizer, template, ("chosen", "rejected"), (),
-                          cut_completion=config.stage == "dpo")
+                          cut_completion=STAGE_TABLE[config.stage].cut_completion)
 
 
 def prepare_kto(config, data, tokenizer, template) -> Prepared:
-    return _prepare_pairs(config, data, tokenizer, template, ("completion",), ("label",), cut_completion=True)
+    return _prepare_pairs(config, data, tokenizer, template, ("completion",), ("label",),
+                          cut_completion=STAGE_TABLE[config.stage].cut_completion)
 
 
 def _fit_prompt_row(row: dict, tokenizer: Any, template: Any, max_length: int, tokenize: bool) -> dict:
@@ -245,15 +247,7 @@ def build_grpo(config, p, tokenizer, out):
                     reward_processing_classes=classes)
 
 
-# stage -> (prepare, build)
-STAGES: dict[str, tuple[Any, Any]] = {
-    "pt": (prepare_pt, build_pt),
-    "sft": (prepare_sft, build_sft),
-    "rm": (prepare_preference, build_rm),
-    "dpo": (prepare_preference, build_dpo),
-    "kto": (prepare_kto, build_kto),
-    "orpo": (prepare_preference, build_reference_free),
-    "simpo": (prepare_preference, build_reference_free),
-    "ppo": (prepare_ppo, build_ppo),
-    "grpo": (prepare_grpo, build_grpo),
-}
+def stage_steps(stage: str) -> tuple[Any, Any]:
+    """(prepare, build) of a stage: the functions of this module that the stage table names."""
+    facts = STAGE_TABLE[stage]
+    return globals()[facts.prepare], globals()[facts.build]

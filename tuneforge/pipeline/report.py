@@ -1,5 +1,8 @@
 """The report of a train-then-eval pipeline: what was built and trained, base vs tuned on the held-out
-split, and the forgetting check with its verdict and the gate's decision, in one HTML/Markdown file."""
+split, and the forgetting check with its verdict and the gate's decision, in one HTML/Markdown file.
+
+It lives in `pipeline/` because it reads the pipeline's own folders and summary; it builds on `eval.report`'s
+sections and charts (pipeline -> eval, never the other way)."""
 
 from __future__ import annotations
 

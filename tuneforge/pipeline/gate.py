@@ -4,6 +4,9 @@
 `on_inconclusive` is what an under-powered check does (nothing significant, but the run could not have seen a
 drop of the tolerance): `fail`, `warn` (the default) or `pass`. Whatever passes says why: a check that could not
 see is never recorded as a plain pass.
+
+It lives in `pipeline/` (not `eval/`) because only a pipeline has a run to stop: `eval` measures and gives a
+verdict, the pipeline and its search decide what the verdict does.
 """
 
 from __future__ import annotations
