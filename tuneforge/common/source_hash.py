@@ -41,7 +41,10 @@ BY_NAME: dict[str, tuple[str, ...]] = {
 }
 # Named in a string but never run by the naming module's job: the build preloads the CLI into its workers
 # only when the CLI started the build (each worker imports the caller's main module anyway).
-NOT_RUN: dict[str, tuple[str, ...]] = {"tuneforge.builder.run": ("tuneforge.cli",)}
+# Logger names that are module names are not imports either.
+NOT_RUN: dict[str, tuple[str, ...]] = {"tuneforge.builder.run": ("tuneforge.cli",),
+                                       "tuneforge.augment.local_engine": ("tuneforge.augment.local_server",),
+                                       "tuneforge.publish.summary": ("tuneforge.builder",)}
 
 _IMPORT = re.compile(rb"^([ \t]*)(?:from[ \t]+([.\w]+)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)|import[ \t]+([^\n]*))",
                      re.M)
