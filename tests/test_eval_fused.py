@@ -112,11 +112,11 @@ def test_results_json_records_the_path_and_the_rule(tiny, shared, tmp_path):
     from tuneforge.eval import run_eval
 
     suites = [{"benchmark": f"ceval:{shared / 'ceval'}", "subjects": ["law"], "limit": 4, "shots": 1}]
-    run_eval({"suites": suites}, out=tmp_path / "fp32", model=str(tiny), report=False)
+    run_eval({"suites": suites, "device": "cpu"}, out=tmp_path / "fp32", model=str(tiny), report=False)
     t = json.loads((tmp_path / "fp32" / "results.json").read_text())["timing"]
     assert (t["dtype"], t["prefix_cache"], t["rescore_rule"], t["rescored"]) == ("float32", True, "none", 0)
     assert t["attention"] == "transformers cache + mask"
-    run_eval({"suites": suites, "dtype": "bfloat16", "rescore_margin": 100.0}, out=tmp_path / "bf16",
+    run_eval({"suites": suites, "device": "cpu", "dtype": "bfloat16", "rescore_margin": 100.0}, out=tmp_path / "bf16",
              model=str(tiny), report=False)
     t = json.loads((tmp_path / "bf16" / "results.json").read_text())["timing"]
     assert (t["dtype"], t["prefix_cache"], t["rescore_rule"]) == ("bfloat16", True, "margin < 100")

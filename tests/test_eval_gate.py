@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binom, norm
 
 from tuneforge.eval.config import ForgettingConfig
-from tuneforge.eval.runner import forgetting_block
+from tuneforge.eval.forgetting import forgetting_block
 from tuneforge.eval.stats import (
     FORGETTING,
     INCONCLUSIVE,

@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
         from tuneforge.common.extras import require
 
         require("evaluation", "eval")
-        from tuneforge.eval import runner
+        from tuneforge.eval import forgetting, runner
 
-        return getattr(runner, name)
+        return getattr(runner if name == "run_eval" else forgetting, name)
     raise AttributeError(name)

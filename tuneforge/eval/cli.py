@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from tuneforge.common.errors import TuneforgeError
+from tuneforge.eval.suites import DEFAULT_SHOTS
 
 err = Console(stderr=True, highlight=False)
 
@@ -21,7 +22,8 @@ def _suites_from_cli(benchmarks: list[str] | None, subjects: list[str] | None, s
                      limit: int | None, split: str | None) -> list[dict] | None:
     if not benchmarks:
         return None
-    return [{"benchmark": b, "subjects": subjects, "shots": 5 if shots is None else shots, "limit": limit,
+    # no --shots: the config's own default (SuiteConfig.shots), stated once
+    return [{"benchmark": b, "subjects": subjects, **({} if shots is None else {"shots": shots}), "limit": limit,
              "split": split, "strict_subjects": len(benchmarks) == 1} for b in benchmarks]
 
 
@@ -36,7 +38,7 @@ def eval_command(
     benchmark: list[str] | None = typer.Option(None, "--benchmark", "-b",
                                                help="ceval[:DIR] | cmmlu[:DIR] | mmlu[:DIR] | mcq:FILE (repeatable)"),
     subjects: str | None = typer.Option(None, "--subjects", help="comma-separated subject keys"),
-    shots: int | None = typer.Option(None, "--shots", help="k-shot from the dev split (default 5; 0 = zero-shot)"),
+    shots: int | None = typer.Option(None, "--shots", help=f"k-shot from the dev split (default {DEFAULT_SHOTS}; 0 = zero-shot)"),
     limit: int | None = typer.Option(None, "--limit", help="first N questions per subject"),
     split: str | None = typer.Option(None, "--split", help="val (default) or test (writes the submission JSON)"),
     engine: str | None = typer.Option(None, "--engine", help="native (default) or lm-eval"),

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError, TuneforgeError
+from tuneforge.eval.suites import DEFAULT_SHOTS
 
 
 class _Strict(BaseModel):
@@ -19,7 +20,7 @@ class SuiteConfig(_Strict):
     benchmark: str  # ceval | ceval:PATH | cmmlu:PATH | mmlu:PATH | mcq:FILE | ceval/ceval-exam
     name: str | None = None
     subjects: list[str] | None = None
-    shots: int = Field(5, ge=0)
+    shots: int = Field(DEFAULT_SHOTS, ge=0)
     split: str | None = None  # default: val, else test; ceval `test` writes the submission JSON
     limit: int | None = Field(None, ge=1)  # first N questions per subject
     columns: dict[str, str] | None = None  # for mcq files

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
-from tuneforge.common.mcq import LETTERS, OPTION_LETTERS, MCQItem
+from tuneforge.common.mcq import OPTION_LETTERS, MCQItem
 from tuneforge.eval.precision import RescoreRule
 from tuneforge.eval.prefix_attention import _PREFIX_KV, PREFIX_ATTENTION, _register_prefix_attention
-from tuneforge.eval.prompts import chat_messages, completion_prompt
+from tuneforge.eval.prompts import chat_messages, completion_prompt, letter_token_ids
 from tuneforge.eval.suites import Suite
 
 
@@ -37,19 +37,6 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
             i += 1
         n = i
     return n
-
-
-def letter_token_ids(tokenizer: Any, context: str, sep: str, letters: tuple[str, ...] = LETTERS) -> list[int]:
-    """The token each answer letter becomes right after `context` (joint tokenization, as lm-eval does)."""
-    base = tokenizer(context, add_special_tokens=False).input_ids
-    ids = []
-    for letter in letters:
-        full = tokenizer(context + sep + letter, add_special_tokens=False).input_ids
-        if full[: len(base)] != base or len(full) != len(base) + 1:
-            raise TuneforgeError(f"answer letter {letter!r} is not a single token after the prompt for this "
-                                 "tokenizer; use --engine lm-eval")
-        ids.append(full[-1])
-    return ids
 
 
 class NativeEngine:
@@ -94,7 +81,7 @@ class NativeEngine:
                       "float32_direct": 0}
 
     def _settle(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
-                logits_by_item: dict[int, list[float]]) -> set[int]:
+                logits_by_item: dict[int, list[float]], shared: int) -> set[int]:
         """Re-scores in float32 (in place) the questions `self.rule` flags, the calibration's first questions
         included, and shows the rule each such pair; returns them."""
         rule = self.rule
@@ -102,7 +89,9 @@ class NativeEngine:
         close = sorted(set(range(min(todo, len(items)))) |
                        {i for i, lg in logits_by_item.items() if i >= todo and rule.flagged(lg, len(items[i].options))})
         if close:
-            again = self.rescore.letter_logits([ids[i] for i in close], letters)
+            # the subject's prefix split, not the subset's: a few questions often share a longer prefix, and a
+            # longer cached prefix is another float32 computation whose near-ties fall otherwise (seen on CMMLU)
+            again = self.rescore.letter_logits([ids[i] for i in close], letters, shared)
             for j, i in enumerate(close):
                 rule.observe(logits_by_item[i], again[j], len(items[i].options))
                 logits_by_item[i] = again[j]
@@ -142,20 +131,21 @@ class NativeEngine:
         # the letters of the subject's widest question; each question is scored over its own options
         letters = letter_token_ids(self.tok, texts[0][-32:], sep, OPTION_LETTERS[:max(len(it.options) for it in items)])
         rescored: set[int] = set()
+        shared = self._shared(ids)  # one prefix split for both passes: re-scoring repeats the reference exactly
         if self.rescore is not None and self.rule.direct:
             # the half-precision pass stopped paying for itself (`RescoreRule.weigh`): float32 alone from here on
-            logits_by_item = self.rescore.letter_logits(ids, letters)
+            logits_by_item = self.rescore.letter_logits(ids, letters, shared)
             self.stats["float32_direct"] += len(items)
         else:
             t_half = time.perf_counter()
-            logits_by_item = self.letter_logits(ids, letters)
+            logits_by_item = self.letter_logits(ids, letters, shared)
             t_half = time.perf_counter() - t_half
             if self.record_sizes is not None:
                 self.record_sizes.update({items[i].uid: lg[-1] for i, lg in logits_by_item.items()})
             if self.rescore is not None:
                 t_fp32 = time.perf_counter()
                 calibrating = self.rule.calibration_left() > 0
-                rescored = self._settle(items, ids, letters, logits_by_item)
+                rescored = self._settle(items, ids, letters, logits_by_item, shared)
                 if not calibrating:  # the calibration's float32 pass is a one-off, not what the rule costs
                     self.rule.weigh(len(items), len(rescored), t_half, time.perf_counter() - t_fp32)
         self.stats["seconds"] += time.perf_counter() - t0
@@ -171,14 +161,20 @@ class NativeEngine:
                          **({"over_context": True} if i in over else {})})
         return rows
 
-    def letter_logits(self, ids: list[list[int]], letters: list[int]) -> dict[int, list[float]]:
+    @staticmethod
+    def _shared(ids: list[list[int]]) -> int:
+        """The prefix every prompt of the subject shares (at least one own token left to each)."""
+        return min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
+
+    def letter_logits(self, ids: list[list[int]], letters: list[int], shared: int | None = None) -> dict[int, list[float]]:
         """Each tokenized prompt's letter logits followed by one more value, the size their rounding errors
         scale with (|h| x max |w_a - w_b|, `needs_rescore`): index -> [logits..., size]."""
         import torch
 
         if not self.prefix_cache and self._decoder() is not None:
             return self._full_prompts(ids, letters)
-        shared = min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
+        if shared is None:
+            shared = self._shared(ids)
         if self.fused_prefix:
             return self._fused(ids, letters, shared)
         dev = self.device

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tuneforge.common.mcq import MCQItem
+from tuneforge.common.errors import TuneforgeError
+from tuneforge.common.mcq import LETTERS, MCQItem
 from tuneforge.eval.suites import CEVAL_STYLE, PromptStyle
 
 
@@ -64,3 +65,16 @@ def chat_renderer(tokenizer: Any, template: str | None = None) -> Callable[[list
 
         raise TuneforgeError(f"chat template {name!r} needs the templates stage (tuneforge.templates.get_template)")
     return lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def letter_token_ids(tokenizer: Any, context: str, sep: str, letters: tuple[str, ...] = LETTERS) -> list[int]:
+    """The token each answer letter becomes right after `context` (joint tokenization, as lm-eval does)."""
+    base = tokenizer(context, add_special_tokens=False).input_ids
+    ids = []
+    for letter in letters:
+        full = tokenizer(context + sep + letter, add_special_tokens=False).input_ids
+        if full[: len(base)] != base or len(full) != len(base) + 1:
+            raise TuneforgeError(f"answer letter {letter!r} is not a single token after the prompt for this "
+                                 "tokenizer; use --engine lm-eval")
+        ids.append(full[-1])
+    return ids

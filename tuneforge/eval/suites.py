@@ -20,6 +20,8 @@ CEVAL_HARD = ("advanced_mathematics", "discrete_mathematics", "probability_and_s
               "college_physics", "high_school_mathematics", "high_school_chemistry", "high_school_physics")
 HUB_IDS = {"ceval/ceval-exam": "ceval", "haonan-li/cmmlu": "cmmlu", "cais/mmlu": "mmlu"}
 
+DEFAULT_SHOTS = 5  # k-shot unless a suite or --shots says otherwise (C-Eval's own protocol)
+
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -53,8 +55,13 @@ class Suite:
     def category(self, key: str) -> str:
         return self.bench.subjects[key].category
 
+    def effective_shots(self, k: int) -> int:
+        """The shots a run really uses: none where the suite has no split to draw them from (one rule for the
+        engines, lm-eval and what results.json reports)."""
+        return k if self.shots_split else 0
+
     def shots(self, key: str, k: int) -> list[MCQItem]:
-        if k <= 0 or not self.shots_split:
+        if self.effective_shots(k) <= 0:
             return []
         return self.bench.items.get((key, self.shots_split), [])[:k]
 

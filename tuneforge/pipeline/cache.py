@@ -21,7 +21,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "build": BUILD,  # tuneforge.builder.run: build()
     "train": ("tuneforge.trainers.run", "tuneforge.trainers.launch"),  # train(), launch() under accelerate
     "evaluate": ("tuneforge.eval.runner",),  # run_eval()
-    "forgetting": ("tuneforge.eval.runner",),  # run_forgetting()
+    "forgetting": ("tuneforge.eval.forgetting",),  # run_forgetting()
 }
 
 

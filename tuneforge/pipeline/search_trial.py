@@ -140,7 +140,7 @@ def _base_side(root: Path, forgetting_config: Any, base: str) -> tuple[Any, dict
     """The base model's side of a forgetting check in one search: the eval config it runs, what decides its
     outputs, and its folder (one per distinct evaluation: the full check, the prune check), shared by every
     trial, so the base is evaluated once."""
-    from tuneforge.eval.runner import evaluated_config, forgetting_eval_config
+    from tuneforge.eval.forgetting import evaluated_config, forgetting_eval_config
 
     cfg = forgetting_eval_config(forgetting_config)
     key = evaluated_config(cfg, base)
