@@ -37,6 +37,7 @@ from tuneforge.builder.tasks import (
     verify_task,
 )
 from tuneforge.clean.dedup import Keys, deduplicate
+from tuneforge.clean.exclude import Exclusion, from_flags, load_exclusion, locate, ranking, report
 from tuneforge.clean.stage import merge_counts
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.executor import Executor, importing_main_script, make_executor
@@ -76,6 +77,9 @@ class BuildOptions:
     allow_outside: bool = False
     sharding: Sharding = field(default_factory=Sharding)
     progress: bool = True
+    exclude_file: str | None = None  # --exclude FILE --exclude-top K | --exclude-top-percent P (over the recipe's)
+    exclude_top: int | None = None
+    exclude_top_percent: float | None = None
 
 
 def _key(*parts: Any) -> str:
@@ -91,6 +95,7 @@ class Build:
         self.recipe: Recipe = recipe.capped(opts.augment_limit)
         self.recipe = self.recipe.model_copy(update={"card": self.recipe.card.usable()})
         self.opts = opts
+        self.exclusion = self._exclusion()  # a bad exclusion file fails here, before any work
         self.seed = self.recipe.seed if opts.seed is None else opts.seed
         self.ex = executor
         self.out = OutputDir(out, self.recipe_path, force=opts.force)
@@ -119,6 +124,7 @@ class Build:
                 cleaned = self._clean(shards)
                 self._unchanged(plans)  # every source byte is read by now
                 keys, offsets, ids = self._keys(cleaned)
+                self.excluded = locate(self.exclusion, ids) if self.exclusion else {}
                 dedup = self._dedup(keys, cleaned, offsets)
                 augment = self._augment(cleaned, offsets, keys, dedup)
                 groups_file, notes = self._split(keys, offsets, dedup, augment, cleaned)
@@ -133,6 +139,12 @@ class Build:
         self.timings["total"] = round(time.monotonic() - t0, 3)
         log.info("built %s in %.1f s", self.out.out, self.timings["total"])
         return manifest
+
+    def _exclusion(self) -> Exclusion | None:
+        o = self.opts
+        cfg = from_flags(o.exclude_file, o.exclude_top, o.exclude_top_percent, self.base, self.recipe.exclude)
+        self.recipe = self.recipe.model_copy(update={"exclude": cfg})
+        return load_exclusion(cfg, self.base) if cfg is not None else None
 
     def _map(self, stage: str, fn: Any, items: list, records_of: Any) -> list:
         t = time.monotonic()
@@ -220,7 +232,7 @@ class Build:
         units = [self._clean_unit(s) for s in cleaned]
         res = augment_shards(cfg, self.base, units, offsets, keys, dedup, self.seed, self.out.work / "augment",
                              self.opts.llm_base_url, self.opts.llm_model, self.opts.progress,
-                             [s["source"] for s in cleaned], self.recipe.clean)
+                             [s["source"] for s in cleaned], self.recipe.clean, excluded=list(self.excluded))
         for f in res["files"].values():
             self.used.add(f"augment/{Path(f).name}")
         self.timings["augment"] = round(time.monotonic() - t, 3)
@@ -293,7 +305,15 @@ class Build:
             if d.matched != d.of:
                 row["matched"] = id_at[d.matched]
             per_shard.setdefault(s, {})[d.index - int(offsets[s])] = row
-        total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0))
+        excl = {}
+        for p, row in self.excluded.items():
+            s = int(np.searchsorted(offsets, p, side="right") - 1)
+            excl.setdefault(s, {})[p - int(offsets[s])] = ranking(row)
+        found = {row.rank for row in self.excluded.values()}
+        made = {rid: ranking(row) for rid, row in self.exclusion.selected.items() if row.rank not in found} \
+            if self.exclusion and augment["files"] else {}  # the other ids may be of records augment made
+        total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0)) \
+            - sum(p not in dedup.dups for p in self.excluded)
         limit = r.card.max_stat_records
         sample_below = (1 << 64) - 1 if total <= limit else int((limit / max(1, total)) * (1 << 64))
         jobs = []
@@ -301,10 +321,11 @@ class Build:
             aug = augment["files"].get(s)
             key = _key(self.code, summary["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
                        list(r.formats), r.clean.contamination.model_dump(mode="json"), r.card.model_dump(mode="json"),
-                       sample_below)
+                       sample_below, *((excl.get(s, {}), made) if self.exclusion else ()))
             jobs.append(ExportJob(s, summary["source"], self._clean_unit(summary), self._unit("export", key), key,
                                   int(offsets[s]), per_shard.get(s, {}), aug, groups_file, tuple(r.formats),
-                                  r.clean, str(self.base), sample_below, r.card.tokenizer))
+                                  r.clean, str(self.base), sample_below, r.card.tokenizer,
+                                  exclude=excl.get(s, {}), exclude_made=made))
         return self._map("export", export_task, jobs, lambda e: e["kept"] + e["deduplicated"] + e["rejected_records"])
 
     @staticmethod
@@ -416,6 +437,13 @@ class Build:
             stage_counts["generated"] = augment["clean"]
             extra["augment_usage"] = augment["usage"]
         extra["split_notes"] = notes
+        if self.exclusion is not None:
+            made = {rid for e in exported for rid in e.get("excluded_generated", [])}
+            extra["exclude"], warned = report(self.exclusion, self.excluded,
+                                              sum(p in dedup.dups for p in self.excluded), made)
+            for w in warned:
+                log.warning("%s", w)
+            extra["warnings"] += warned
         extra.update(self._checks(exported, dedup, keys, ids))
         outside = sorted({j.rel for j in jobs if j.rel.startswith("..") or Path(j.rel).is_absolute()})
         if outside:
@@ -554,13 +582,17 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
           llm_base_url: str | None = None, llm_model: str | None = None, augment_limit: int | None = None,
           runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
           executor: Executor | None = None, shard_mb: float | None = None, shard_records: int | None = None,
-          force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
+          force: bool = False, allow_outside: bool = False, progress: bool = False,
+          exclude: str | Path | None = None, exclude_top: int | None = None,
+          exclude_top_percent: float | None = None) -> BuildResult:
     """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
 
     `strict`: raise StrictError (after writing the output) when any input record was rejected.
     Work runs on `executor`, or on the one `runner` names: `auto`/`processes` (one worker process per core),
     `threads`, `serial`, or `dask` (a LocalCluster, or the scheduler at `dask_address`). The output is the same
-    bytes whichever runs it and however large the shards are.
+    bytes whichever runs it and however large the shards are. `exclude` (a ranked attribution.jsonl, relative
+    to the working directory) with `exclude_top` or `exclude_top_percent` drops its highest-ranked records
+    (over the recipe's `exclude:`; docs/clean.md).
     """
     if importing_main_script():
         raise TuneforgeError("tuneforge.build was called while a worker process imported your script: put the "
@@ -569,7 +601,8 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
                         target_records=shard_records or Sharding.target_records)
     opts = BuildOptions(seed=seed, strict=strict, llm_base_url=llm_base_url, llm_model=llm_model,
                         augment_limit=augment_limit, force=force, allow_outside=allow_outside, sharding=sharding,
-                        progress=progress)
+                        progress=progress, exclude_file=None if exclude is None else str(exclude),
+                        exclude_top=exclude_top, exclude_top_percent=exclude_top_percent)
     own = executor is None
     ex = executor or make_executor(runner, workers, dask_address, _preload())
     try:

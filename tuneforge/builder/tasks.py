@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from tuneforge.clean.config import CleanConfig
+from tuneforge.clean.exclude import reject_excluded
 from tuneforge.clean.keys import lsh_params
 from tuneforge.clean.minhash import key_text
 from tuneforge.clean.stage import KIND_CODES, STAGE, Cleaner, group_code, record_keys
@@ -44,7 +45,7 @@ from tuneforge.common.shardio import (
 from tuneforge.ingest import FileJob, Shard, ShardReader, plan_file
 from tuneforge.ingest.plan import FilePlan
 
-RANK = {"ingest": 0, "clean": 1, "dedup": 2, "augment": 3, "contamination": 4}
+RANK = {"ingest": 0, "clean": 1, "dedup": 2, "exclude": 2, "augment": 3, "contamination": 4}
 
 
 @gc_paused_task
@@ -186,6 +187,8 @@ class ExportJob:
     sample_below: int  # records whose id hash is below this are in the length statistics
     tokenizer: str | None = None
     leakage: bool = False
+    exclude: dict[int, dict] = field(default_factory=dict)  # local row -> its attribution rank (an exclusion)
+    exclude_made: dict[str, dict] = field(default_factory=dict)  # id of a record augment may make -> the same
 
 
 _CACHE: dict[str, Any] = {}
@@ -266,6 +269,7 @@ def export_task(job: ExportJob) -> dict[str, Any]:
     turns: list[int] = []
     leak = np.full(table.num_rows, -1, dtype=np.int8)
     order = 0
+    excluded_made: list[str] = []
 
     def drop(seq: int, rank: int, line: str, inp: str, dedup: bool) -> None:
         nonlocal order
@@ -330,6 +334,10 @@ def export_task(job: ExportJob) -> dict[str, Any]:
             raw = unpack(cols["original"][i] or cols["record"][i])
             drop(seq, RANK["dedup"], json_line(reject_record(raw, "deduplicated", stage=STAGE, **d)), inp, True)
             continue
+        if i in job.exclude:
+            raw = unpack(cols["original"][i] or cols["record"][i])
+            drop(seq, RANK["exclude"], json_line(reject_excluded(raw, job.exclude[i])), inp, False)
+            continue
         if rid in aug.dropped:
             drop(seq, RANK["augment"], json_line(aug.dropped[rid]), inp, False)
         else:
@@ -341,6 +349,12 @@ def export_task(job: ExportJob) -> dict[str, Any]:
             else:
                 st[1] = False
         for new in aug.created.get(rid, []):
+            if new["id"] in job.exclude_made:
+                excluded_made.append(new["id"])
+                parts.rejects.append((seq, RANK["augment"], order, json_line(reject_excluded(
+                    new, job.exclude_made[new["id"]]))))
+                order += 1
+                continue
             if emit(new, int(where[i]), seq):
                 st[0] = True
         for row in aug.rejected.get(rid, []):  # made from this input, then failed the clean stage's checks
@@ -362,7 +376,8 @@ def export_task(job: ExportJob) -> dict[str, Any]:
                          "contamination": {"hits": hits, "benchmarks": stats},
                          "lengths": lengths, "turns": turns, "kb_sources": sorted(parts.kb),
                          "kb_rows": sum(len(v) for v in parts.kb.values()),
-                         "generated": sum(len(v) for v in aug.created.values())})
+                         "generated": sum(len(v) for v in aug.created.values()),
+                         **({"excluded_generated": excluded_made} if job.exclude_made else {})})
 
 
 # ---------------------------------------------------------------- join
