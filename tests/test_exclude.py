@@ -215,3 +215,91 @@ def test_recipe_block_shape_and_tuneforge_check(tmp_path):
     (tmp_path / "rank.jsonl").write_text('{"rank": 2, "id": "a", "score": 2}\n', encoding="utf-8")
     rep = check_file(_recipe(tmp_path, exclude={"file": "rank.jsonl", "top": 1}))
     assert not rep.ok and "line 1 has rank 2, expected 1" in rep.errors[0]
+
+
+def _pipeline(tmp: Path, recipe: Path, **over) -> Path:
+    """A pipeline over `recipe`: one 1-step LoRA SFT stage (never trained here), held-out and forgetting blocks."""
+    pipe = {"name": "x", "build": {"recipe": os.path.relpath(recipe, tmp)},
+            "train": [{"name": "sft", "config": str(REPO / "configs/demo-sft.yaml"), "set": {"args": {"max_steps": 1}}}],
+            "evaluate": {"heldout": {"limit": 2}},
+            "forgetting": {"config": str(REPO / "configs/demo-forgetting.yaml")}, **over}
+    p = tmp / "pipe.yaml"
+    p.write_text(yaml.safe_dump(pipe), encoding="utf-8")
+    return p
+
+
+def test_search_knob_validates():
+    from tuneforge.pipeline.config import PipelineConfig
+    from tuneforge.pipeline.search import trial_overrides
+    from tuneforge.pipeline.search_config import SearchSpec
+
+    ok = SearchSpec.model_validate({"grid": {"exclude_top_percent": [0, 5]}, "exclude": "attribution.jsonl"})
+    assert ok.space() == {"exclude_top_percent": [0, 5]}
+    SearchSpec.model_validate({"knobs": {"exclude_top_percent": {"low": 0, "high": 20}}, "exclude": "a.jsonl"})
+    for bad, says in (({"knobs": {"exclude_top_percent": [5]}}, "needs `search.exclude`"),
+                      ({"knobs": {"lora_r": [4]}, "exclude": "a.jsonl"}, "only read by the exclude_top_percent"),
+                      ({"knobs": {"exclude_top_percent": [5, 150]}, "exclude": "a.jsonl"}, "from 0 to 100"),
+                      ({"knobs": {"exclude_top_percent": ["5%"]}, "exclude": "a.jsonl"}, "from 0 to 100")):
+        with pytest.raises(ValueError, match=says):
+            SearchSpec.model_validate(bad)
+    cfg = PipelineConfig.model_validate({"name": "t", "build": {"recipe": "r.yaml"}, "train": [
+        {"name": "sft", "config": "sft.yaml"}], "search": {"grid": {"exclude_top_percent": [5]}, "exclude": "a.jsonl"}})
+    over = trial_overrides(cfg, {"exclude_top_percent": 5, "learning_rate": 1e-4})  # the knob is the build's
+    assert over["train"][0]["set"] == {"args": {"learning_rate": 1e-4}} and set(over) == {"train"}
+
+
+def test_search_trials_build_without_their_top_percent(first):
+    """The knob's builds as the search runs them (cached steps), and the checks before the first step."""
+    from tuneforge.pipeline.config import load_pipeline, plan_pipeline
+    from tuneforge.pipeline.exclude import check_search, trial_build, with_dataset
+    from tuneforge.pipeline.run import _build, _direct, _Steps
+
+    tmp = first["tmp"] / "search"
+    tmp.mkdir()
+    search = {"grid": {"exclude_top_percent": [0, 25]}, "exclude": "../attribution.jsonl"}
+    pipe = _pipeline(tmp, first["recipe"], search=search)
+    cfg, base = load_pipeline(pipe)
+    check_search(cfg, base)
+    plan = plan_pipeline(pipe, tmp / "out")
+    steps = _Steps(plan.root, _direct)
+    assert trial_build(steps, plan, str(pipe), {"exclude_top_percent": 0}, _build) is None  # 0: the shared build
+    data = trial_build(steps, plan, str(pipe), {"exclude_top_percent": 25, "learning_rate": 1}, _build)
+    m = json.loads((Path(data["out"]) / "manifest.json").read_text(encoding="utf-8"))
+    assert m["exclude"]["top_percent"] == 25 and m["exclude"]["excluded"] == 5 and steps.ran == [
+        f"data-exclude/{Path(data['out']).name}"]
+    assert trial_build(steps, plan, str(pipe), {"exclude_top_percent": 25.0}, _build) == data  # a trial alike: reused
+    assert steps.reused == steps.ran
+    trained = with_dataset(plan, data)
+    assert [str(s.config.dataset) for s in trained.train] == [data["out"]]
+    assert str(plan.train[0].config.dataset) == str(plan.root / "data")  # the evaluation keeps OUT/data
+    with pytest.raises(RecipeError, match=r"drop `build\.exclude`"):
+        check_search(load_pipeline(_pipeline(tmp, first["recipe"], search=search, build={
+            "recipe": os.path.relpath(first["recipe"], tmp), "exclude": {"file": "../attribution.jsonl", "top": 1}}))[0],
+            base)
+    (tmp / "bad.jsonl").write_text("{}\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="line 1"):
+        check_search(load_pipeline(_pipeline(tmp, first["recipe"], search={**search, "exclude": "bad.jsonl"}))[0], base)
+
+
+def test_pipeline_build_step_exclude_and_its_cache(first):
+    from tuneforge.check import check_file
+    from tuneforge.pipeline.run import run_pipeline
+
+    tmp = first["tmp"] / "pipe"
+    tmp.mkdir()
+    build_step = {"recipe": os.path.relpath(first["recipe"], tmp), "exclude": {"file": "../attribution.jsonl", "top": 4}}
+    pipe = tmp / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"name": "b", "build": build_step}), encoding="utf-8")
+    assert check_file(pipe).ok
+    res = run_pipeline(pipe, tmp / "out")
+    assert res["build"]["counts"]["reasons"]["excluded_by_attribution"] == 4 and res["steps"]["ran"] == ["build"]
+    assert run_pipeline(pipe, tmp / "out")["steps"]["reused"] == ["build"]
+    shutil.copy(first["rank"], tmp / "edited.jsonl")
+    with open(tmp / "edited.jsonl", "a", encoding="utf-8") as f:  # another ranking: the build runs again
+        f.write(json.dumps({"rank": 23, "id": "1111111111111111", "score": -1.0}) + "\n")
+    pipe.write_text(yaml.safe_dump({"name": "b", "build": {**build_step, "exclude": {"file": "edited.jsonl",
+                                                                                      "top": 4}}}), encoding="utf-8")
+    assert run_pipeline(pipe, tmp / "out")["steps"]["ran"] == ["build"]
+    (tmp / "edited.jsonl").write_text("oops\n", encoding="utf-8")
+    rep = check_file(pipe)
+    assert not rep.ok and "build: exclude" in rep.errors[0] and "line 1 is not JSON" in rep.errors[0]

@@ -35,8 +35,8 @@ def build(recipe: PathLike, out: PathLike, **options: Any) -> BuildResult:
     """Build the dataset a recipe describes into `out` (sharded over every core; `runner="dask"` with
     `dask_address=` for a cluster). Options are those of `tuneforge build`: seed, strict, llm_base_url,
     llm_model, augment_limit, runner, workers, dask_address, shard_mb, shard_records, force, allow_outside,
-    progress. Returns the manifest. Call it under `if __name__ == "__main__":` in a script (worker processes
-    re-import the main module)."""
+    progress, exclude, exclude_top, exclude_top_percent. Returns the manifest. Call it under
+    `if __name__ == "__main__":` in a script (worker processes re-import the main module)."""
     from tuneforge.builder import build as _build
 
     return _build(recipe, out, **options)

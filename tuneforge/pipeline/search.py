@@ -28,6 +28,7 @@ from typing import Any
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import write_json
 from tuneforge.pipeline.config import PipelineConfig, deep_merge, load_pipeline, plan_pipeline
+from tuneforge.pipeline.exclude import KNOB, build_args, build_key, check_search, trial_build, with_dataset
 from tuneforge.pipeline.run import (
     StepRunner,
     _build,
@@ -98,7 +99,7 @@ def trial_overrides(cfg: PipelineConfig, params: dict[str, Any], replay_dataset:
         train[0]["from_previous"] = False  # the first stage of an order starts from the base model
     over: dict[str, Any] = {}
     for knob, value in sorted(params.items()):
-        if knob == "order" or value is None:
+        if knob in ("order", KNOB) or value is None:  # KNOB: the trial's build (pipeline/exclude.py)
             continue
         stage, _, short = knob.partition(".")
         if knob in SHORTHAND:
@@ -178,7 +179,10 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
     rec: dict[str, Any] = {"number": number, "hash": h, "params": params, "dir": str(tdir)}
     write_json(tdir / "trial.json", {"hash": h, "params": params})
     try:
-        tuned, adapter, model_sha, trained = train_stages(steps, plan, tdir, f"trials/{h}/", ctx["data_sha"])
+        data = trial_build(steps, plan, ctx["pipeline"], params, _build)  # None: the shared build
+        plan = with_dataset(plan, data)
+        tuned, adapter, model_sha, trained = train_stages(steps, plan, tdir, f"trials/{h}/",
+                                                          data["manifest_sha256"] if data else ctx["data_sha"])
         rec["final"] = trained[-1]["final"] if trained else None
         rec["train"] = [{k: s.get(k) for k in ("final", "adapter", "merged", "metrics") if k in s} for s in trained]
         tuned_arg = tuned  # the model the last stage trained on (its adapter goes on it)
@@ -413,13 +417,16 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
     space = spec.space()
     for p in [dict.fromkeys(space, None)] + [{k: (v[0] if isinstance(v, list) else v.low) for k, v in space.items()}]:
         trial_overrides(cfg, p)  # a misspelt knob fails here, not in trial 1
+    check_search(cfg, base_dir)
     root = plan.root
     steps = _Steps(root, step or _direct)
+    excl = build_args(cfg.build.exclude, base_dir)
     build = steps("build", "build", _build, root / "data" / "manifest.json",
-                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json")},
+                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json"),
+                   **build_key(excl)},
                   recipe=str(plan.recipe), out=str(root / "data"), runner=plan.cfg.build.runner,
                   dask_address=plan.cfg.build.dask_address, llm_base_url=plan.cfg.build.llm_base_url,
-                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit)
+                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit, **excl)
     assert plan.eval_config is not None and plan.base_model is not None
     base_eo = root / "eval" / "base"
     base_eval = steps("evaluate/base", "evaluate", _evaluate, base_eo / "results.json",
