@@ -37,7 +37,7 @@ from tuneforge.builder.tasks import (
     verify_task,
 )
 from tuneforge.clean.dedup import Keys, deduplicate
-from tuneforge.clean.exclude import Exclusion, from_flags, load_exclusion, locate, ranking, report
+from tuneforge.clean.exclude import Exclusion, by_shard, from_flags, load_exclusion, locate, report, unmatched
 from tuneforge.clean.stage import merge_counts
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.executor import Executor, importing_main_script, make_executor
@@ -305,13 +305,8 @@ class Build:
             if d.matched != d.of:
                 row["matched"] = id_at[d.matched]
             per_shard.setdefault(s, {})[d.index - int(offsets[s])] = row
-        excl = {}
-        for p, row in self.excluded.items():
-            s = int(np.searchsorted(offsets, p, side="right") - 1)
-            excl.setdefault(s, {})[p - int(offsets[s])] = ranking(row)
-        found = {row.rank for row in self.excluded.values()}
-        made = {rid: ranking(row) for rid, row in self.exclusion.selected.items() if row.rank not in found} \
-            if self.exclusion and augment["files"] else {}  # the other ids may be of records augment made
+        excl = by_shard(self.excluded, offsets)
+        made = unmatched(self.exclusion, self.excluded) if self.exclusion and augment["files"] else {}
         total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0)) \
             - sum(p not in dedup.dups for p in self.excluded)
         limit = r.card.max_stat_records

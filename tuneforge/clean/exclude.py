@@ -176,6 +176,21 @@ def locate(excl: Exclusion, ids: list[Any]) -> dict[int, Row]:
     return out
 
 
+def by_shard(found: dict[int, Row], offsets: np.ndarray) -> dict[int, dict[int, dict[str, Any]]]:
+    """shard -> {row in the shard -> its ranking}: what each export task drops."""
+    out: dict[int, dict[int, dict[str, Any]]] = {}
+    for p, row in found.items():
+        s = int(np.searchsorted(offsets, p, side="right") - 1)
+        out.setdefault(s, {})[p - int(offsets[s])] = ranking(row)
+    return out
+
+
+def unmatched(excl: Exclusion, found: dict[int, Row]) -> dict[str, dict[str, Any]]:
+    """The taken ids no input record has, with their ranking: an augment step may make a record with one."""
+    ranks = {row.rank for row in found.values()}
+    return {rid: ranking(row) for rid, row in excl.selected.items() if row.rank not in ranks}
+
+
 def ranking(row: Row) -> dict[str, Any]:
     """What a reject row carries besides the record (`attribution`): its place in the ranking."""
     return {"rank": row.rank, "score": row.score, "line": row.line}
@@ -208,5 +223,5 @@ def report(excl: Exclusion, found: dict[int, Row], deduplicated: int, made: set[
     return out, warnings
 
 
-__all__ = ["REASON", "ExcludeConfig", "Exclusion", "Row", "count_of", "from_flags", "load_exclusion",
-           "locate", "ranking", "reject_excluded", "report"]
+__all__ = ["REASON", "ExcludeConfig", "Exclusion", "Row", "by_shard", "count_of", "from_flags", "load_exclusion",
+           "locate", "ranking", "reject_excluded", "report", "unmatched"]

@@ -470,6 +470,7 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
             points = [(t.number, _suggest(t, space)) for t in batch]
             for number, params in points:
                 log.info("trial %d: %s", number, params)
+                trial_build(steps, plan, ctx["pipeline"], params, _build)  # here, not in two GPU workers at once
             if pool is not None:
                 futures = [pool.submit(_run_trial_in_worker, ctx, n, p) for n, p in points]
                 labels = [f"trial-{n}-{params_hash(p)}" for n, p in points]
