@@ -336,3 +336,42 @@ def test_search_with_the_knob_end_to_end(first):
     assert all(t["domain"]["n"] == 2 for t in trials.values())  # the same held-out examples for both
     again = run_search(pipe, tmp / "out")
     assert not [s for s in again["steps"]["ran"]]
+
+
+def test_a_record_an_augment_step_made_is_excluded_where_it_is_made(tmp_path):
+    """An id of a generated record (kb_queries through the loopback fake endpoint) is dropped when the step
+    makes it again, counted as `excluded_generated`, not as unknown."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_openai_server import FakeOpenAIServer
+
+    shutil.copytree(REPO / "datasets" / "hotel" / "data", tmp_path / "data")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "h", "sources": [
+        {"name": "dialogues", "path": "data/crosswoz_val_hotel.json", "format": "crosswoz", "limit": 30},
+        {"name": "db", "path": "data/hotel_db_sample.json", "format": "kb"}],
+        "formats": ["openai", "trl_preference"], "card": {"tokenizer": None},
+        "augment": {"llm": {"max_tokens": 64, "max_attempts": 1}, "steps": [
+            {"op": "preference", "select": {"sources": ["dialogues"]}, "limit": 3,
+             "params": {"k": 1, "include_original": True, "margin": 1}}]}},
+        allow_unicode=True), encoding="utf-8")
+    with FakeOpenAIServer() as srv:
+        url = f"http://127.0.0.1:{srv.port}/v1"
+        build(recipe, tmp_path / "n", runner="serial", llm_base_url=url, llm_model="fake")
+        rows = [r for f in ("openai", "trl_preference") for s in ("train", "validation", "test")
+                for r in _jsonl(tmp_path / "n" / "exports" / f / f"{s}.jsonl")]
+        made = [r for r in rows if "derived_from" in json.loads(r["meta"])]
+        given = [r for r in rows if "derived_from" not in json.loads(r["meta"])]
+        assert made and given
+        rank = _ranking(tmp_path / "attribution.jsonl", [made[0], given[0]])
+        m = build(recipe, tmp_path / "x", runner="serial", llm_base_url=url, llm_model="fake", exclude=rank,
+                  exclude_top=2)
+    ex = m["exclude"]
+    assert (ex["excluded"], ex["excluded_generated"], ex["unknown"]) == (1, 1, 0)
+    dropped = {r["id"]: r for r in _exclusion_rejects(tmp_path / "x")}
+    assert set(dropped) == {made[0]["id"], given[0]["id"]}
+    assert dropped[made[0]["id"]]["attribution"]["rank"] == 1 and dropped[made[0]["id"]]["raw"]["meta"]["derived_from"]
+    c = m["counts"]
+    assert c["input"] == c["kept"] + c["rejected"] + c["deduplicated"]
+    left = {r["id"] for f in ("openai", "trl_preference") for s in ("train", "validation", "test")
+            for r in _jsonl(tmp_path / "x" / "exports" / f / f"{s}.jsonl")}
+    assert not left & set(dropped) and len(left) == len(rows) - 2
