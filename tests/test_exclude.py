@@ -315,7 +315,9 @@ def test_search_with_the_knob_end_to_end(first):
     tmp.mkdir()
     (tmp / "forgetting.yaml").write_text(yaml.safe_dump({
         "suites": [{"benchmark": "ceval", "subjects": ["law"], "shots": 1, "limit": 2}]}), encoding="utf-8")
-    pipe = _pipeline(tmp, first["recipe"], search={"grid": [{"exclude_top_percent": 0}, {"exclude_top_percent": 25}],
+    (tmp / "recipe").mkdir()  # its own folder: the recipe's fingerprint covers every *.jinja under it, and the
+    recipe = _recipe(tmp / "recipe")  # trials save tokenizers (chat_template.jinja) under OUT; same ids as N's
+    pipe = _pipeline(tmp, recipe, search={"grid": [{"exclude_top_percent": 0}, {"exclude_top_percent": 25}],
                                                    "exclude": "../attribution.jsonl", "bootstrap": 200})
     body = yaml.safe_load(pipe.read_text(encoding="utf-8"))
     body["train"][0]["set"] = {"max_length": 128, "args": {"max_steps": 1, "per_device_train_batch_size": 1,
