@@ -157,7 +157,7 @@ def _validate_yaml(where: str, data: dict) -> str:
     from tuneforge.recipe import Recipe
 
     keys = set(data)
-    if "sources" in keys or keys <= {"clean", "augment", "split", "formats", "card", "dedup"}:
+    if "sources" in keys or keys <= {"clean", "augment", "split", "formats", "card", "dedup", "exclude"}:
         recipe = {"name": "doc", "sources": [{"name": "x", "path": "x.jsonl"}], **data}  # a fragment: fill the rest
         Recipe.model_validate(recipe)
         return "recipe"

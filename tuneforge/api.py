@@ -35,7 +35,9 @@ def build(recipe: PathLike, out: PathLike, *, seed: int | None = None, strict: b
           llm_base_url: str | None = None, llm_model: str | None = None, augment_limit: int | None = None,
           runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
           executor: Any = None, shard_mb: float | None = None, shard_records: int | None = None,
-          force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
+          force: bool = False, allow_outside: bool = False, progress: bool = False,
+          exclude: PathLike | None = None, exclude_top: int | None = None,
+          exclude_top_percent: float | None = None) -> BuildResult:
     """Build the dataset a recipe describes into `out` (sharded over every core; `runner="dask"` with
     `dask_address=` for a cluster); the options are those of `tuneforge build` (docs/python-api.md). With
     `strict=True` it raises StrictError, after writing the output, where `--strict` exits non-zero: an augment
@@ -46,7 +48,8 @@ def build(recipe: PathLike, out: PathLike, *, seed: int | None = None, strict: b
     return _build(recipe, out, seed=seed, strict=strict, llm_base_url=llm_base_url, llm_model=llm_model,
                   augment_limit=augment_limit, runner=runner, workers=workers, dask_address=dask_address,
                   executor=executor, shard_mb=shard_mb, shard_records=shard_records, force=force,
-                  allow_outside=allow_outside, progress=progress)
+                  allow_outside=allow_outside, progress=progress, exclude=exclude, exclude_top=exclude_top,
+                  exclude_top_percent=exclude_top_percent)
 
 
 def train(config: PathLike | dict[str, Any], out: PathLike, *, resume: bool = False, merge: bool = False,

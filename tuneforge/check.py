@@ -99,12 +99,23 @@ def check_recipe(path: Path, report: Report, where: str = "recipe") -> None:
     names = [recipe.template] + [f.split(":", 1)[1] for f in recipe.formats if f.startswith("template:")]
     for name in dict.fromkeys(names):
         _chat_template(str(base / name) if name.endswith(".jinja") else name, f"{where} template", report)
+    if recipe.exclude is not None:
+        check_exclude(recipe.exclude, base, f"{where} exclude", report)
     steps = recipe.augment.steps if recipe.augment else []
     for st in steps:
         ref = st.template or f"{OPERATORS[st.op].default_template or st.op}.{st.lang}"
         report.part(f"{where} augment step {st.name!r} template {ref!r}", lambda r=ref: load_template(r, base))
     report.notes.append(f"{where}: {len(recipe.sources)} sources ({files} files), template {recipe.template}, "
                         f"{len(steps)} augment steps")
+
+
+def check_exclude(cfg: Any, base: Path, where: str, report: Report) -> None:
+    """The ranked attribution file an exclusion names is readable and well formed (as the build reads it)."""
+    from tuneforge.clean.exclude import load_exclusion
+
+    ex = report.part(where, lambda: load_exclusion(cfg, base))
+    if ex is not None:
+        report.notes.append(f"{where}: {len(ex.selected)} of the {ex.rows} ranked records of {cfg.file}")
 
 
 def _recipe(report: Report) -> None:
@@ -183,6 +194,11 @@ def _pipeline(report: Report) -> None:
         recipe = report.part("build: recipe", lambda: _file(base, cfg.build.recipe, "build: recipe"))
         if recipe is not None:
             check_recipe(recipe, report, f"recipe {cfg.build.recipe}")
+        if cfg.build.exclude is not None:
+            check_exclude(cfg.build.exclude, base, "build: exclude", report)
+        from tuneforge.pipeline.exclude import check_search
+
+        report.part("search: exclude", lambda: check_search(cfg, base))
         for i, step in enumerate(cfg.train):
             report.part(f"train step {step.name!r}",
                         lambda s=step, i=i: _train_stage(s, base, data_dir, chained(cfg.train, i)))

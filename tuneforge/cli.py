@@ -59,6 +59,11 @@ def build(
     shard_records: int | None = typer.Option(None, help="target records per shard for CSV/Parquet (default 20000)"),
     force: bool = typer.Option(False, help="replace an earlier output of another recipe in --out"),
     allow_outside: bool = typer.Option(False, help="allow source paths outside the recipe's folder"),
+    exclude: Path | None = typer.Option(None, "--exclude", help="a ranked attribution.jsonl (tuneforge attribute): "
+                                        "drop its top records (with --exclude-top or --exclude-top-percent)"),
+    exclude_top: int | None = typer.Option(None, "--exclude-top", min=0, help="drop the K highest-ranked records"),
+    exclude_top_percent: float | None = typer.Option(None, "--exclude-top-percent", min=0, max=100,
+                                                     help="drop the top P%% of the ranked records"),
     prefect: bool | None = typer.Option(None, "--prefect/--no-prefect",
                                         help="run as a Prefect flow (default: when PREFECT_API_URL is set)"),
 ) -> None:
@@ -66,6 +71,9 @@ def build(
     t = time.perf_counter()
     kw = {"seed": seed, "llm_base_url": llm_base_url, "llm_model": llm_model, "force": force,
           "allow_outside": allow_outside, "shard_mb": shard_mb, "shard_records": shard_records}
+    if exclude is not None or exclude_top is not None or exclude_top_percent is not None:
+        kw.update(exclude=None if exclude is None else str(exclude), exclude_top=exclude_top,
+                  exclude_top_percent=exclude_top_percent)
     if use_prefect(prefect):
         from tuneforge.common.extras import require
 

@@ -9,10 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tuneforge.augment.config import AugmentConfig
 from tuneforge.clean import CleanConfig
+from tuneforge.clean.exclude import ExcludeConfig
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 from tuneforge.ingest.config import SourceConfig
@@ -33,6 +42,15 @@ class Recipe(BaseModel):
     formats: list[str] = Field(default_factory=lambda: ["openai"])
     split: SplitConfig = Field(default_factory=SplitConfig)
     card: CardConfig = Field(default_factory=CardConfig)
+    exclude: ExcludeConfig | None = Field(None, description="drop the top records of a ranked attribution file")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """No `exclude` key when there is none, so the manifest of a build without one is as it was."""
+        out = handler(self)
+        if out.get("exclude", 0) is None:
+            del out["exclude"]
+        return out
 
     def capped(self, augment_limit: int | None) -> Recipe:
         """This recipe with every augmentation step limited to at most `augment_limit` records."""
@@ -114,6 +132,9 @@ def fingerprint(path: str | Path) -> str:
         parts.append(f"clean.custom:{user}")
     for src in recipe.sources:
         parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base, allow_outside=True) if f.is_file()]
+    if recipe.exclude is not None:  # the ranking it excludes by is an input too
+        ex = base / recipe.exclude.file
+        parts.append(f"exclude:{sha256_file(ex) if ex.is_file() else 'missing'}")
     from tuneforge.templates.loader import PROMPTS_DIR
 
     for root in (base, PROMPTS_DIR):

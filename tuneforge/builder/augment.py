@@ -38,12 +38,14 @@ from tuneforge.common.shardio import json_line, read_table
 
 def augment_shards(cfg: AugmentConfig, recipe_dir: Path, units: list[str], offsets: np.ndarray, keys: Keys,
                    dedup: Any, seed: int, workdir: Path, llm_base_url: str | None, llm_model: str | None,
-                   progress: bool, sources: list[str] | None = None, clean: CleanConfig | None = None
-                   ) -> dict[str, Any]:
+                   progress: bool, sources: list[str] | None = None, clean: CleanConfig | None = None,
+                   excluded: list[int] | None = None) -> dict[str, Any]:
     n = len(keys.kind)
     usable = np.ones(n, dtype=bool)
     if dedup.dups:
         usable[list(dedup.dups)] = False
+    if excluded:  # records an exclusion drops are no step's input (nothing is made from them)
+        usable[excluded] = False
     ids = [read_table(Path(u) / "records.arrow", ["id"]).column("id").to_pylist() for u in units]
     flat_ids = [i for part in ids for i in part]
     shard_of = np.searchsorted(offsets, np.arange(n), side="right") - 1 if n else np.empty(0, np.int64)

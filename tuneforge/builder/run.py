@@ -37,6 +37,7 @@ from tuneforge.builder.tasks import (
 )
 from tuneforge.clean.custom import code_digest
 from tuneforge.clean.dedup import Keys, deduplicate
+from tuneforge.clean.exclude import Exclusion, by_shard, from_flags, load_exclusion, locate, unmatched
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS
@@ -76,6 +77,9 @@ class BuildOptions:
     allow_outside: bool = False
     sharding: Sharding = field(default_factory=Sharding)
     progress: bool = True
+    exclude_file: str | None = None  # --exclude FILE --exclude-top K | --exclude-top-percent P (over the recipe's)
+    exclude_top: int | None = None
+    exclude_top_percent: float | None = None
 
 
 def _key(*parts: Any) -> str:
@@ -91,6 +95,7 @@ class Build:
         self.recipe: Recipe = recipe.capped(opts.augment_limit)
         self.recipe = self.recipe.model_copy(update={"card": self.recipe.card.usable()})
         self.opts = opts
+        self.exclusion = self._exclusion()  # a bad exclusion file fails here, before any work
         self.seed = self.recipe.seed if opts.seed is None else opts.seed
         self.ex = executor
         self.out = OutputDir(out, self.recipe_path, force=opts.force)
@@ -119,12 +124,14 @@ class Build:
                 cleaned = self._clean(shards)
                 self._unchanged(plans)  # every source byte is read by now
                 keys, offsets, ids = self._keys(cleaned)
+                self.excluded = locate(self.exclusion, ids) if self.exclusion else {}
                 dedup = self._dedup(keys, cleaned, offsets)
                 augment = self._augment(cleaned, offsets, keys, dedup)
                 groups_file, notes = self._split(keys, offsets, dedup, augment, cleaned)
                 exported = self._export(cleaned, offsets, dedup, augment, groups_file, keys)
             facts = BuildFacts(self.recipe, self.recipe_path, self.base, self.seed, jobs, plans, cleaned, exported,
-                               dedup, augment, notes, keys, ids, lambda: self._leak(exported))
+                               dedup, augment, notes, keys, ids, lambda: self._leak(exported), self.exclusion,
+                               self.excluded)
             manifest = self._publish(facts, shards)
             self.out.prune(self.used)
         except BaseException as e:
@@ -135,6 +142,12 @@ class Build:
         self.timings["total"] = round(time.monotonic() - t0, 3)
         log.info("built %s in %.1f s", self.out.out, self.timings["total"])
         return manifest
+
+    def _exclusion(self) -> Exclusion | None:
+        o = self.opts
+        cfg = from_flags(o.exclude_file, o.exclude_top, o.exclude_top_percent, self.base, self.recipe.exclude)
+        self.recipe = self.recipe.model_copy(update={"exclude": cfg})
+        return load_exclusion(cfg, self.base) if cfg is not None else None
 
     def _map(self, stage: str, fn: Any, items: list, records_of: Any) -> list:
         t = time.monotonic()
@@ -224,7 +237,7 @@ class Build:
         units = [self._clean_unit(s) for s in cleaned]
         res = augment_shards(cfg, self.base, units, offsets, keys, dedup, self.seed, self.out.work / "augment",
                              self.opts.llm_base_url, self.opts.llm_model, self.opts.progress,
-                             [s["source"] for s in cleaned], self.recipe.clean)
+                             [s["source"] for s in cleaned], self.recipe.clean, excluded=list(self.excluded))
         for f in res["files"].values():
             self.used.add(f"augment/{Path(f).name}")
         self.timings["augment"] = round(time.monotonic() - t, 3)
@@ -255,16 +268,19 @@ class Build:
         ids_needed = {d.of for d in dedup.dups.values()} | {d.matched for d in dedup.dups.values()}
         id_at = self._ids_at(cleaned, offsets, ids_needed)
         per_shard = dedup_rejects(dedup.dups, offsets, id_at)
-        total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0))
+        excl = by_shard(self.excluded, offsets)
+        made = unmatched(self.exclusion, self.excluded) if self.exclusion and augment["files"] else {}
+        total = int(keys.alive.sum()) - len(dedup.dups) + int(augment.get("net_records", 0)) \
+            - sum(p not in dedup.dups for p in self.excluded)
         below = sample_below(total, r.card.max_stat_records)
         jobs = []
         for s, c in enumerate(cleaned):
             aug = augment["files"].get(s)
             key = _key(self.code, c["key"], per_shard.get(s, {}), self._digest(aug), self.split_key,
                        list(r.formats), r.clean.contamination.model_dump(mode="json"), r.card.model_dump(mode="json"),
-                       below)
+                       below, *((excl.get(s, {}), made) if self.exclusion else ()))
             spec = ShardSpec(per_shard.get(s, {}), aug, groups_file, tuple(r.formats), r.clean, str(self.base),
-                             below, r.card.tokenizer)
+                             below, r.card.tokenizer, excl.get(s, {}), made)
             jobs.append(ExportJob(s, c["source"], self._clean_unit(c), self._unit("export", key), key, spec))
         return self._map("export", export_task, jobs, lambda e: e["kept"] + e["deduplicated"] + e["rejected_records"])
 
@@ -351,7 +367,9 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
           llm_base_url: str | None = None, llm_model: str | None = None, augment_limit: int | None = None,
           runner: str = "auto", workers: int | None = None, dask_address: str | None = None,
           executor: Executor | None = None, shard_mb: float | None = None, shard_records: int | None = None,
-          force: bool = False, allow_outside: bool = False, progress: bool = False) -> BuildResult:
+          force: bool = False, allow_outside: bool = False, progress: bool = False,
+          exclude: str | Path | None = None, exclude_top: int | None = None,
+          exclude_top_percent: float | None = None) -> BuildResult:
     """Build the dataset `recipe` describes into `out`; returns the manifest (also `out/manifest.json`).
 
     `strict`: raise StrictError (after writing the output) when an augment step failed every item it selected,
@@ -359,7 +377,9 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
     Work runs on `executor`, or where `runner`, `workers` and `dask_address` say (`builder/executor.py`
     `choose_runner`: `auto` worker processes, one a core, in-process for small inputs; `processes`, `threads`,
     `serial`, or `dask`: a LocalCluster, or the scheduler at `dask_address`). The output is the same bytes
-    whichever runs it and however large the shards are.
+    whichever runs it and however large the shards are. `exclude` (a ranked attribution.jsonl, relative to the
+    working directory) with `exclude_top` or `exclude_top_percent` drops its highest-ranked records (over the
+    recipe's `exclude:`; docs/clean.md).
     """
     if importing_main_script():
         raise TuneforgeError("tuneforge.build was called while a worker process imported your script: put the "
@@ -368,7 +388,8 @@ def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, stric
                         target_records=shard_records or Sharding.target_records)
     opts = BuildOptions(seed=seed, llm_base_url=llm_base_url, llm_model=llm_model,
                         augment_limit=augment_limit, force=force, allow_outside=allow_outside, sharding=sharding,
-                        progress=progress)
+                        progress=progress, exclude_file=None if exclude is None else str(exclude),
+                        exclude_top=exclude_top, exclude_top_percent=exclude_top_percent)
     own = executor is None
     ex = executor or make_executor(runner, workers, dask_address, _preload())
     try:

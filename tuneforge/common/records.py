@@ -155,7 +155,7 @@ def new_record(kind: str, meta: dict, sub: int | str = 0, **fields: Any) -> Reco
 
 # Where a reject stands among its input's rejects in rejects.jsonl: the stage that rejected it, earliest first
 # (rejects are ordered by input, then by this rank). Ingest and clean rank them in the clean step, the rest at export.
-REJECT_RANK = {"ingest": 0, "clean": 1, "dedup": 2, "augment": 3, "contamination": 4}
+REJECT_RANK = {"ingest": 0, "clean": 1, "dedup": 2, "exclude": 2, "augment": 3, "contamination": 4}
 
 
 def reject(reason: str, *, stage: str, source: str, file: str | None, line: int | None = None,

@@ -91,11 +91,13 @@ class PrefectExecutor(Executor):
 def build_flow(recipe_path: str, out: str, seed: int | None = None, llm_base_url: str | None = None,
                llm_model: str | None = None, augment_limit: int | None = None, force: bool = False,
                allow_outside: bool = False, shard_mb: float | None = None, shard_records: int | None = None,
-               workers: int = 1) -> dict[str, Any]:
+               workers: int = 1, exclude: str | None = None, exclude_top: int | None = None,
+               exclude_top_percent: float | None = None) -> dict[str, Any]:
     """Build the dataset a recipe describes into `out`; returns the manifest."""
     return build(recipe_path, out, seed=seed, llm_base_url=llm_base_url, llm_model=llm_model,
                  augment_limit=augment_limit, force=force, allow_outside=allow_outside, shard_mb=shard_mb,
-                 shard_records=shard_records, executor=PrefectExecutor(workers), progress=False)
+                 shard_records=shard_records, executor=PrefectExecutor(workers), progress=False,
+                 exclude=exclude, exclude_top=exclude_top, exclude_top_percent=exclude_top_percent)
 
 
 def with_runner(runner: str = "auto", dask_address: str | None = None, workers: int | None = None) -> Any:

@@ -17,6 +17,7 @@ from tuneforge.pipeline import run_pipeline
 
 PUBLISH: dict[str, Callable[[str, dict[str, Any]], None]] = {
     "build": lambda name, res: publish_build(Path(res["out"])),
+    "data-exclude": lambda name, res: publish_build(Path(res["out"])),  # a search trial's build (its knob)
     "train": lambda name, res: publish_train(name.split("/", 1)[1], Path(res["run_dir"])),
     "evaluate": lambda name, res: publish_eval(name.split("/", 1)[1], Path(res["out"])),
     "forgetting": lambda name, res: publish_eval("forgetting", Path(res["out"])),

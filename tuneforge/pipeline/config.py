@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tuneforge.clean.exclude import ExcludeConfig
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.extras import require
@@ -28,6 +29,8 @@ class BuildStep(_Strict):
     llm_base_url: str | None = None
     llm_model: str | None = None
     augment_limit: int | None = Field(None, ge=0, description="cap every augmentation step's `limit`")
+    exclude: ExcludeConfig | None = Field(None, description="drop the top records of a ranked attribution.jsonl "
+                                                            "(its `file` relative to the pipeline)")
 
 
 class TrainStep(_Strict):

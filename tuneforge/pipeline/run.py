@@ -21,6 +21,7 @@ from tuneforge.common.io import sha256_tree, write_json
 from tuneforge.common.results import PipelineResult
 from tuneforge.pipeline.cache import StepCache, step_key
 from tuneforge.pipeline.config import Plan, plan_pipeline
+from tuneforge.pipeline.exclude import build_args, build_key
 
 log = logging.getLogger("tuneforge.pipeline")
 
@@ -33,11 +34,11 @@ def _direct(name: str, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]
 
 
 def _build(recipe: str, out: str, runner: str, dask_address: str | None, llm_base_url: str | None,
-           llm_model: str | None, augment_limit: int | None) -> dict[str, Any]:
+           llm_model: str | None, augment_limit: int | None, **exclude: Any) -> dict[str, Any]:
     from tuneforge.builder import build
 
     m = build(recipe, out, runner=runner, dask_address=dask_address,
-              llm_base_url=llm_base_url, llm_model=llm_model, augment_limit=augment_limit, progress=True)
+              llm_base_url=llm_base_url, llm_model=llm_model, augment_limit=augment_limit, progress=True, **exclude)
     return {"out": out, "manifest_sha256": m["sha256"], "template": m["template"], "counts": m["counts"]}
 
 
@@ -153,11 +154,13 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
     root = plan.root
     sizing = _size_forgetting(plan)
     steps = _Steps(root, step or _direct)
+    excl = build_args(plan.cfg.build.exclude, Path(pipeline).parent)
     build = steps("build", "build", _build, root / "data" / "manifest.json",
-                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json")},
+                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json"),
+                   **build_key(excl)},
                   recipe=str(plan.recipe), out=str(root / "data"), runner=plan.cfg.build.runner,
                   dask_address=plan.cfg.build.dask_address, llm_base_url=plan.cfg.build.llm_base_url,
-                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit)
+                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit, **excl)
     log.info("build: %s", build["counts"]["splits"])
 
     tuned, adapter, model_sha, trained = train_stages(steps, plan, root, "", build["manifest_sha256"])

@@ -30,6 +30,7 @@ from typing import Any
 from tuneforge.common.errors import RecipeError, TuneforgeError
 from tuneforge.common.io import write_json
 from tuneforge.pipeline.config import load_pipeline, plan_pipeline
+from tuneforge.pipeline.exclude import build_args, build_key, check_search, trial_build
 from tuneforge.pipeline.run import StepRunner, _build, _direct, _evaluate, _Steps
 from tuneforge.pipeline.search_config import INT_KNOBS, KnobRange, SearchSpec, decode, encode
 from tuneforge.pipeline.search_pool import GPUPool, gpu_count
@@ -128,13 +129,16 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
     space = spec.space()
     for p in [dict.fromkeys(space, None)] + [{k: (v[0] if isinstance(v, list) else v.low) for k, v in space.items()}]:
         trial_overrides(cfg, p)  # a misspelt knob fails here, not in trial 1
+    check_search(cfg, base_dir)
     root = plan.root
     steps = _Steps(root, step or _direct)
+    excl = build_args(cfg.build.exclude, base_dir)
     build = steps("build", "build", _build, root / "data" / "manifest.json",
-                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json")},
+                  {"recipe": plan.recipe_fingerprint, "build": plan.cfg.build.model_dump(mode="json"),
+                   **build_key(excl)},
                   recipe=str(plan.recipe), out=str(root / "data"), runner=plan.cfg.build.runner,
                   dask_address=plan.cfg.build.dask_address, llm_base_url=plan.cfg.build.llm_base_url,
-                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit)
+                  llm_model=plan.cfg.build.llm_model, augment_limit=plan.cfg.build.augment_limit, **excl)
     assert plan.eval_config is not None and plan.base_model is not None
     base_eo = root / "eval" / "base"
     base_eval = steps("evaluate/base", "evaluate", _evaluate, base_eo / "results.json",
@@ -168,6 +172,7 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
             points = [(t.number, _suggest(t, space)) for t in batch]
             for number, params in points:
                 log.info("trial %d: %s", number, params)
+                trial_build(steps, plan, ctx["pipeline"], params, _build)  # here, not in two GPU workers at once
             if pool is not None:
                 done = pool.run(ctx, points, trial)
             else:

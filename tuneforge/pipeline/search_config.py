@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SHORTHAND = ("learning_rate", "lora_r", "max_steps", "num_train_epochs", "replay_ratio")
+EXCLUDE_KNOB = "exclude_top_percent"  # the trial's build drops the top P% of `exclude` (pipeline/exclude.py)
 INT_KNOBS = ("lora_r", "max_steps", "num_train_epochs")
 # The held-out block's metric names (tuneforge/eval/heldout.py `score`).
 HELDOUT_METRICS = ("bleu4", "rouge1", "rouge2", "rougeL", "exact_match")
@@ -71,6 +72,8 @@ class SearchSpec(_Strict):
     replay_dataset: str | None = Field(None, description="a `tuneforge build` folder for `replay_ratio` when "
                                                          "a stage's config names none (relative to the pipeline)")
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the domain gain's CI")
+    exclude: str | None = Field(None, description="a ranked attribution.jsonl the `exclude_top_percent` knob "
+                                                  "drops the top P% of (relative to the pipeline)")
 
     @model_validator(mode="after")
     def _space(self) -> SearchSpec:
@@ -85,6 +88,7 @@ class SearchSpec(_Strict):
             raise ValueError("search.grid: every knob needs at least one value")
         if isinstance(self.grid, list) and not self.grid:
             raise ValueError("search.grid: an empty list of points")
+        _exclude_knob(self.space().get(EXCLUDE_KNOB), self.exclude)
         return self
 
     def points(self) -> list[dict[str, Any]] | None:
@@ -118,6 +122,20 @@ class SearchSpec(_Strict):
         if isinstance(self.grid, list):
             return min(self.trials or len(self.grid), len(self.grid))
         return self.trials or 3
+
+
+def _exclude_knob(knob: list[Any] | KnobRange | None, file: str | None) -> None:
+    """`exclude_top_percent` (drop the top P% of an attribution ranking) needs the ranking and percentages."""
+    if knob is None:
+        if file is not None:
+            raise ValueError(f"search.exclude is only read by the {EXCLUDE_KNOB} knob; add the knob or drop it")
+        return
+    if file is None:
+        raise ValueError(f"search.knobs.{EXCLUDE_KNOB} needs `search.exclude`: the attribution.jsonl to drop from")
+    values = [knob.low, knob.high] if isinstance(knob, KnobRange) else knob
+    for v in values:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
+            raise ValueError(f"search.knobs.{EXCLUDE_KNOB}: percentages from 0 to 100, got {v!r}")
 
 
 def encode(value: Any) -> Any:

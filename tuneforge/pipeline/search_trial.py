@@ -20,8 +20,10 @@ from typing import Any
 from tuneforge.common.errors import RecipeError
 from tuneforge.common.io import write_json
 from tuneforge.pipeline.config import PipelineConfig, deep_merge, load_pipeline, plan_pipeline
+from tuneforge.pipeline.exclude import KNOB, trial_build, with_dataset
 from tuneforge.pipeline.run import (
     StepRunner,
+    _build,
     _direct,
     _evaluate,
     _forgetting,
@@ -95,7 +97,7 @@ def trial_overrides(cfg: PipelineConfig, params: dict[str, Any], replay_dataset:
         train[0]["from_previous"] = False  # the first stage of an order starts from the base model
     over: dict[str, Any] = {}
     for knob, value in sorted(params.items()):
-        if knob == "order" or value is None:
+        if knob in ("order", KNOB) or value is None:  # KNOB: the trial's build (pipeline/exclude.py)
             continue
         stage, _, short = knob.partition(".")
         if knob in SHORTHAND:
@@ -175,7 +177,10 @@ def run_trial(ctx: dict[str, Any], number: int, params: dict[str, Any], step: St
     rec: dict[str, Any] = {"number": number, "hash": h, "params": params, "dir": str(tdir)}
     write_json(tdir / "trial.json", {"hash": h, "params": params})
     try:
-        tuned, adapter, model_sha, trained = train_stages(steps, plan, tdir, f"trials/{h}/", ctx["data_sha"])
+        data = trial_build(steps, plan, ctx["pipeline"], params, _build)  # None: the shared build
+        plan = with_dataset(plan, data)
+        tuned, adapter, model_sha, trained = train_stages(steps, plan, tdir, f"trials/{h}/",
+                                                          data["manifest_sha256"] if data else ctx["data_sha"])
         rec["final"] = trained[-1]["final"] if trained else None
         rec["train"] = [{k: s.get(k) for k in ("final", "adapter", "merged", "metrics") if k in s} for s in trained]
         tuned_arg = tuned  # the model the last stage trained on (its adapter goes on it)

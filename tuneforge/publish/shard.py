@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from tuneforge.clean.config import CleanConfig
+from tuneforge.clean.exclude import reject_excluded
 from tuneforge.clean.stage import STAGE
 from tuneforge.common.io import dumps, unpack
 from tuneforge.common.records import KINDS, REJECT_RANK, Record, reject_record
@@ -60,6 +61,8 @@ class ShardSpec:
     recipe_dir: str
     sample_below: int  # records whose id hash is below this are in the card's length statistics
     tokenizer: str | None = None
+    exclude: dict[int, dict] = field(default_factory=dict)  # local row -> its attribution rank (an exclusion)
+    exclude_made: dict[str, dict] = field(default_factory=dict)  # id of a record augment may make -> the same
 
 
 @dataclass
@@ -117,6 +120,7 @@ def export_shard(table: pa.Table, rejects: pa.Table, spec: ShardSpec) -> ShardOu
     leak = np.full(table.num_rows, -1, dtype=np.int8)
     cols = {name: column_list(table, name) for name in ("seq", "id", "input")}
     cols.update({name: column_bytes(table, name) for name in ("record", "original")})
+    excluded_made: list[str] = []
     for i in range(table.num_rows):
         seq, rid = cols["seq"][i], cols["id"][i]
         st = out.status(cols["input"][i])
@@ -124,6 +128,11 @@ def export_shard(table: pa.Table, rejects: pa.Table, spec: ShardSpec) -> ShardOu
         if d is not None:
             raw = unpack(cols["original"][i] or cols["record"][i])
             out.reject(seq, "dedup", reject_record(raw, "deduplicated", stage=STAGE, **d))
+            continue
+        if i in spec.exclude:  # `build --exclude`: after dedup, so its duplicates stay deduplicated
+            raw = unpack(cols["original"][i] or cols["record"][i])
+            out.reject(seq, "exclude", reject_excluded(raw, spec.exclude[i]))
+            st[1] = False
             continue
         split = int(where[i])
         if rid in aug.dropped:
@@ -138,11 +147,18 @@ def export_shard(table: pa.Table, rejects: pa.Table, spec: ShardSpec) -> ShardOu
             else:
                 st[1] = False
         for new in aug.created.get(rid, []):
+            if new["id"] in spec.exclude_made:
+                excluded_made.append(new["id"])
+                out.reject(seq, "augment", reject_excluded(new, spec.exclude_made[new["id"]]))
+                continue
             if out.emit(new, split, seq):
                 st[0] = True
         for row in aug.rejected.get(rid, []):  # made from this input, then failed the clean stage's checks
             out.reject(seq, "augment", row)
-    return out.output(rejects, leak, sum(len(v) for v in aug.created.values()))
+    done = out.output(rejects, leak, sum(len(v) for v in aug.created.values()))
+    if spec.exclude_made:
+        done.summary["excluded_generated"] = excluded_made
+    return done
 
 
 class _Export:

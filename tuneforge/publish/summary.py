@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ class BuildFacts:
     keys: Keys
     ids: list  # every shard's record ids (an Arrow column each), in build order
     leak: Callable[[], np.ndarray]  # every record's split code (-1: none), read only for the leakage check
+    exclusion: Any = None  # `clean.exclude.Exclusion` of `build --exclude` (or the recipe's `exclude:`)
+    excluded: dict[int, dict] = field(default_factory=dict)  # build position -> its attribution rank
 
     @cached_property
     def recipe_text(self) -> str:
@@ -79,6 +81,14 @@ def make_manifest(f: BuildFacts, by_kind: dict[str, list[int]], datasets: dict[s
         stage_counts["generated"] = f.augment["clean"]
         extra["augment_usage"] = f.augment["usage"]
     extra["split_notes"] = f.notes
+    if f.exclusion is not None:
+        from tuneforge.clean.exclude import report
+
+        made = {rid for e in f.exported for rid in e.get("excluded_generated", [])}
+        extra["exclude"], warned = report(f.exclusion, f.excluded, sum(p in f.dedup.dups for p in f.excluded), made)
+        for w in warned:
+            log.warning("%s", w)
+        extra["warnings"] += warned
     extra.update(checks(f, r.clean))
     outside = sorted({j.rel for j in f.jobs if j.rel.startswith("..") or Path(j.rel).is_absolute()})
     if outside:
