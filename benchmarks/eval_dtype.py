@@ -336,6 +336,31 @@ def notes(res: dict) -> str:
     return "\n".join(f"- {x}" for x in out)
 
 
+def flips_text(sets: dict, noise_file: str | None) -> str:
+    """Where the defaults' flips came from: the rule applied offline to the same raw runs (calibrate and safety
+    as in the default) against the flips of the timed runs, and float32 against itself at other batch sizes."""
+    from tuneforge.eval.runner import RESCORE_CALIBRATE, RESCORE_SAFETY
+
+    lines = []
+    for label, s in sets.items():
+        for dt, raw in (("bfloat16", "bfloat16, fp32 residual"), ("float16", "float16, fp32 residual")):
+            d = s["runs"][f"native {dt} default"]
+            if not d["flips"]:
+                continue
+            off = next(o for o in s["raw"][raw]["online"]
+                       if (o["calibrate"], o["safety"]) == (RESCORE_CALIBRATE, RESCORE_SAFETY))
+            lines.append(f"{label}, {dt} default: flipped {', '.join(d['flip_uids'])}; the same rule applied offline "
+                         f"to the raw run, with float32's reference answers for what it flags, missed {off['missed']}")
+    text = "Flips. " + ("; ".join(lines) + "." if lines else "none.")
+    if noise_file:
+        noise = json.loads((REPO / noise_file).read_text())
+        text += " Float32 against float32 (the reference engine at other batch sizes): " + "; ".join(
+            f"{k}: {v['flips']} flips" + (f" ({', '.join(v['uids'])}, float32 margins "
+                                           f"{', '.join(str(m) for m in v.get('margins', []))})" if v["flips"] else "")
+            for k, v in noise.items()) + "."
+    return text
+
+
 def update_md(files: list[str]) -> None:
     from results_md import write_section  # type: ignore[import-not-found]
 
@@ -366,8 +391,10 @@ def update_md(files: list[str]) -> None:
                                                                   "accuracy_fp32" in s else "") + ":\n")
         body.append(raw_table(s) + "\n")
     body.append(notes(res) + "\n")
+    body.append(flips_text(sets, files[1] if len(files) > 1 else None) + "\n")
     body.append("Command: `python3 benchmarks/eval_dtype.py --gguf DIR --ceval DIR --cmmlu DIR --mmlu DIR --large "
-                "--json OUT`; raw figures: `benchmarks/results/eval-dtype-h100.json`.\n")
+                "--large-subjects 20 --json OUT` (Python 3.12, the built wheel's dependencies); raw figures: "
+                "`benchmarks/results/eval-dtype-h100.json`" + (f", `{files[1]}`" if len(files) > 1 else "") + ".\n")
     text = "\n".join(body)
     write_section(REPO / "benchmarks" / "RESULTS.md", SECTION, text)
     print(text)
