@@ -119,6 +119,7 @@ def check(
 # Sub-commands owned by later stages register here; their modules import heavy libraries only inside
 # the commands, so `tuneforge --help` stays fast.
 def _register() -> None:
+    from tuneforge.attribute.cli import register as register_attribute
     from tuneforge.envinfo import env_command
     from tuneforge.eval.cli import register as register_eval
     from tuneforge.flows.cli import register as register_flows
@@ -129,6 +130,7 @@ def _register() -> None:
     app.command("train")(train_command)
     register_eval(app)
     register_flows(app)
+    register_attribute(app)
     app.command("env")(env_command)
 
 

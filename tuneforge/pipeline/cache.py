@@ -19,6 +19,7 @@ STEP_SOURCES: dict[str, tuple[str, ...]] = {
     "train": ("common", "templates", "trainers"),
     "evaluate": ("common", "templates", "augment", "eval"),
     "forgetting": ("common", "templates", "eval"),
+    "attribute": ("common", "templates", "trainers", "eval", "attribute"),
 }
 
 
