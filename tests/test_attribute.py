@@ -103,10 +103,20 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     assert "from the cache" in r2.stdout
     assert json.loads((again / "attribution.json").read_text("utf-8"))["cache"]["hit"] is True
     assert (again / "attribution.jsonl").read_bytes() == (out / "attribution.jsonl").read_bytes()
-    # another method setting is another key: computed, not served
-    r3 = _cli("attribute", str(planted / "forget"), "--out", str(tmp_path / "other"), "--min-lost", "2",
-              "--proj-dim", "32")
-    assert r3.returncode == 0 and "from the cache" not in r3.stdout
+    # the key moves with the method's settings and with the lost-question set (no model needed to see it)
+    from tuneforge.attribute import inputs as inp
+    from tuneforge.attribute.run import Method, _key
+
+    fdir, res = inp.forgetting_results(planted / "forget")
+    adapter, run_dir = inp.training_run(res)
+    lost, n, _ = inp.lost_questions(res)
+    ins = inp.Inputs(fdir, res, res["model"], adapter, run_dir, lost, n)
+    cfg = inp.train_config(run_dir)
+    ins.data_hash, ins.checkpoints = inp.data_hash(run_dir, cfg), inp.checkpoints(run_dir, adapter)
+    assert summary["cache"]["key"] == _key(ins, cfg, Method(proj_dim=64))
+    assert _key(ins, cfg, Method(proj_dim=32)) != summary["cache"]["key"]
+    ins.lost = lost[1:]
+    assert _key(ins, cfg, Method(proj_dim=64)) != summary["cache"]["key"]
 
 
 @pytest.mark.slow
@@ -133,3 +143,18 @@ def test_too_few_lost_questions_makes_no_ranking(planted, tmp_path) -> None:
 def test_not_a_forgetting_folder_is_a_user_error(tmp_path) -> None:
     r = _cli("attribute", str(tmp_path), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "no forgetting check found" in r.stderr
+
+
+def test_pipeline_attribute_step() -> None:
+    from pydantic import ValidationError
+
+    from tuneforge.pipeline.config import PipelineConfig, pipeline_extras
+
+    base = {"name": "p", "build": {"recipe": "r.yaml"}, "train": [{"name": "sft", "config": "c.yaml"}],
+            "forgetting": {"config": "f.yaml"}}
+    cfg = PipelineConfig.model_validate({**base, "attribute": {"proj_dim": 128}})
+    assert cfg.attribute is not None and cfg.attribute.proj_dim == 128 and cfg.attribute.min_lost == 5
+    assert "attribute" in pipeline_extras(cfg)
+    assert "attribute" not in pipeline_extras(PipelineConfig.model_validate(base))
+    with pytest.raises(ValidationError, match="top_k"):
+        PipelineConfig.model_validate({**base, "attribute": {"top_k": 3}})

@@ -9,6 +9,7 @@ each, dropout off), so the trainer's loss mask holds exactly.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,10 +21,11 @@ PROJ_MATRIX_BYTES = 1 << 30
 
 
 def require_dattri() -> Any:
-    try:
-        import dattri.func.projection as proj
-    except ImportError:
-        raise TuneforgeError("attribution needs dattri: pip install 'tuneforge[attribute]'") from None
+    from tuneforge.common.extras import require
+
+    require("attribution", "attribute")
+    import dattri.func.projection as proj
+
     return proj
 
 
@@ -90,11 +92,8 @@ def make_projector(dim: int, proj_dim: int, seed: int, proj_type: str, device: s
     if proj_type == "identity":
         return lambda x: x
     cuda = str(device).startswith("cuda")
-    if proj_type == "sjlt":
-        try:
-            import sjlt  # noqa: F401
-        except ImportError:
-            return CountSketch(dim, proj_dim, seed, device)
+    if proj_type == "sjlt" and not (cuda and importlib.util.find_spec("sjlt") is not None):
+        return CountSketch(dim, proj_dim, seed, device)
     if cuda:
         fn = proj.random_project(torch.zeros(1, dim, device=device), 1, proj_dim, 32, seed, proj_type,
                                  device=device)

@@ -212,9 +212,11 @@ def chained(train: list[TrainStep], i: int) -> bool:
 
 
 def pipeline_extras(cfg: PipelineConfig) -> list[str]:
-    """The extras a pipeline's steps need: train for train steps, eval for evaluate/forgetting, search."""
+    """The extras a pipeline's steps need: train for train steps, eval for evaluate/forgetting, attribute,
+    search."""
     needed = ["train"] if cfg.train else []
     needed += ["eval"] if cfg.evaluate is not None or cfg.forgetting is not None else []
+    needed += ["attribute"] if cfg.attribute is not None else []
     return needed + (["search"] if cfg.search is not None else [])
 
 
