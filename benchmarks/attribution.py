@@ -82,7 +82,7 @@ def build(work: Path, n_hotel: int, n_plant: int, seed: int) -> Path:
 
 def without(data: Path, ids: set[str], out: Path) -> Path:
     """The build minus the training rows `ids` (what `tuneforge build --exclude` makes), as a build folder."""
-    from datasets import load_from_disk
+    from datasets import DatasetDict, load_from_disk
     from tuneforge.common.io import sha256_text
 
     manifest = json.loads((data / "manifest.json").read_text("utf-8"))
@@ -92,7 +92,8 @@ def without(data: Path, ids: set[str], out: Path) -> Path:
     for sub in manifest["datasets"].values():
         dd = load_from_disk(str(data / sub))
         dd["train"] = dd["train"].filter(lambda r: r["id"] not in ids)
-        dd.save_to_disk(str(out / sub))
+        # an empty split saves as no shard, which load_from_disk cannot read back: leave it out
+        DatasetDict({k: v for k, v in dd.items() if len(v)}).save_to_disk(str(out / sub))
     manifest["sha256"] = sha256_text(manifest.get("sha256", "") + "|" + ",".join(sorted(ids)))
     (out / "manifest.json").write_text(json.dumps(manifest), "utf-8")
     return out
@@ -288,9 +289,11 @@ def run(a: argparse.Namespace) -> dict:
     result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                               "records": len(train_rows), "planted": len(planted), "held_out": len(held),
                               "full": full, "attribution_seconds": round(t_attr, 1),
-                              "attribution_timing": s.get("timing"), "status": s["status"]}
+                              "attribution_timing": s.get("timing"), "status": s["status"],
+                              "attribution_cached": (s.get("cache") or {}).get("hit")}
     if s["status"] != "ranked":
         result["message"] = s["message"]
+        result["seconds"] = round(time.perf_counter() - t0, 1)
         return result
     ranked = [json.loads(x) for x in (a.work / "attr" / "attribution.jsonl").read_text("utf-8").splitlines()]
     ids = [r["id"] for r in ranked]
@@ -367,8 +370,9 @@ def markdown(r: dict) -> str:
     lines = ["## attribution", "",
              "Planted-cause benchmark for `tuneforge attribute` (issue #36): C-Eval dev questions answered always `A`, "
              "mixed into the CrossWOZ hotel dialogues; LoRA SFT of the embedded SmolLM2-135M-Instruct; forgetting check "
-             "on C-Eval val (chat layout, 0-shot).", "", f"Command: `{cmd}` "
-             f"({a['device']}; whole run {r.get('seconds')} s, attribution {r['attribution_seconds']} s of it).", "",
+             "on C-Eval val (chat layout, 0-shot).", "", f"Command: `{cmd}` ({a['device']}). Wall time of this invocation {r.get('seconds')} s; a trial "
+             "already made by an earlier invocation into the same --out is reused (its own time is listed below).",
+             "",
              f"{r['records']} training records ({r['planted']} planted), {r['held_out']} held-out hotel dialogues; "
              f"the check compared {r['full']['questions']} questions and lost {r['full']['lost']} "
              f"(gained {r['full']['gained']}; verdict `{r['full']['verdict']}`).", ""]
@@ -377,7 +381,9 @@ def markdown(r: dict) -> str:
     t = r.get("attribution_timing") or {}
     lines += [f"Attribution: {t.get('adapter_weights', 0):,} adapter weights projected to {a['proj_dim']}; "
               f"gradients {t.get('gradients_s')} s for {t.get('records')} records + {t.get('lost')} lost questions "
-              f"({t.get('checkpoints')} checkpoint(s)), model load {t.get('load_s')} s.", "",
+              f"({t.get('checkpoints')} checkpoint(s)), model load {t.get('load_s')} s"
+              f"{' (computed by an earlier invocation, served from its cache here)' if r.get('attribution_cached') else ''}.",
+              "",
               f"| ranking | AUROC [95% CI] | precision@{r['ranking'][0]['k']} [95% CI] |", "|---|---|---|"]
     for f in r["ranking"]:
         lines.append(f"| {f['name']} | {_f(f['auroc'])} [{_f(f['auroc_ci'][0])}, {_f(f['auroc_ci'][1])}] | "
