@@ -26,7 +26,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_harm_sign_and_bootstrap() -> None:
     """A record whose gradient points against a lost question's loss gradient lowers its loss (no harm); one
     along it... the sign: harm = -<g_record, g_question>, so a record that raises the question's loss is positive."""
-    from tuneforge.attribute.scoring import group_totals, harm_matrix, record_scores
+    from tuneforge.attribute.scoring import group_totals, harm_matrix, record_scores, subject_harm
 
     q = np.array([[1.0, 0.0], [0.8, 0.6]])  # two lost questions' loss gradients
     t = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # against, along, orthogonal to the first
@@ -37,6 +37,10 @@ def test_harm_sign_and_bootstrap() -> None:
     assert all(lo <= s <= hi for s, lo, hi in zip(sc["score"], sc["ci_low"], sc["ci_high"], strict=True))
     tot = group_totals(["a", "b", "b"], sc["draws"], sc["score"])
     assert list(tot) == ["a", "b"] and tot["b"]["records"] == 2
+    subj = subject_harm(["a", "b", "b"], ["law", "law"], h, iters=200)
+    assert subj["a"]["law"]["lost"] == 2 and subj["a"]["law"]["ci_low"] <= subj["a"]["law"]["mean_harm"]
+    one = subject_harm(["a", "b", "b"], ["law", "art"], h, iters=200)
+    assert one["a"]["art"]["ci_low"] is None  # one lost question: no interval, not a zero-width one
     # two checkpoints: the weights scale each one's contribution
     h2 = harm_matrix([t, t], [q, -q], [0.75, 0.25])
     assert np.allclose(h2, 0.5 * h)

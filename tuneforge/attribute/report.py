@@ -93,8 +93,9 @@ def _markdown(ins: Any, summary: dict, ranked: list[dict], totals: dict) -> str:
               "", "| source | subject | lost | mean harm [95% CI] |", "|---|---|---:|---|"]
     for src, subj in totals["subjects"].items():
         for s, v in sorted(subj.items(), key=lambda kv: -kv[1]["mean_harm"]):
-            lines.append(f"| {src} | {s} | {v['lost']} | {_fmt(v['mean_harm'])} [{_fmt(v['ci_low'])}, "
-                         f"{_fmt(v['ci_high'])}] |")
+            ci = (f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]" if v["ci_low"] is not None
+                  else "(one lost question: no interval)")
+            lines.append(f"| {src} | {s} | {v['lost']} | {_fmt(v['mean_harm'])} {ci} |")
     if summary["dropped"]:
         lines += ["", f"{summary['dropped']} rows the trainer dropped (over max_length) are not ranked; their ids "
                   "and reasons are in attribution.json."]

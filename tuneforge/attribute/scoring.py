@@ -93,10 +93,12 @@ def subject_harm(keys: list[str], subjects: list[str], harm: np.ndarray, iters: 
         out[src] = {}
         for subj, cols in sorted(by_subj.items()):
             v = per_q[cols]
-            draws = v[rng.integers(0, len(v), size=(iters, len(v)))].mean(axis=1)
-            lo, hi = interval(draws)
-            out[src][subj] = {"lost": len(cols), "mean_harm": round(float(v.mean()), 6), "ci_low": round(lo, 6),
-                              "ci_high": round(hi, 6)}
+            row: dict[str, Any] = {"lost": len(cols), "mean_harm": round(float(v.mean()), 6), "ci_low": None,
+                                   "ci_high": None}
+            if len(v) > 1:  # one question has no spread to resample: no interval rather than a false one
+                lo, hi = interval(v[rng.integers(0, len(v), size=(iters, len(v)))].mean(axis=1))
+                row.update(ci_low=round(lo, 6), ci_high=round(hi, 6))
+            out[src][subj] = row
     return out
 
 
