@@ -389,7 +389,13 @@ def markdown(r: dict) -> str:
         lines.append(f"| {f['name']} | {_f(f['auroc'])} [{_f(f['auroc_ci'][0])}, {_f(f['auroc_ci'][1])}] | "
                      f"{_f(f['precision_at_k'])} [{_f(f['precision_ci'][0])}, {_f(f['precision_ci'][1])}] |")
     lines += ["", "AUROC intervals: stratified bootstrap over records (2,000 draws); precision: Wilson; random order: "
-              "the mean and the 2.5-97.5% range over 1,000 orders.", ""]
+              "the mean and the 2.5-97.5% range over 1,000 orders."]
+    n_pos, n_neg = r["planted"], r["records"] - r["planted"]
+    if any(f["auroc_ci"][0] == f["auroc_ci"][1] for f in r["ranking"]):
+        lines.append(f"A ranking that separates the two groups completely has a one-point bootstrap interval; with "
+                     f"{n_pos} planted and {n_neg} other records one misplaced pair moves AUROC by "
+                     f"{1 / (n_pos * n_neg):.4f}.")
+    lines.append("")
     c = r.get("causal")
     if c:
         g = c["domain_gain"]
@@ -397,7 +403,8 @@ def markdown(r: dict) -> str:
         def gl(x: list[float]) -> str:
             return f"{_f(x[0])} [{_f(x[1])}, {_f(x[2])}]"
 
-        lines += [f"Causal check (K = {c['k']}; the top K held {c['top_planted']} planted records):", "",
+        same = " and were exactly the plant, so those two rows are one trial" if c["top_is_plant"] else ""
+        lines += [f"Causal check (K = {c['k']}; the top K held {c['top_planted']} planted records{same}):", "",
                   "| training data | lost questions | recovered vs full | domain gain (base - tuned loss) [95% CI] |",
                   "|---|---:|---:|---|",
                   f"| full (with the plant) | {c['lost']['full']} | - | {gl(g['full'])} |",
