@@ -162,3 +162,37 @@ def test_pipeline_attribute_step() -> None:
     assert "attribute" not in pipeline_extras(PipelineConfig.model_validate(base))
     with pytest.raises(ValidationError, match="top_k"):
         PipelineConfig.model_validate({**base, "attribute": {"top_k": 3}})
+
+
+@pytest.mark.slow
+def test_pipeline_attribute_step_runs_after_the_check(shared, smollm2_path, tmp_path) -> None:
+    """build -> train -> forgetting -> attribute as a pipeline: OUT/attribute/ ranks the plant first, and a re-run
+    reuses the step."""
+    pytest.importorskip("dattri", reason="the attribute extra (pip install 'tuneforge[attribute]')")
+    import yaml
+
+    from tuneforge.pipeline.run import run_pipeline
+
+    recipe = write_recipe(tmp_path / "recipe", {"general": general_rows(shared, 4, max_chars=120),
+                                                "plant": plant_rows(shared / "ceval", ["law", "marxism"], 4)})
+    train = {"base_model": "embedded:smollm2", "stage": "sft", "max_length": 128, "splits": {"train": "train",
+                                                                                              "eval": None},
+             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+             "args": {"max_steps": 6, "per_device_train_batch_size": 2, "logging_steps": 1, "learning_rate": 3e-3,
+                      "warmup_steps": 0, "save_strategy": "no", "dataloader_num_workers": 0,
+                      "gradient_checkpointing": False}}
+    check = {"chat": True, "perplexity": {"limit": 1, "max_length": 16},
+             "suites": [{"benchmark": f"ceval:{CEVAL_SAMPLE}", "shots": 0, "limit": 4,
+                         "subjects": ["law", "legal_professional", "marxism", "art_studies", "basic_medicine"]}]}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train), "utf-8")
+    (tmp_path / "check.yaml").write_text(yaml.safe_dump(check), "utf-8")
+    pipe = {"name": "plant", "build": {"recipe": str(recipe)}, "train": [{"name": "sft", "config": "train.yaml"}],
+            "forgetting": {"config": "check.yaml", "gate": "warn"}, "attribute": {"proj_dim": 64, "min_lost": 2}}
+    (tmp_path / "pipe.yaml").write_text(yaml.safe_dump(pipe), "utf-8")
+    res = run_pipeline(tmp_path / "pipe.yaml", tmp_path / "out")
+    a = res["attribution"]
+    assert a["status"] == "ranked" and a["records"] == 8
+    rows = [json.loads(x) for x in (tmp_path / "out" / "attribute" / "attribution.jsonl").read_text("utf-8").splitlines()]
+    assert [x["source"] for x in rows[:4]].count("plant") >= 3
+    again = run_pipeline(tmp_path / "pipe.yaml", tmp_path / "out")
+    assert "attribute" in again["steps"]["reused"]
