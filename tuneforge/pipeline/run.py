@@ -73,8 +73,7 @@ def _attribute(forgetting_dir: str, out: str, method: dict[str, Any], device: st
     from tuneforge.attribute.run import Method, attribute
 
     s = attribute(forgetting_dir, out, device=device, method=Method(**method))
-    return {k: v for k, v in s.items() if k in ("status", "message", "lost", "records", "top", "cache", "out")} | {
-        "out": out}
+    return {"out": out, **{k: v for k, v in s.items() if k in ("status", "message", "lost", "records", "top", "cache")}}
 
 
 def produced_lineage(trained: list[dict[str, Any]], base_model: str) -> dict[str, Any]:
