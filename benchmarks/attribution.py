@@ -366,7 +366,7 @@ def markdown(r: dict) -> str:
     a = r["args"]
     cmd = (f"benchmarks/attribution.py --device {a['device']} --hotel {a['hotel']} --plant {a['plant']} --steps "
            f"{a['steps']} --lr {a['lr']} --batch {a['batch']} --max-length {a['max_length']} --rank {a['rank']} "
-           f"--eval-limit {a['eval_limit']} --proj-dim {a['proj_dim']}")
+           f"--eval-limit {a['eval_limit']} --proj-dim {a['proj_dim']} --seed {a['seed']}")
     lines = ["## attribution", "",
              "Planted-cause benchmark for `tuneforge attribute` (issue #36): C-Eval dev questions answered always `A`, "
              "mixed into the CrossWOZ hotel dialogues; LoRA SFT of the embedded SmolLM2-135M-Instruct; forgetting check "
