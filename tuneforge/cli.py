@@ -135,6 +135,7 @@ def new_domain(
 # Sub-commands owned by later stages register here; their modules import heavy libraries only inside
 # the commands, so `tuneforge --help` stays fast.
 def _register() -> None:
+    from tuneforge.attribute.cli import register as register_attribute
     from tuneforge.envinfo import env_command
     from tuneforge.eval.cli import register as register_eval
     from tuneforge.orchestration import register as register_orchestration
@@ -146,6 +147,7 @@ def _register() -> None:
     register_eval(app)
     register_orchestration(app)
     app.command("new-domain")(new_domain)
+    register_attribute(app)
     app.command("env")(env_command)
 
 

@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "prefect": ("prefect", "prefect_dask"),
     "dask": ("distributed",),
     "search": ("optuna",),
+    "attribute": ("dattri",),
     "gpu": ("liger_kernel",),
 }
 

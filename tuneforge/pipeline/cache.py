@@ -22,6 +22,7 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "train": ("tuneforge.trainers.run", "tuneforge.trainers.launch"),  # train(), launch() under accelerate
     "evaluate": ("tuneforge.eval.runner",),  # run_eval()
     "forgetting": ("tuneforge.eval.forgetting",),  # run_forgetting()
+    "attribute": ("tuneforge.attribute.run",),  # attribute()
 }
 
 

@@ -66,12 +66,24 @@ class ForgettingStep(_Strict):
                                       "and tuned; adds a sizing at that rate to the best-case one")
 
 
+class AttributeStep(_Strict):
+    """Rank the training records by their contribution to the questions the forgetting check lost
+    (tuneforge/attribute; needs `forgetting:` and a PEFT adapter)."""
+
+    proj_dim: int = Field(256, ge=1, description="dimension the adapter gradients are projected to")
+    proj_type: str = Field("sjlt", description="sjlt (sparse), rademacher | normal (dense); CUDA: random_mask, grass")
+    min_lost: int = Field(5, ge=1, description="fewest lost questions worth attributing")
+    normalize: bool = Field(True, description="cosine (true) or raw gradient dot products")
+    device: str | None = Field(None, description="auto (default), cpu, cuda")
+
+
 class PipelineConfig(_Strict):
     name: str
     build: BuildStep
     train: list[TrainStep] = Field(default_factory=list)
     evaluate: EvaluateStep | None = None
     forgetting: ForgettingStep | None = None
+    attribute: AttributeStep | None = None
     # a hyperparameter search over the training stages (tuneforge/pipeline/search.py and search_*.py)
     search: SearchSpec | None = None
 
@@ -203,9 +215,11 @@ def chained(train: list[TrainStep], i: int) -> bool:
 
 
 def pipeline_extras(cfg: PipelineConfig) -> list[str]:
-    """The extras a pipeline's steps need: train for train steps, eval for evaluate/forgetting, search."""
+    """The extras a pipeline's steps need: train for train steps, eval for evaluate/forgetting, attribute,
+    search."""
     needed = ["train"] if cfg.train else []
     needed += ["eval"] if cfg.evaluate is not None or cfg.forgetting is not None else []
+    needed += ["attribute"] if cfg.attribute is not None else []
     return needed + (["search"] if cfg.search is not None else [])
 
 

@@ -70,6 +70,13 @@ def _forgetting(config: Any, out: str, base: str, tuned: str | None, adapter: st
             "base_lineage": res.get("base_lineage")}
 
 
+def _attribute(forgetting_dir: str, out: str, method: dict[str, Any], device: str | None) -> dict[str, Any]:
+    from tuneforge.attribute.run import Method, attribute
+
+    s = attribute(forgetting_dir, out, device=device, method=Method(**method))
+    return {"out": out, **{k: v for k, v in s.items() if k in ("status", "message", "lost", "records", "top", "cache")}}
+
+
 def produced_lineage(trained: list[dict[str, Any]], base_model: str) -> dict[str, Any]:
     """The lineage of the model the last training stage wrote (the base model's when nothing trained)."""
     from tuneforge.common.lineage import eval_lineage, read_lineage
@@ -201,6 +208,13 @@ def run_pipeline(pipeline: str | Path, out: str | Path, *, overrides: dict[str, 
         results["forgetting"] = res["forgetting"]
         results["forgetting_lineage"] = {"tuned": res["lineage"], "base": res["base_lineage"]}
         results["gate"] = gate
+        if plan.cfg.attribute is not None and adapter is not None:  # before the gate fails the run: it says why
+            a = plan.cfg.attribute
+            method = a.model_dump(exclude={"device"})
+            results["attribution"] = steps("attribute", "attribute", _attribute, root / "attribute" / "attribution.json",
+                                           {"method": method, "forgetting": res["forgetting"], "sha": model_sha},
+                                           forgetting_dir=str(fo), out=str(root / "attribute"), method=method,
+                                           device=a.device)
     results["steps"] = {"ran": steps.ran, "reused": steps.reused}
     _report(root, results)
     if gate is not None and not gate["passed"]:
