@@ -126,12 +126,13 @@ def test_each_key_covers_the_code_its_step_runs_and_nothing_else(tmp_path, monke
     for edited, changed in [
         ("builder/executor.py", {"build"}),
         ("builder/forkserver_exit.py", {"build"}),
-        ("trainers/config.py", {"train"}),
-        ("templates/prompts/question_from_passage.en.jinja", {"build", "train", "evaluate", "forgetting"}),
-        ("eval/native.py", {"evaluate", "forgetting"}),
+        ("trainers/config.py", {"train", "attribute"}),
+        ("templates/prompts/question_from_passage.en.jinja", {"build", "train", "evaluate", "forgetting", "attribute"}),
+        ("eval/native.py", {"evaluate", "forgetting", "attribute"}),
         ("clean/normalize.py", {"build"}),
-        ("common/errors.py", {"build", "train", "evaluate", "forgetting"}),
-        ("common/lineage.py", {"train", "evaluate", "forgetting"}),
+        ("common/errors.py", {"build", "train", "evaluate", "forgetting", "attribute"}),
+        ("common/lineage.py", {"train", "evaluate", "forgetting", "attribute"}),
+        ("attribute/scoring.py", {"attribute"}),
         ("cli.py", set()),
         ("pipeline/run.py", set()),
     ]:
