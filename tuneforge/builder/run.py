@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +29,9 @@ from tuneforge.builder.tasks import (
     VerifyJob,
     clean_task,
     export_task,
+    input_size,
     join_task,
+    plan_batches,
     plan_task,
     verify_task,
 )
@@ -44,7 +44,7 @@ from tuneforge.common.records import KINDS
 from tuneforge.common.results import BuildResult
 from tuneforge.common.shardio import column_numbers, numbers, read_table
 from tuneforge.common.source_hash import BUILD, source_hash
-from tuneforge.ingest import FileJob, Sharding, plan_files, rel_path, shards_of
+from tuneforge.ingest import Sharding, plan_files, rel_path, shards_of
 from tuneforge.ingest.plan import unchanged
 from tuneforge.publish.layout import finish_layout, layout
 from tuneforge.publish.shard import LEAK, ShardSpec, dedup_rejects, sample_below
@@ -111,13 +111,13 @@ class Build:
                    for q in ((self.base / x) for x in ([src.path] if isinstance(src.path, str) else src.path))
                    if q.is_dir()]  # a source folder: an OUT inside it would be read as input next time
         self.out.check([Path(j.path) for j in jobs] + folders)
-        sizes = [_size(Path(j.path)) for j in jobs]
+        sizes = [input_size(Path(j.path)) for j in jobs]
         self.ex.expect(sum(sizes))
         self.out.claim()
         try:
             with BuildProgress(self.opts.progress) as bar:
                 self.bar = bar
-                batches = _batches(jobs, sizes, self.opts.sharding.target_bytes)
+                batches = plan_batches(jobs, sizes, self.opts.sharding.target_bytes)
                 plans = [p for batch in self._map("plan", plan_task, batches, lambda p: 0) for p in batch]
                 self._shas = {p.path: p.sha256 for p in plans}
                 shards = shards_of([(j.source, p) for j, p in zip(jobs, plans, strict=True)], self.opts.sharding)
@@ -332,35 +332,6 @@ class Build:
         if not exported:
             return np.empty(0, np.int8)
         return np.concatenate([np.load(Path(self.out.work / "export" / e["key"]) / LEAK) for e in exported])
-
-
-PLAN_BATCH = 256  # files planned in one task at most
-
-
-def _batches(jobs: list[FileJob], sizes: list[int], target: int) -> list[tuple[FileJob, ...]]:
-    """Consecutive files in tasks of up to PLAN_BATCH files and about `target` bytes."""
-    out: list[tuple[FileJob, ...]] = []
-    batch: list[FileJob] = []
-    total = 0
-    for job, size in zip(jobs, sizes, strict=True):
-        if batch and (len(batch) >= PLAN_BATCH or total + size > target):
-            out.append(tuple(batch))
-            batch, total = [], 0
-        batch.append(job)
-        total += size
-    if batch:
-        out.append(tuple(batch))
-    return out
-
-
-def _size(p: Path) -> int:
-    try:
-        st = os.stat(p)
-    except OSError:
-        return 0
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 
 def build(recipe: str | Path, out: str | Path, *, seed: int | None = None, strict: bool = False,

@@ -12,6 +12,8 @@ under the work folder and returns a small summary; none receives or returns a re
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,35 @@ from tuneforge.ingest import FileJob, Shard, ShardReader, plan_file
 from tuneforge.ingest.plan import FilePlan
 from tuneforge.publish.shard import COLUMNS as SHARD_COLUMNS
 from tuneforge.publish.shard import LEAK, ShardSpec, export_shard
+
+PLAN_BATCH = 256  # files planned in one task at most
+
+
+def plan_batches(jobs: list[FileJob], sizes: list[int], target: int) -> list[tuple[FileJob, ...]]:
+    """Consecutive files in tasks of up to PLAN_BATCH files and about `target` bytes."""
+    out: list[tuple[FileJob, ...]] = []
+    batch: list[FileJob] = []
+    total = 0
+    for job, size in zip(jobs, sizes, strict=True):
+        if batch and (len(batch) >= PLAN_BATCH or total + size > target):
+            out.append(tuple(batch))
+            batch, total = [], 0
+        batch.append(job)
+        total += size
+    if batch:
+        out.append(tuple(batch))
+    return out
+
+
+def input_size(p: Path) -> int:
+    """An input file's bytes (a folder source: its files'), 0 when it cannot be read (planning says why)."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return 0
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 
 @gc_paused_task
