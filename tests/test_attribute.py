@@ -101,6 +101,18 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     summary = json.loads((out / "attribution.json").read_text("utf-8"))
     assert summary["status"] == "ranked" and summary["cache"]["hit"] is False
 
+    # the user's next step: rebuild without the top 4 (`build --exclude`), each of them a reject with its rank
+    rebuilt = tmp_path / "rebuilt"
+    r3 = _cli("build", str(planted / "recipe" / "recipe.yaml"), "--out", str(rebuilt), "--no-prefect",
+              "--exclude", str(out / "attribution.jsonl"), "--exclude-top", "4")
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    rejects = [json.loads(x) for x in (rebuilt / "rejects.jsonl").read_text("utf-8").splitlines()]
+    excluded = {x["raw"]["id"]: x for x in rejects if x["reason"].startswith("excluded_by_attribution")}
+    assert set(excluded) == {x["id"] for x in rows[:4]}
+    assert all((x["source"], x["line"]) == (y["source"], y["line"]) for y in rows[:4] for x in [excluded[y["id"]]])
+    m = json.loads((rebuilt / "manifest.json").read_text("utf-8"))["counts"]
+    assert m["splits"]["train"] == 4 and m["input"] == m["kept"] + m["rejected"] + m["deduplicated"]
+
     again = tmp_path / "again"
     r2 = _cli("attribute", str(planted / "forget"), "--out", str(again), "--min-lost", "2", "--proj-dim", "64")
     assert r2.returncode == 0, r2.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tuneforge.common.errors import SourceError
 from tuneforge.ingest.config import SourceConfig
-from tuneforge.ingest.parts import Part
+from tuneforge.ingest.parts import Part, csv_row_kind
 from tuneforge.ingest.scan import CHUNK, Scan
 
 
@@ -153,12 +153,11 @@ def csv_parts(path: Path, rel: str, kind: str, enc: str, cfg: SourceConfig, scan
         except csv.Error:
             index += 1
             continue
-        if not row or all(not c.strip() for c in row):
-            continue
-        if header is None and cfg.csv_header:
+        what = csv_row_kind(row, header, cfg)
+        if what == "header":
             header = [h.strip() for h in row]
-            continue
-        index += 1
+        if what == "record":
+            index += 1
     hdr = tuple(header) if header else None
     bounds = [(0, 0, 0), *[c for c in cuts if c[0] < scan.size]]
     parts = []

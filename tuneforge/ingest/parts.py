@@ -118,3 +118,11 @@ def too_big(size: int, cfg: SourceConfig) -> str | None:
     if size > cfg.max_record_bytes:
         return f"record is {size:,} bytes, over max_record_bytes ({cfg.max_record_bytes:,})"
     return None
+
+
+def csv_row_kind(row: list[str], header: list[str] | None, cfg: SourceConfig) -> str:
+    """What a CSV row is to ingest, one rule for the planner's cuts and the reader's records: "blank" (skipped),
+    "header" (the first other row, where the file has one and no header is known yet), or "record"."""
+    if not row or all(not c.strip() for c in row):
+        return "blank"
+    return "header" if header is None and cfg.csv_header else "record"

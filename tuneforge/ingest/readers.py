@@ -20,7 +20,7 @@ from typing import Any
 from tuneforge.common.errors import SourceError
 from tuneforge.ingest.config import SourceConfig
 from tuneforge.ingest.json_readers import read_json, read_jsonl
-from tuneforge.ingest.parts import Bad, Item, Part, decode_part, read_part_bytes, too_big
+from tuneforge.ingest.parts import Bad, Item, Part, csv_row_kind, decode_part, read_part_bytes, too_big
 
 
 def json_safe(value: Any) -> Any:
@@ -96,9 +96,10 @@ def _read_csv(part: Part, cfg: SourceConfig, delimiter: str) -> Iterator[Item | 
             yield Bad(f"malformed CSV: {e}", None, line=start, index=index)
             index += 1
             continue
-        if not row or all(not c.strip() for c in row):
+        what = csv_row_kind(row, header, cfg)
+        if what == "blank":
             continue
-        if header is None and cfg.csv_header:
+        if what == "header":
             header = [h.strip() for h in row]
             continue
         if header is None:
