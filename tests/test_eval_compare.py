@@ -112,7 +112,7 @@ def test_forgetting_cli_takes_base_eval(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from tuneforge.cli import app
-    from tuneforge.eval import runner
+    from tuneforge.eval import forgetting
 
     got = {}
 
@@ -120,7 +120,7 @@ def test_forgetting_cli_takes_base_eval(tmp_path, monkeypatch):
         got.update(kw)
         raise SystemExit(0)
 
-    monkeypatch.setattr(runner, "run_forgetting", fake)
+    monkeypatch.setattr(forgetting, "run_forgetting", fake)
     CliRunner().invoke(app, ["forgetting", "--base", "embedded:smollm2", "--adapter", "a", "--suites", "ceval",
                              "--base-eval", str(tmp_path / "shared-base"), "--out", str(tmp_path / "o")])
     assert got["base_eval"] == tmp_path / "shared-base"
