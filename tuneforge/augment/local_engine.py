@@ -13,6 +13,7 @@ from typing import Any
 
 from tuneforge.augment.local_grammar import BadRequest
 from tuneforge.common.decoding import whole_chars
+from tuneforge.common.models import cache_keyword
 
 log = logging.getLogger("tuneforge.augment.local_server")
 
@@ -167,10 +168,11 @@ class Engine:
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         step_ids, step_pos = ids, positions
         steps = max(j.max_tokens for j in jobs)
+        cache_arg = cache_keyword(self.model)
         with torch.inference_mode():
             for _ in range(steps):
                 res = self.model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
-                                 past_key_values=past, use_cache=True)
+                                 use_cache=True, **{cache_arg: past})
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float().cpu()
                 for r, j in enumerate(jobs):

@@ -94,3 +94,11 @@ def load_causal_lm(ref: str, *, dtype: Any = None, device: str | None = None,
     if device:
         model.to(device)
     return model
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward argument that takes a KV cache: transformers 5.25 renamed `past_key_values` to `cache` (the old
+    name warns, and goes in 5.40); the releases our range admits before it only know the old one."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

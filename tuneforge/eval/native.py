@@ -22,6 +22,7 @@ from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.mcq import OPTION_LETTERS, MCQItem
+from tuneforge.common.models import cache_keyword
 from tuneforge.eval.precision import RescoreRule
 from tuneforge.eval.prefix_attention import _PREFIX_KV, PREFIX_ATTENTION, _register_prefix_attention
 from tuneforge.eval.prompts import chat_messages, completion_prompt, letter_token_ids
@@ -359,7 +360,7 @@ class NativeEngine:
         if cache is not None:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(batch))
-            kwargs["past_key_values"] = past
+            kwargs[cache_keyword(self._decoder() or self.model)] = past
         dev = self.device
         self.stats["forward_tokens"] += sum(len(s) for s in suffixes)
         if self._decoder() is not None:
