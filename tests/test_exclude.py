@@ -307,8 +307,9 @@ def test_pipeline_build_step_exclude_and_its_cache(first):
 
 @pytest.mark.slow
 def test_search_with_the_knob_end_to_end(first):
-    """Two trials, P = 0 and P = 25: the second trains on its own build without the top 25%, both are
-    evaluated on the shared build's held-out split; a re-run repeats nothing."""
+    """One trial, P = 25 (a trial at P = 0 trains on the shared build, as every search test's trials do): it
+    trains on its own build without the top 25% and is evaluated on the shared build's held-out split, the one
+    the base was; a re-run repeats nothing."""
     from tuneforge.pipeline.search import run_search
 
     tmp = first["tmp"] / "search-e2e"
@@ -317,7 +318,7 @@ def test_search_with_the_knob_end_to_end(first):
         "suites": [{"benchmark": "ceval", "subjects": ["law"], "shots": 1, "limit": 2}]}), encoding="utf-8")
     (tmp / "recipe").mkdir()  # its own folder: the recipe's fingerprint covers every *.jinja under it, and the
     recipe = _recipe(tmp / "recipe")  # trials save tokenizers (chat_template.jinja) under OUT; same ids as N's
-    pipe = _pipeline(tmp, recipe, search={"grid": [{"exclude_top_percent": 0}, {"exclude_top_percent": 25}],
+    pipe = _pipeline(tmp, recipe, search={"grid": [{"exclude_top_percent": 25}],
                                                    "exclude": "../attribution.jsonl", "bootstrap": 200})
     body = yaml.safe_load(pipe.read_text(encoding="utf-8"))
     body["train"][0]["set"] = {"max_length": 128, "args": {"max_steps": 1, "per_device_train_batch_size": 1,
@@ -327,15 +328,17 @@ def test_search_with_the_knob_end_to_end(first):
     pipe.write_text(yaml.safe_dump(body), encoding="utf-8")
     res = run_search(pipe, tmp / "out")
     trials = {t["params"]["exclude_top_percent"]: t for t in res["trials"]}
-    assert set(trials) == {0, 25} and all(t["state"] in ("complete", "failed_gate") for t in trials.values())
+    assert set(trials) == {25} and all(t["state"] in ("complete", "failed_gate") for t in trials.values())
     own = [s for s in res["steps"]["ran"] if s.startswith("data-exclude/")]
     assert len(own) == 1 and res["steps"]["ran"].count("build") == 1
     data = tmp / "out" / own[0]
     assert json.loads((data / "manifest.json").read_text(encoding="utf-8"))["exclude"]["excluded"] == 5
     trained_on = {p: yaml.safe_load((Path(t["dir"]) / "train" / "sft" / "config.yaml").read_text(encoding="utf-8"))
                   ["dataset"] for p, t in trials.items()}
-    assert Path(trained_on[25]) == data and Path(trained_on[0]) == tmp / "out" / "data"
-    assert all(t["domain"]["n"] == 2 for t in trials.values())  # the same held-out examples for both
+    assert Path(trained_on[25]) == data
+    base_heldout = json.loads((tmp / "out" / "eval" / "base" / "results.json").read_text(encoding="utf-8"))["heldout"]
+    assert Path(base_heldout["dataset"]) == tmp / "out" / "data"  # the base is scored on the shared build
+    assert trials[25]["domain"]["n"] == base_heldout["rows"]["generated"] == 2  # and the trial on the same examples
     again = run_search(pipe, tmp / "out")
     assert not [s for s in again["steps"]["ran"]]
 
