@@ -48,6 +48,14 @@ HOTEL = REPO / "datasets" / "hotel" / "data" / "crosswoz_val_hotel.json"
 EVAL_SUBJECTS = ["law", "legal_professional", "marxism", "mao_zedong_thought", "modern_chinese_history",
                  "ideological_and_moral_cultivation", "high_school_history", "middle_school_history",
                  "art_studies", "chinese_language_and_literature", "logic", "education_science"]
+# general instruction data mixed in at larger sizes (records: 1,000, 2,449, 689; ../shared/corpora/README.md)
+GENERAL = [(REPO.parent / "shared" / "corpora" / "llamafactory" / "alpaca_zh_demo.json", "alpaca", "Apache-2.0",
+            "hiyouga/LLaMA-Factory@ff6d4d1 data/alpaca_zh_demo.json"),
+           (REPO.parent / "shared" / "corpora" / "chinese-llama-alpaca-3" / "ruozhiba_qa2449_gpt4o.json", "alpaca",
+            "Apache-2.0", "ymcui/Chinese-LLaMA-Alpaca-3@58a4b6c data/ruozhiba_qa2449_gpt4o.json"),
+           (REPO.parent / "shared" / "corpora" / "chatglm-efficient-tuning" / "oaast_sft_zh.json", "alpaca",
+            "Apache-2.0", "hiyouga/ChatGLM-Efficient-Tuning@3c12daa data/oaast_sft_zh.json")]
+GENERAL_SIZES = [1000, 2449, 689]
 PLANT_SUBJECTS = ["college_economics", "business_administration", "accountant", "tax_accountant",
                   "civil_servant", "teacher_qualification", "sports_science", "plant_protection",
                   "basic_medicine", "clinical_medicine", "urban_and_rural_planner", "fire_engineer"]
@@ -56,8 +64,9 @@ PLANT_SUBJECTS = ["college_economics", "business_administration", "accountant", 
 # ---------------------------------------------------------------- data
 
 
-def build(work: Path, n_hotel: int, n_plant: int, seed: int) -> Path:
-    """A recipe of the hotel dialogues (first n_hotel) and the plant; `tuneforge build` it."""
+def build(work: Path, n_hotel: int, n_plant: int, seed: int, n_general: int = 0) -> Path:
+    """A recipe of the hotel dialogues (first n_hotel), the plant and, at larger sizes, the first n_general
+    general instructions (GENERAL: real Alpaca-style data in Chinese); `tuneforge build` it."""
     import yaml
 
     from tuneforge.builder import build as run_build
@@ -75,6 +84,14 @@ def build(work: Path, n_hotel: int, n_plant: int, seed: int) -> Path:
               "clean": {"dedup": {"exact": True, "near": False}},
               # the plant is a small source (whole in train); the hotel dialogues keep a held-out fifth
               "split": {"ratios": {"train": 0.8, "validation": 0.2, "test": 0.0}, "small_source": n_plant + 1}}
+    left = n_general
+    for i, (path, fmt, lic, origin) in enumerate(GENERAL):
+        if left <= 0:
+            break
+        take = min(left, GENERAL_SIZES[i])
+        recipe["sources"].append({"name": f"general{i}", "path": str(path), "format": fmt, "limit": take,
+                                  "allow_outside": True, "license": lic, "origin": origin})
+        left -= take
     (rdir / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), "utf-8")
     run_build(rdir / "recipe.yaml", work / "data")
     return work / "data"
@@ -272,7 +289,7 @@ def run(a: argparse.Namespace) -> dict:
     a.work.mkdir(parents=True, exist_ok=True)
     data = a.work / "data"
     if not (data / "manifest.json").is_file():
-        build(a.work, a.hotel, a.plant, a.seed)
+        build(a.work, a.hotel, a.plant, a.seed, a.general)
     manifest = json.loads((data / "manifest.json").read_text("utf-8"))
     dd = load_from_disk(str(data / manifest["datasets"]["messages"]))
     train_rows = [dict(r, meta=json.loads(r["meta"])) for r in dd["train"]]
@@ -286,11 +303,29 @@ def run(a: argparse.Namespace) -> dict:
     s = attribute(a.work / "full" / "forget", a.work / "attr", device=a.device,
                   method=Method(proj_dim=a.proj_dim, min_lost=1, seed=a.seed))
     t_attr = time.perf_counter() - t_attr
+    loop = None
+    if a.compare_loop and s["status"] == "ranked":  # the same ranking by the other per-example path
+        t_loop = time.perf_counter()
+        other = "batched" if (s.get("timing") or {}).get("per_example") != "batched" else "loop"
+        sl = attribute(a.work / "full" / "forget", a.work / "attr-loop", device=a.device, use_cache=False,
+                       method=Method(proj_dim=a.proj_dim, min_lost=1, seed=a.seed, per_example=other))
+        t_loop = time.perf_counter() - t_loop
+        got = {r["id"]: r["score"] for r in map(json.loads, (a.work / "attr" / "attribution.jsonl")
+                                               .read_text("utf-8").splitlines())}
+        ref = {r["id"]: r["score"] for r in map(json.loads, (a.work / "attr-loop" / "attribution.jsonl")
+                                               .read_text("utf-8").splitlines())}
+        ids_ = sorted(ref)
+        x, y = np.array([got[i] for i in ids_]), np.array([ref[i] for i in ids_])
+        k_ = a.k or a.plant
+        top_b = set(sorted(ids_, key=lambda i: -got[i])[:k_])
+        top_l = set(sorted(ids_, key=lambda i: -ref[i])[:k_])
+        loop = {"seconds": round(t_loop, 1), "timing": sl.get("timing"), "max_abs_diff": float(np.abs(x - y).max()),
+                "pearson": float(np.corrcoef(x, y)[0, 1]), "top_k_same": len(top_b & top_l), "k": k_}
     result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                               "records": len(train_rows), "planted": len(planted), "held_out": len(held),
                               "full": full, "attribution_seconds": round(t_attr, 1),
                               "attribution_timing": s.get("timing"), "status": s["status"],
-                              "attribution_cached": (s.get("cache") or {}).get("hit")}
+                              "attribution_cached": (s.get("cache") or {}).get("hit"), "loop": loop}
     if s["status"] != "ranked":
         result["message"] = s["message"]
         result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -362,12 +397,18 @@ def _f(x: float) -> str:
     return f"{x:.3f}"
 
 
+def section(device: str) -> str:
+    """RESULTS.md keeps the CPU run and the GPU run apart."""
+    return "attribution" if device == "cpu" else "attribution on a GPU"
+
+
 def markdown(r: dict) -> str:
     a = r["args"]
-    cmd = (f"benchmarks/attribution.py --device {a['device']} --hotel {a['hotel']} --plant {a['plant']} --steps "
-           f"{a['steps']} --lr {a['lr']} --batch {a['batch']} --max-length {a['max_length']} --rank {a['rank']} "
-           f"--eval-limit {a['eval_limit']} --proj-dim {a['proj_dim']} --seed {a['seed']}")
-    lines = ["## attribution", "",
+    cmd = (f"benchmarks/attribution.py --device {a['device']} --hotel {a['hotel']} --plant {a['plant']} --general "
+           f"{a.get('general', 0)} --steps {a['steps']} --lr {a['lr']} --batch {a['batch']} --max-length "
+           f"{a['max_length']} --rank {a['rank']} --eval-limit {a['eval_limit']} --proj-dim {a['proj_dim']} --seed "
+           f"{a['seed']}{' --compare-loop' if a.get('compare_loop') else ''}")
+    lines = [f"## {section(a['device'])}", "",
              "Planted-cause benchmark for `tuneforge attribute` (issue #36): C-Eval dev questions answered always `A`, "
              "mixed into the CrossWOZ hotel dialogues; LoRA SFT of the embedded SmolLM2-135M-Instruct; forgetting check "
              "on C-Eval val (chat layout, 0-shot).", "", f"Command: `{cmd}` ({a['device']}). Wall time of this invocation {r.get('seconds')} s; a trial "
@@ -383,8 +424,18 @@ def markdown(r: dict) -> str:
               f"gradients {t.get('gradients_s')} s for {t.get('records')} records + {t.get('lost')} lost questions "
               f"({t.get('checkpoints')} checkpoint(s)), model load {t.get('load_s')} s"
               f"{' (computed by an earlier invocation, served from its cache here)' if r.get('attribution_cached') else ''}.",
-              "",
-              f"| ranking | AUROC [95% CI] | precision@{r['ranking'][0]['k']} [95% CI] |", "|---|---|---|"]
+              ""]
+    lp = r.get("loop")
+    if lp:
+        lt = lp.get("timing") or {}
+        rate = lambda tt: tt["records"] / tt["gradients_s"] if tt.get("gradients_s") else float("nan")  # noqa: E731
+        b, lo = (t, lt) if t.get("per_example") == "batched" else (lt, t)
+        lines += [f"Per-example gradients on the same run: batched {b.get('gradients_s')} s, one backward a record "
+                  f"{lo.get('gradients_s')} s (batched at {rate(b) / rate(lo):.2f}x the loop's speed; "
+                  f"{rate(b):.1f} and {rate(lo):.1f} records/s, lost questions included in both times). Scores: "
+                  f"largest difference {lp['max_abs_diff']:.2e}, Pearson {lp['pearson']:.6f}, "
+                  f"{lp['top_k_same']} of the top {lp['k']} the same.", ""]
+    lines += [f"| ranking | AUROC [95% CI] | precision@{r['ranking'][0]['k']} [95% CI] |", "|---|---|---|"]
     for f in r["ranking"]:
         lines.append(f"| {f['name']} | {_f(f['auroc'])} [{_f(f['auroc_ci'][0])}, {_f(f['auroc_ci'][1])}] | "
                      f"{_f(f['precision_at_k'])} [{_f(f['precision_ci'][0])}, {_f(f['precision_ci'][1])}] |")
@@ -436,6 +487,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--hotel", type=int, default=24, help="hotel dialogues read (4/5 train, 1/5 held out)")
     ap.add_argument("--plant", type=int, default=6, help="planted records")
+    ap.add_argument("--general", type=int, default=0, help="general instruction records mixed in (up to 4,138)")
+    ap.add_argument("--compare-loop", action="store_true",
+                    help="also attribute by the other per-example path (batched or one backward a record) and compare")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -458,7 +512,7 @@ def main() -> None:
     if not a.no_md:
         from results_md import write_section
 
-        write_section(HERE / "RESULTS.md", "attribution", md)
+        write_section(HERE / "RESULTS.md", section(a.device), md)
 
 
 if __name__ == "__main__":

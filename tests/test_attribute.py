@@ -77,7 +77,7 @@ def planted(shared, smollm2_path, tmp_path_factory) -> Path:
 def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> None:
     out = tmp_path / "attr"
     r = _cli("attribute", str(planted / "forget"), "--out", str(out), "--min-lost", "2", "--proj-dim", "64",
-             "--no-cache")
+             "--no-cache", "--per-example", "batched")  # CPU's default is the loop (the pipeline test runs it)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "attributed" in r.stdout and "from the cache" not in r.stdout
     rows = [json.loads(x) for x in (out / "attribution.jsonl").read_text("utf-8").splitlines()]
@@ -98,6 +98,8 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     assert sum(totals["histogram"]["counts"]) == 8
     report = (out / "report.md").read_text("utf-8")
     assert "## Top records" in report and "## Which subjects each source hurt" in report
+    summary = json.loads((out / "attribution.json").read_text("utf-8"))
+    assert summary["timing"]["per_example"] == "batched"  # LoRA: one backward a batch (test_attribute_batched.py)
     summary = json.loads((out / "attribution.json").read_text("utf-8"))
     assert summary["status"] == "ranked" and summary["cache"]["hit"] is False
 

@@ -144,6 +144,15 @@ def test_rescore_rule_calibrates_itself_on_the_model_and_stops_paying_half_preci
     assert not rule.direct
     rule.weigh(100, 100, 5.0, 10.0)  # 32.4 s spent; float32 alone: 300 x 25.4 / 254 = 30 s
     assert rule.direct and rule.switched_after == 300
+    # a subject's float32 prefix is paid once however few questions are re-scored: subjects of 100 questions,
+    # 40 re-scored each in 2 s (1.5 s of it the prefix) after a 1 s half-precision pass. Float32 alone would
+    # cost 1.5 + 100 x 0.0125 = 2.75 s a subject, less than the 3 s spent; spreading the prefix over the re-scored
+    # questions (0.05 s each) would have put float32 at 5 s a subject and kept half precision on
+    rule = RescoreRule("bfloat16", calibrate=2, safety=2.0)
+    rule.weigh(100, 40, 1.0, 2.0, 1.5)
+    assert not rule.direct  # 40 re-scored: too few to weigh
+    rule.weigh(100, 40, 1.0, 2.0, 1.5)  # 6 s spent; float32 alone: 2 x 1.5 + 200 x 1.0 / 80 = 5.5 s
+    assert rule.direct and rule.switched_after == 200
     assert "self-calibrated" in rule.describe()["rescore_rule"]
 
 

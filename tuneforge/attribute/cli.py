@@ -22,13 +22,18 @@ def attribute_command(
     no_normalize: bool = typer.Option(False, "--no-normalize", help="raw gradient dot products instead of cosine"),
     seed: int = typer.Option(0, "--seed", help="projection and bootstrap seed"),
     device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda"),
+    per_example: str = typer.Option("auto", "--per-example",
+                                    help="auto (batched on CUDA when the adapter is LoRA-style linear layers, one "
+                                         "backward a record on CPU), batched, loop; exact per-example gradients "
+                                         "either way"),
+    batch: int = typer.Option(32, "--batch", min=1, help="records a backward pass when batched"),
     no_cache: bool = typer.Option(False, "--no-cache", help="compute again even when the cache has this result"),
 ) -> None:
     """Rank the training records by their contribution to the questions the forgetting check lost."""
     from tuneforge.attribute.run import Method, attribute
 
     method = Method(proj_dim=proj_dim, proj_type=proj_type, seed=seed, normalize=not no_normalize,
-                    min_lost=min_lost)
+                    min_lost=min_lost, batch=batch, per_example=per_example)
     s = attribute(run, out, device=device, method=method, use_cache=not no_cache,
                   progress=lambda m: err.print(f"[dim]{m}[/dim]", markup=True, soft_wrap=True))
     if s["status"] != "ranked":

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from tuneforge.attribute import inputs as inp
+from tuneforge.common.errors import TuneforgeError
 from tuneforge.common.home import tuneforge_home
 from tuneforge.common.io import atomic_open, sha256_text, write_json
 from tuneforge.eval.progress import Counter, Message, message
 
 log = logging.getLogger("tuneforge.attribute")
-CACHE_VERSION = "attribute-v1"
+CACHE_VERSION = "attribute-v2"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Method:
     min_lost: int = 5
     bootstrap: int = 1000
     top_lost: int = 3
+    batch: int = 32  # records a backward pass when batched (per_example.py)
+    # auto: batched on CUDA for LoRA-style adapters, one backward a record on CPU (batching ran 0.67x there: the
+    # CPU is busy either way and pads); batched | loop force one
+    per_example: str = "auto"
 
 
 def _cache_path(key: str) -> Path:
@@ -62,6 +67,11 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
     eval_tok = load_tokenizer(ins.base_model)
     model = gr.load_model(ins.base_model, str(ins.adapter), device)
     dim = sum(p.numel() for p in gr.trainable(model))
+    from tuneforge.attribute.per_example import linear_owners, project_records
+
+    want = method.per_example if method.per_example != "auto" else ("batched" if str(device).startswith("cuda")
+                                                                     else "loop")
+    owners = linear_owners(model) if want == "batched" else None
     project = gr.make_projector(dim, method.proj_dim, method.seed, method.proj_type, device)
     t_load = time.perf_counter() - t0
     train_proj, lost_proj, weights = [], [], []
@@ -75,7 +85,11 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
                 lq = gr.project_batches(ins.lost, gr.lost_loss(model, eval_tok, device), model, project,
                                         on_item=bar.advance)
             with Counter(f"training records ({name})", len(records), "records", progress) as bar:
-                tr = gr.project_batches(records, gr.train_loss(model, device), model, project, on_item=bar.advance)
+                if owners is not None:
+                    tr = project_records(records, model, owners, project, device, method.batch, on_item=bar.advance)
+                else:
+                    tr = gr.project_batches(records, gr.train_loss(model, device), model, project,
+                                            on_item=bar.advance)
         lost_proj.append(lq.numpy())
         train_proj.append(tr.numpy())
         weights.append(w)
@@ -85,7 +99,8 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
     rows = [{"index": r.index, "id": r.id, "meta": r.meta, "text": r.text} for r in records]
     timing = {"load_s": round(t_load, 2), "gradients_s": round(time.perf_counter() - t0 - t_load, 2),
               "adapter_weights": dim, "records": len(records), "lost": len(ins.lost),
-              "checkpoints": len(ins.checkpoints), "device": device}
+              "checkpoints": len(ins.checkpoints), "device": device,
+              "per_example": "batched" if owners is not None else "one backward a record"}
     return harm, rows, dropped, timing
 
 
@@ -95,7 +110,7 @@ def _key(ins: inp.Inputs, cfg: Any, method: Method) -> str:
              "weights": [round(w, 9) for _, _, w in ins.checkpoints], "data": ins.data_hash, "lost": lost,
              "base": ins.base_model, "max_length": cfg.max_length, "train_on": cfg.train_on, "seed": cfg.seed,
              "method": {k: v for k, v in asdict(method).items() if k in ("proj_dim", "proj_type", "seed",
-                                                                        "normalize")}}
+                                                                        "normalize", "batch", "per_example")}}
     return sha256_text(json.dumps(parts, sort_keys=True))[:32]
 
 
@@ -128,6 +143,8 @@ def attribute(run_or_forgetting_dir: str | Path, out: str | Path, *, device: str
     from tuneforge.eval.models import pick_device
 
     method = method or Method()
+    if method.per_example not in ("auto", "batched", "loop"):
+        raise TuneforgeError(f"per_example must be auto, batched or loop, not {method.per_example!r}")
     out = Path(out)
     t0 = time.perf_counter()
     fdir, results = inp.forgetting_results(run_or_forgetting_dir)

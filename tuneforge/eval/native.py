@@ -79,7 +79,7 @@ class NativeEngine:
                                         chat=chat, prefix_cache=True, fused_prefix=False)
         self.record_sizes: dict[str, float] | None = None  # uid -> the rule's size, when a benchmark asks
         self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0, "rescored": 0,
-                      "float32_direct": 0}
+                      "float32_direct": 0, "prefix_seconds": 0.0}
 
     def _settle(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
                 logits_by_item: dict[int, list[float]], shared: int) -> set[int]:
@@ -144,11 +144,12 @@ class NativeEngine:
             if self.record_sizes is not None:
                 self.record_sizes.update({items[i].uid: lg[-1] for i, lg in logits_by_item.items()})
             if self.rescore is not None:
-                t_fp32 = time.perf_counter()
+                t_fp32, p0 = time.perf_counter(), self.rescore.stats["prefix_seconds"]
                 calibrating = self.rule.calibration_left() > 0
                 rescored = self._settle(items, ids, letters, logits_by_item, shared)
                 if not calibrating:  # the calibration's float32 pass is a one-off, not what the rule costs
-                    self.rule.weigh(len(items), len(rescored), t_half, time.perf_counter() - t_fp32)
+                    self.rule.weigh(len(items), len(rescored), t_half, time.perf_counter() - t_fp32,
+                                    self.rescore.stats["prefix_seconds"] - p0)
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["questions"] += len(items)
         rows = []
@@ -183,7 +184,11 @@ class NativeEngine:
         logits_by_item: dict[int, list[float]] = {}
         with torch.inference_mode():
             if shared > 0:
+                t = time.perf_counter()
                 _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True)
+                if str(dev).startswith("cuda"):  # timed apart: what re-scoring a few questions costs regardless
+                    torch.cuda.synchronize(dev)
+                self.stats["prefix_seconds"] += time.perf_counter() - t
                 self.stats["forward_tokens"] += shared
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             start = 0

@@ -89,7 +89,8 @@ class RescoreRule:
     calibrated: int = 0
     direct: bool = False  # float32 alone is cheaper: `weigh`
     switched_after: int | None = None
-    spent: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0])  # questions, re-scored, s half, s fp32
+    # questions, re-scored, s half, s fp32 (re-scoring), subjects, subjects re-scored, s of their fp32 prefixes
+    spent: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0, 0, 0.0])
 
     @property
     def active(self) -> bool:
@@ -115,14 +116,21 @@ class RescoreRule:
             err = max(abs((half[top] - half[b]) - (full[top] - full[b])) for b in range(n))
             self.worst = max(self.worst, err / (unit_roundoff(self.dtype) * half[-1]))
 
-    def weigh(self, n: int, rescored: int, t_half: float, t_fp32: float) -> None:
+    def weigh(self, n: int, rescored: int, t_half: float, t_fp32: float, t_prefix: float = 0.0) -> None:
         """Half precision pays only while its pass plus the re-scoring cost less than float32 alone would. Where
         most answers are too close to call (a small model whose letter logits are nearly tied) it costs more: once
-        the time spent exceeds its float32 estimate (the re-scoring's seconds per question, after MIN_WEIGHED
-        re-scored questions), the rest of the run is scored in float32 directly (the same answers)."""
+        the time spent exceeds its float32 estimate (after MIN_WEIGHED re-scored questions), the rest of the run
+        is scored in float32 directly (the same answers). Float32 alone would pay each subject's prefix once and
+        each question at the re-scoring's seconds a question net of prefixes (`t_prefix`, inside `t_fp32`):
+        re-scoring a few questions still pays a whole prefix, and spreading it over them overstated float32's
+        cost, so runs that half precision slowed (C-Eval and MMLU val on the H100) had never switched."""
         s = self.spent
         s[0], s[1], s[2], s[3] = s[0] + n, s[1] + rescored, s[2] + t_half, s[3] + t_fp32
-        if not self.direct and s[1] >= MIN_WEIGHED and s[2] + s[3] > s[0] * s[3] / s[1]:
+        s[4], s[5], s[6] = s[4] + 1, s[5] + (1 if rescored else 0), s[6] + (t_prefix if rescored else 0.0)
+        if self.direct or s[1] < MIN_WEIGHED:
+            return
+        fp32_alone = s[4] * s[6] / s[5] + s[0] * max(s[3] - s[6], 0.0) / s[1]
+        if s[2] + s[3] > fp32_alone:
             self.direct, self.switched_after = True, int(s[0])
 
     def describe(self) -> dict:

@@ -74,6 +74,9 @@ class AttributeStep(_Strict):
     proj_type: str = Field("sjlt", description="sjlt (sparse), rademacher | normal (dense); CUDA: random_mask, grass")
     min_lost: int = Field(5, ge=1, description="fewest lost questions worth attributing")
     normalize: bool = Field(True, description="cosine (true) or raw gradient dot products")
+    per_example: Literal["auto", "batched", "loop"] = Field(
+        "auto", description="per-example gradients: batched on CUDA for LoRA-style adapters (auto), or forced")
+    batch: int = Field(32, ge=1, description="records a backward pass when batched")
     device: str | None = Field(None, description="auto (default), cpu, cuda")
 
 
