@@ -116,7 +116,8 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     assert m["splits"]["train"] == 4 and m["input"] == m["kept"] + m["rejected"] + m["deduplicated"]
 
     again = tmp_path / "again"
-    r2 = _cli("attribute", str(planted / "forget"), "--out", str(again), "--min-lost", "2", "--proj-dim", "64")
+    r2 = _cli("attribute", str(planted / "forget"), "--out", str(again), "--min-lost", "2", "--proj-dim", "64",
+              "--per-example", "batched")
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "from the cache" in r2.stdout
     assert json.loads((again / "attribution.json").read_text("utf-8"))["cache"]["hit"] is True
@@ -131,10 +132,10 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     ins = inp.Inputs(fdir, res, res["model"], adapter, run_dir, lost, n)
     cfg = inp.train_config(run_dir)
     ins.data_hash, ins.checkpoints = inp.data_hash(run_dir, cfg), inp.checkpoints(run_dir, adapter)
-    assert summary["cache"]["key"] == _key(ins, cfg, Method(proj_dim=64))
-    assert _key(ins, cfg, Method(proj_dim=32)) != summary["cache"]["key"]
+    assert summary["cache"]["key"] == _key(ins, cfg, Method(proj_dim=64, per_example="batched"))
+    assert _key(ins, cfg, Method(proj_dim=32, per_example="batched")) != summary["cache"]["key"]
     ins.lost = lost[1:]
-    assert _key(ins, cfg, Method(proj_dim=64)) != summary["cache"]["key"]
+    assert _key(ins, cfg, Method(proj_dim=64, per_example="batched")) != summary["cache"]["key"]
 
 
 @pytest.mark.slow
