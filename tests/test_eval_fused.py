@@ -171,7 +171,12 @@ def test_the_engine_calibrates_on_its_first_questions(tiny, shared):
     ref = {r["uid"]: r["pred"] for r in NativeEngine(m32.model, m32.tokenizer, "cpu").score_suite(suite, 1, 6)}
     eng = NativeEngine(m16.model, m16.tokenizer, "cpu", rescore_model=m32.model, calibrate=3, safety=2.0)
     assert eng.rescore is not None and m16.model.dtype == torch.bfloat16
+    judged_by = []  # the margin in force each time the rule judges a question
+    flagged = eng.rule.flagged
+    eng.rule.flagged = lambda lg, n: judged_by.append(eng.rule.rel_in_force()) or flagged(lg, n)
     rows = eng.score_suite(suite, 1, 6)
+    # the first subject's other questions too are judged by the calibrated rule, never by margin 0
+    assert len(judged_by) == 12 - 3 and all(t > 0 for t in judged_by), judged_by
     assert eng.rule.calibrated == 3 and eng.stats["rescored"] >= 3
     assert [r.get("rescored", False) for r in rows[:3]] == [True] * 3
     assert all(r["pred"] == ref[r["uid"]] for r in rows if r.get("rescored"))

@@ -83,22 +83,31 @@ class NativeEngine:
 
     def _settle(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
                 logits_by_item: dict[int, list[float]], shared: int) -> set[int]:
-        """Re-scores in float32 (in place) the questions `self.rule` flags, the calibration's first questions
-        included, and shows the rule each such pair; returns them."""
+        """Re-scores in float32 (in place) the calibration's first questions, then the questions `self.rule` flags
+        once it has seen them, and shows the rule each such pair; returns them. The calibration goes first: judged
+        in the same pass, the rest of the first subject met an uncalibrated rule (margin 0) and kept half-precision
+        answers float32 would have changed (the H100 runs' flips all sat in each set's first subject)."""
         rule = self.rule
-        todo = rule.calibration_left()
-        close = sorted(set(range(min(todo, len(items)))) |
-                       {i for i, lg in logits_by_item.items() if i >= todo and rule.flagged(lg, len(items[i].options))})
-        if close:
-            # the subject's prefix split, not the subset's: a few questions often share a longer prefix, and a
-            # longer cached prefix is another float32 computation whose near-ties fall otherwise (seen on CMMLU)
-            again = self.rescore.letter_logits([ids[i] for i in close], letters, shared)
-            for j, i in enumerate(close):
-                rule.observe(logits_by_item[i], again[j], len(items[i].options))
-                logits_by_item[i] = again[j]
-        rule.calibrated += min(todo, len(items))
-        self.stats["rescored"] += len(close)
-        return set(close)
+        todo = min(rule.calibration_left(), len(items))
+        done = self._rescore(items, ids, letters, logits_by_item, shared, list(range(todo)))
+        rule.calibrated += todo
+        close = [i for i, lg in sorted(logits_by_item.items())
+                 if i not in done and rule.flagged(lg, len(items[i].options))]
+        done |= self._rescore(items, ids, letters, logits_by_item, shared, close)
+        self.stats["rescored"] += len(done)
+        return done
+
+    def _rescore(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
+                 logits_by_item: dict[int, list[float]], shared: int, which: list[int]) -> set[int]:
+        if not which:
+            return set()
+        # the subject's prefix split, not the subset's: a few questions often share a longer prefix, and a
+        # longer cached prefix is another float32 computation whose near-ties fall otherwise (seen on CMMLU)
+        again = self.rescore.letter_logits([ids[i] for i in which], letters, shared)
+        for j, i in enumerate(which):
+            self.rule.observe(logits_by_item[i], again[j], len(items[i].options))
+            logits_by_item[i] = again[j]
+        return set(which)
 
     def describe(self) -> dict:
         """Which path produced the numbers (results.json's timing block)."""
