@@ -61,8 +61,8 @@ def planted(shared, smollm2_path, tmp_path_factory) -> Path:
     s = train({"base_model": "embedded:smollm2", "dataset": str(root / "data"), "stage": "sft", "max_length": 128,
                "splits": {"train": "train", "eval": None}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
                "args": {"max_steps": 6, "per_device_train_batch_size": 2, "logging_steps": 1, "learning_rate": 3e-3,
-                        "warmup_steps": 0, "save_strategy": "no", "dataloader_num_workers": 0,
-                        "gradient_checkpointing": False}}, root / "run")
+                        "warmup_steps": 0, "save_strategy": "steps", "save_steps": 3, "dataloader_num_workers": 0,
+                        "gradient_checkpointing": False}}, root / "run")  # TracIn over checkpoint-3 and final
     res = run_forgetting("embedded:smollm2", adapter=s["final"], out=root / "forget",
                          config={"chat": True, "perplexity": {"limit": 1, "max_length": 16},
                                  "suites": [{"benchmark": f"ceval:{CEVAL_SAMPLE}", "shots": 0, "limit": 4,
@@ -100,6 +100,9 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     assert "## Top records" in report and "## Which subjects each source hurt" in report
     summary = json.loads((out / "attribution.json").read_text("utf-8"))
     assert summary["timing"]["per_example"] == "batched"  # LoRA: one backward a batch (test_attribute_batched.py)
+    assert summary["timing"]["checkpoints"] == 2  # checkpoint-3 and the final adapter, weighted by their steps' lr
+    ck = summary["checkpoints"]
+    assert [c["name"] for c in ck] == ["checkpoint-3", "final"] and sum(c["weight"] for c in ck) == pytest.approx(1)
     summary = json.loads((out / "attribution.json").read_text("utf-8"))
     assert summary["status"] == "ranked" and summary["cache"]["hit"] is False
 

@@ -249,3 +249,27 @@ def test_the_first_failing_filter_is_the_reason_ours_first_then_the_recipe_s_ord
     assert reason({"custom": [a, b]}) == "a: has https"
     assert reason({"custom": [b, a]}) == "b: has example"
     assert reason({"min_chars": 1000, "custom": [a, b]}).startswith("too_short: ")
+
+
+def test_an_edited_badwords_list_cleans_again(tmp_path):
+    """The recipe names the list's path only: its words are in the clean cache key and in the pipeline's build
+    fingerprint, so an edited list re-cleans (and rejects what it now names) instead of serving the old output."""
+    from tuneforge.builder import build
+
+    _data(tmp_path)
+    words = tmp_path / "bad.txt"
+    recipe = _recipe(tmp_path, {"filters": {"badwords": "bad.txt"}})
+    out = tmp_path / "out"
+
+    def run() -> tuple[int, int]:
+        m = build(recipe, out, runner="serial", shard_mb=0.0001)
+        timings = json.loads((out / ".tuneforge" / "timings.json").read_text(encoding="utf-8"))
+        return m["counts"]["stages"]["clean"]["filters"].get("badword", 0), timings["timings"]["reused"]["clean"]
+
+    words.write_text("# none yet\n", encoding="utf-8")
+    assert run() == (0, 0)
+    assert run() == (0, 8)  # unchanged: every shard reused
+    before = fingerprint(recipe)
+    words.write_text("小锻助手\n", encoding="utf-8")
+    assert fingerprint(recipe) != before
+    assert run() == (1, 0)  # the edited list re-cleaned every shard and rejected the record it names

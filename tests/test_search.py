@@ -64,6 +64,28 @@ def test_search_block_validation():
 
 
 
+@pytest.mark.parametrize("trials", [None, 4])
+def test_a_mapping_grid_runs_to_its_end_under_ask_and_tell(tmp_path, trials):
+    """Each point of a mapping grid once (a seeded subset under a smaller budget), and no error at the last
+    `tell`: Optuna's GridSampler stopped the study there, which raises outside `study.optimize`."""
+    from tuneforge.pipeline.search import _suggest, make_study
+    from tuneforge.pipeline.search_config import encode
+
+    spec = SearchSpec.model_validate({"grid": {"lora_r": [4, 8], "learning_rate": [1e-4, 2e-4, 3e-4]},
+                                      "trials": trials})
+    space = spec.space()
+    study = make_study(spec, space, "grid", tmp_path)
+    seen = []
+    for _ in range(spec.budget()):
+        t = study.ask()
+        seen.append(encode(_suggest(t, space)))
+        study.tell(t, 1.0)
+    product = [encode({"lora_r": r, "learning_rate": lr}) for r in (4, 8) for lr in (1e-4, 2e-4, 3e-4)]
+    assert len(seen) == len(set(seen)) == (trials or 6) and set(seen) <= set(product)
+    again = make_study(spec, space, "grid", tmp_path)  # seeded: the same order
+    assert [encode(_suggest(again.ask(), space)) for _ in range(spec.budget())] == seen
+
+
 def test_pareto_why_and_report_on_synthetic_trials(tmp_path):
     """Without a model: the Pareto marks, the reasons and the report's scatter."""
     from tuneforge.pipeline.search_report import write_search_report

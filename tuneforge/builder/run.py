@@ -38,6 +38,7 @@ from tuneforge.builder.tasks import (
 from tuneforge.clean.custom import code_digest
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.exclude import Exclusion, by_shard, from_flags, load_exclusion, locate, unmatched
+from tuneforge.clean.filters import badwords_digest
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS
@@ -164,11 +165,12 @@ class Build:
     def _clean(self, shards: list) -> list[dict[str, Any]]:
         r = self.recipe
         user = code_digest(r.clean)  # the user's own filters' module files (their params are in r.clean)
+        bad = badwords_digest(r.clean.filters, self.base)  # the recipe names the list's path, not its words
         jobs = []
         for sh in shards:
             key = _key(self.code, [p.__dict__ for p in sh.parts], sh.source.model_dump(mode="json"),
                        r.clean.model_dump(mode="json"), r.variables, [self._sha(p.path) for p in sh.parts],
-                       *([user] if user else []))
+                       *([user] if user else []), *([f"badwords:{bad}"] if bad else []))
             jobs.append(CleanJob(sh, r.clean, str(self.base), dict(r.variables), self._unit("clean", key), key))
         return self._map("clean", clean_task, jobs, lambda s: s["input"])
 

@@ -9,6 +9,7 @@ Latin words), so no model is downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from functools import cached_property
@@ -78,6 +79,26 @@ def repeat_ratio(text: str, n: int) -> float:
     if total < 2 * n:
         return 0.0
     return 1.0 - len({s[i:i + n] for i in range(total)}) / total
+
+
+def badwords_path(cfg: Any, recipe_dir: Path) -> Path | None:
+    """The recipe's badwords file (relative to the recipe), or None."""
+    if not cfg.badwords:
+        return None
+    p = Path(cfg.badwords)
+    return p if p.is_absolute() else recipe_dir / p
+
+
+def badwords_digest(cfg: Any, recipe_dir: Path) -> str | None:
+    """sha256 of the badwords file's bytes, for the cache keys: the recipe names only its path, and an edited
+    list must clean again (None: no list; "missing": unreadable, which the build reports when it loads it)."""
+    p = badwords_path(cfg, recipe_dir)
+    if p is None:
+        return None
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
 
 
 def load_badwords(path: Path) -> re.Pattern | None:
@@ -259,9 +280,8 @@ def builtin_filters(cfg: FilterConfig, recipe_dir: Path) -> list[Filter]:
         out.append(Repetition(cfg.max_repeat_ngram_ratio, cfg.repeat_ngram))
     if cfg.language is not None:
         out.append(Language(cfg.language))
-    if cfg.badwords:
-        p = Path(cfg.badwords)
-        words = load_badwords(p if p.is_absolute() else recipe_dir / p)
+    if (p := badwords_path(cfg, recipe_dir)) is not None:
+        words = load_badwords(p)
         if words is not None:
             out.append(Badwords(words))
     refusals = Refusals(cfg.refusal_patterns)  # a bad pattern is an error even while drop_refusals is off

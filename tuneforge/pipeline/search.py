@@ -81,14 +81,25 @@ def _fits(params: dict[str, Any], space: dict[str, Any]) -> bool:
 def _sampler(spec: SearchSpec) -> Any:
     import optuna
 
-    if isinstance(spec.grid, dict):
-        return optuna.samplers.GridSampler({k: [encode(v) for v in vals] for k, vals in spec.grid.items()},
-                                           seed=spec.seed)
-    if spec.sampler == "random":
+    if spec.grid is not None or spec.sampler == "random":  # a grid's points are all enqueued (`spec.points`)
         return optuna.samplers.RandomSampler(seed=spec.seed)
     if hasattr(optuna.trial.Trial, "set_constraint"):  # Optuna 5: constraints are set on the trial (`_tell`)
         return optuna.samplers.TPESampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed, constraints_func=lambda t: t.user_attrs.get("constraint", (1.0,)))
+
+
+def make_study(spec: SearchSpec, space: dict[str, Any], name: str, root: Path) -> Any:
+    """The Optuna study the ask/tell loop draws from: a grid's points enqueued in order, or the knobs' sampler
+    with an earlier search's points in this folder first."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=_sampler(spec), study_name=name)
+    for p in spec.points() or []:
+        study.enqueue_trial({k: encode(p.get(k)) for k in space})
+    for p in _previous_points(root, space) if spec.knobs else []:
+        study.enqueue_trial({k: encode(v) for k, v in p.items()}, skip_if_exists=True)
+    return study
 
 
 def _previous_points(root: Path, space: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,7 +123,6 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
     from tuneforge.common.extras import require
 
     require("a pipeline search", "search", "train", "eval")
-    import optuna
 
     t_start = time.perf_counter()
     cfg, base_dir = load_pipeline(pipeline, overrides)
@@ -155,13 +165,7 @@ def run_search(pipeline: str | Path, out: str | Path, *, overrides: dict[str, An
            "data_sha": build["manifest_sha256"], "replay_dataset": replay,
            "prune": spec.prune.model_dump() if spec.prune else None}
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=_sampler(spec), study_name=cfg.name)
-    for p in spec.points() or []:
-        study.enqueue_trial({k: encode(p.get(k)) for k in space})
-    if not isinstance(spec.grid, dict):
-        for p in _previous_points(root, space) if spec.knobs else []:
-            study.enqueue_trial({k: encode(v) for k, v in p.items()}, skip_if_exists=True)
+    study = make_study(spec, space, cfg.name, root)
     budget = spec.budget()
     workers = gpus if gpus is not None else gpu_count()
     records: list[dict[str, Any]] = []

@@ -92,7 +92,18 @@ class SearchSpec(_Strict):
         return self
 
     def points(self) -> list[dict[str, Any]] | None:
-        """The explicit grid points (a list grid), else None."""
+        """The grid's points, else None: a list grid's in its order; a mapping grid's product in an order shuffled
+        by `seed` (so a budget under its size tries a seeded random subset). Enqueued, not drawn by Optuna's
+        GridSampler: that one calls `study.stop()` when the grid is used up, which the ask/tell loop the search
+        runs cannot take (it raised at the last trial's `tell`)."""
+        if isinstance(self.grid, dict):
+            import itertools
+            import random
+
+            keys = list(self.grid)
+            pts = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+            random.Random(self.seed).shuffle(pts)
+            return pts
         return list(self.grid) if isinstance(self.grid, list) else None
 
     def space(self) -> dict[str, list[Any] | KnobRange]:
