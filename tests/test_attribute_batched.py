@@ -75,10 +75,19 @@ def test_batches_respect_the_token_budget(monkeypatch) -> None:
 
 
 def test_other_adapters_keep_the_loop() -> None:
-    ia3 = _model(peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
-    assert linear_owners(ia3) is None
-    dora = _model(peft.LoraConfig(r=4, use_dora=True, target_modules=["q_proj"]))
-    assert linear_owners(dora) is None
+    """IA3's vectors, DoRA's magnitudes and the prompt and prefix encoders are not linear layers' tensors: the
+    loop takes their gradients (finite, non-zero, one row a record; prompt tuning's virtual positions dropped)."""
+    recs = _records(4)
+    ident = lambda x: x  # noqa: E731
+    for cfg in (peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
+                peft.LoraConfig(r=4, use_dora=True, target_modules=["q_proj"], init_lora_weights=False),
+                peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+                peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)):
+        model = _model(cfg)
+        assert linear_owners(model) is None
+        g = gr.project_batches(recs, gr.train_loss(model, "cpu"), model, ident)
+        assert g.shape == (4, sum(p.numel() for p in gr.trainable(model)))
+        assert torch.isfinite(g).all() and (g.abs().sum(1) > 0).all()
 
 
 def test_batch_follows_the_memory_budget() -> None:

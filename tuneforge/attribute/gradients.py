@@ -141,7 +141,8 @@ def train_loss(model: Any, device: str) -> Callable[[Any], Any]:
     def f(rec: Any) -> Any:
         ids = torch.tensor([rec.input_ids], device=device)
         labels = torch.tensor([rec.labels], device=device)
-        logits = model(input_ids=ids).logits[:, :-1].float()
+        # prompt tuning prepends its virtual tokens' positions to the logits: the record's own are the last ones
+        logits = model(input_ids=ids).logits[:, -ids.shape[1]:][:, :-1].float()
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                                  ignore_index=IGNORE)
 
