@@ -142,6 +142,29 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
 
 
 @pytest.mark.slow
+def test_batched_gradients_rank_as_the_loop_does(planted, tmp_path) -> None:
+    """CUDA's default path (records and lost questions in batches, per_example.py) run through `attribute()` on
+    the planted check, against the loop CPU runs by default (the same settings; served from the cache when the
+    CLI test above made it): the same scores to float32's noise, so the same ranking."""
+    from tuneforge.attribute.run import Method, attribute
+
+    kw = {"proj_dim": 64, "min_lost": 2}
+    loop = attribute(planted / "forget", tmp_path / "loop", device="cpu", method=Method(**kw, per_example="loop"))
+    batched = attribute(planted / "forget", tmp_path / "batched", device="cpu",
+                        method=Method(**kw, per_example="batched"))
+    assert batched["timing"]["per_example"] == "batched" and loop["timing"]["per_example"] == "one backward a record"
+    assert batched["timing"]["checkpoints"] == loop["timing"]["checkpoints"] == 2
+
+    def scores(name: str) -> dict[str, float]:
+        rows = (tmp_path / name / "attribution.jsonl").read_text("utf-8").splitlines()
+        return {r["id"]: r["score"] for r in map(json.loads, rows)}
+
+    a, b = scores("loop"), scores("batched")
+    assert a.keys() == b.keys() and len(a) == 8
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-4, (a, b)
+
+
+@pytest.mark.slow
 def test_too_few_lost_questions_makes_no_ranking(planted, tmp_path) -> None:
     out = tmp_path / "attr"
     r = _cli("attribute", str(planted / "forget"), "--out", str(out), "--min-lost", "1000")

@@ -94,3 +94,35 @@ def test_batch_follows_the_memory_budget() -> None:
     assert batch_size_for(10, "cpu", 32) == 32
     assert batch_size_for(1 << 28, "cpu", 32) == 1
     assert batch_size_for(1 << 24, "cuda:0", 64) == 64
+
+
+def test_batched_lost_questions_equal_one_backward_each(tiny, shared) -> None:
+    """The lost questions' gradients (minus the log-likelihood of the base's answer among the option letters at
+    the prompt's last token), batched over prompts of different lengths, against one backward each: real C-Eval
+    prompts, SmolLM2's tokenizer, a tiny random Llama with a LoRA on it."""
+    from tuneforge.attribute.inputs import LostQuestion
+    from tuneforge.attribute.per_example import project_lost
+    from tuneforge.common.models import load_tokenizer
+    from tuneforge.eval.native import NativeEngine
+    from tuneforge.eval.suites import load_suite
+
+    tok = load_tokenizer(str(tiny))
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                      init_lora_weights=False))
+    model.eval()
+    suite = load_suite(f"ceval:{shared / 'ceval'}", subjects=["law"])
+    eng = NativeEngine(base, tok, "cpu")
+    items = suite.items("law", 5)
+    shots = suite.shots("law", 1)
+    lost = [LostQuestion("ceval", it.uid, "law", it.answer, "A", eng.prompt(suite, "law", shots[: i % 2], it),
+                         tuple(it.letters), suite.style.answer_sep) for i, it in enumerate(items)]
+    assert len({len(q.prompt) for q in lost}) > 1  # 0- and 1-shot prompts: the batch is padded
+    ident = lambda x: x  # noqa: E731
+    loop = gr.project_batches(lost, gr.lost_loss(model, tok, "cpu"), model, ident)
+    batched = project_lost(lost, model, linear_owners(model), tok, ident, "cpu", batch=3)
+    assert loop.abs().sum() > 0
+    # float32 sums over prompts of a few hundred tokens in another order: each row equal to 1e-5 of its norm
+    rel = (batched - loop).norm(dim=1) / loop.norm(dim=1)
+    assert rel.max() < 1e-5, rel

@@ -89,20 +89,17 @@ class _Tape:
             h.remove()
 
 
-def _batch_grads(model: Any, owners: list[tuple[Any, str]], ids: Any, mask: Any, labels: Any) -> Any:
-    """[B, dim] per-example gradients of each row's mean loss over its trained tokens."""
+def _batch_grads(model: Any, owners: list[tuple[Any, str]], ids: Any, mask: Any,
+                 row_losses: Callable[[Any], Any]) -> Any:
+    """[B, dim] per-example gradients of the rows' losses (`row_losses(logits)` -> [B])."""
     import torch
 
     tape = _Tape([m for m, _ in owners])
     try:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logits = model(input_ids=ids, attention_mask=mask).logits
     finally:
         tape.close()
-    tgt = labels[:, 1:]
-    tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                            ignore_index=IGNORE, reduction="none").view(tgt.shape)
-    n = (tgt != IGNORE).sum(1)
-    loss = (tok.sum(1) / n.clamp(min=1)).sum()
+    loss = row_losses(logits).sum()
     calls = [c for m in dict.fromkeys(m for m, _ in owners) for c in tape.seen.get(id(m), [])]
     grads = torch.autograd.grad(loss, [out for _, out in calls], allow_unused=True)
     grad_of = {id(out): g for (_, out), g in zip(calls, grads, strict=True)}
@@ -121,6 +118,34 @@ def _batch_grads(model: Any, owners: list[tuple[Any, str]], ids: Any, mask: Any,
     return torch.cat(flat, dim=1)
 
 
+def _train_losses(labels: Any) -> Callable[[Any], Any]:
+    """Each row's mean cross-entropy over its trained (label) tokens, as SFT computes it (gradients.train_loss)."""
+    import torch
+
+    def f(logits: Any) -> Any:
+        logits, tgt = logits[:, :-1].float(), labels[:, 1:]
+        tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                                                ignore_index=IGNORE, reduction="none").view(tgt.shape)
+        return tok.sum(1) / (tgt != IGNORE).sum(1).clamp(min=1)
+
+    return f
+
+
+def _lost_losses(last: list[int], letters: list[list[int]], answers: list[int]) -> Callable[[Any], Any]:
+    """Each lost question's minus log-likelihood of the base's answer among its option letters, read at its last
+    prompt token (gradients.lost_loss)."""
+    import torch
+
+    def f(logits: Any) -> Any:
+        rows = []
+        for b, (t, lets, ans) in enumerate(zip(last, letters, answers, strict=True)):
+            lp = torch.log_softmax(logits[b, t, lets].float(), dim=-1)
+            rows.append(-lp[ans])
+        return torch.stack(rows)
+
+    return f
+
+
 def _batches(order: list[int], lengths: list[int], size: int, tokens: int) -> list[list[int]]:
     """Consecutive runs of the length-sorted `order`: at most `size` records and `tokens` padded tokens each."""
     out: list[list[int]] = []
@@ -133,34 +158,63 @@ def _batches(order: list[int], lengths: list[int], size: int, tokens: int) -> li
     return out + ([cur] if cur else [])
 
 
-def project_records(records: Sequence[Any], model: Any, owners: list[tuple[Any, str]],
-                    project: Callable[[Any], Any], device: str, batch: int = 32, pad_id: int = 0,
-                    on_item: Callable[[], None] | None = None) -> Any:
-    """Projected per-example training-loss gradients [N, proj_dim] (float32, CPU) in `records` order.
-
-    Records go in batches of similar length (sorted by length, so padding is small) and come back in order."""
+def _project(rows: Sequence[list[int]], losses_for: Callable[[list[int], Any], Callable[[Any], Any]], model: Any,
+             owners: list[tuple[Any, str]], project: Callable[[Any], Any], device: str, batch: int,
+             on_item: Callable[[], None] | None) -> Any:
+    """Projected per-example gradients [N, proj_dim] (float32, CPU) in `rows` order: rows of token ids in batches
+    of similar length (sorted, so padding is small), right-padded; `losses_for(indices, padded ids)` gives the
+    batch's row losses."""
     import torch
 
     dim = sum(getattr(m, k).numel() for m, k in owners)
     size, tokens = batch_size_for(dim, device, batch), token_budget(model, device)
-    order = sorted(range(len(records)), key=lambda i: (len(records[i].input_ids), i))
-    out: list[Any] = [None] * len(records)
-    for part in _batches(order, [len(r.input_ids) for r in records], size, tokens):
-        chunk = [records[i] for i in part]
-        width = max(len(r.input_ids) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, r in enumerate(chunk):
-            n = len(r.input_ids)
-            ids[j, :n] = torch.tensor(r.input_ids)
-            labels[j, :n] = torch.tensor(r.labels)
-            mask[j, :n] = 1
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
+    out: list[Any] = [None] * len(rows)
+    for part in _batches(order, [len(r) for r in rows], size, tokens):
+        width = max(len(rows[i]) for i in part)
+        ids = torch.zeros((len(part), width), dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for j, i in enumerate(part):
+            ids[j, : len(rows[i])] = torch.tensor(rows[i])
+            mask[j, : len(rows[i])] = 1
         model.zero_grad(set_to_none=True)
-        g = _batch_grads(model, owners, ids.to(device), mask.to(device), labels.to(device))
+        ids, mask = ids.to(device), mask.to(device)
+        g = _batch_grads(model, owners, ids, mask, losses_for(part, ids))
         proj = project(g.detach()).float().cpu()
         for j, i in enumerate(part):
             out[i] = proj[j]
             if on_item:
                 on_item()
     return torch.stack(out) if out else torch.zeros(0, 0)
+
+
+def project_records(records: Sequence[Any], model: Any, owners: list[tuple[Any, str]],
+                    project: Callable[[Any], Any], device: str, batch: int = 32,
+                    on_item: Callable[[], None] | None = None) -> Any:
+    """Projected per-example training-loss gradients [N, proj_dim] (float32, CPU) in `records` order."""
+    import torch
+
+    def losses_for(part: list[int], ids: Any) -> Callable[[Any], Any]:
+        labels = torch.full(ids.shape, IGNORE, dtype=torch.long)
+        for j, i in enumerate(part):
+            labels[j, : len(records[i].labels)] = torch.tensor(records[i].labels)
+        return _train_losses(labels.to(ids.device))
+
+    return _project([r.input_ids for r in records], losses_for, model, owners, project, device, batch, on_item)
+
+
+def project_lost(questions: Sequence[Any], model: Any, owners: list[tuple[Any, str]], tok: Any,
+                 project: Callable[[Any], Any], device: str, batch: int = 32,
+                 on_item: Callable[[], None] | None = None) -> Any:
+    """Projected gradients [N, proj_dim] of the lost questions' losses (gradients.lost_loss), batched."""
+    from tuneforge.eval.native import letter_token_ids
+
+    bos = getattr(tok, "bos_token", None)
+    rows = [tok(q.prompt, add_special_tokens=not (bos and q.prompt.startswith(bos))).input_ids for q in questions]
+    letters = [letter_token_ids(tok, q.prompt[-32:], q.sep, q.letters) for q in questions]
+    answers = [q.letters.index(q.answer) for q in questions]
+
+    def losses_for(part: list[int], ids: Any) -> Callable[[Any], Any]:
+        return _lost_losses([len(rows[i]) - 1 for i in part], [letters[i] for i in part], [answers[i] for i in part])
+
+    return _project(rows, losses_for, model, owners, project, device, batch, on_item)

@@ -67,7 +67,7 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
     eval_tok = load_tokenizer(ins.base_model)
     model = gr.load_model(ins.base_model, str(ins.adapter), device)
     dim = sum(p.numel() for p in gr.trainable(model))
-    from tuneforge.attribute.per_example import linear_owners, project_records
+    from tuneforge.attribute.per_example import linear_owners, project_lost, project_records
 
     want = method.per_example if method.per_example != "auto" else ("batched" if str(device).startswith("cuda")
                                                                      else "loop")
@@ -82,8 +82,12 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
                           f"{len(records)} records, {dim:,} adapter weights -> {method.proj_dim}")
         with torch.enable_grad():
             with Counter(f"lost questions ({name})", len(ins.lost), "questions", progress) as bar:
-                lq = gr.project_batches(ins.lost, gr.lost_loss(model, eval_tok, device), model, project,
-                                        on_item=bar.advance)
+                if owners is not None:
+                    lq = project_lost(ins.lost, model, owners, eval_tok, project, device, method.batch,
+                                      on_item=bar.advance)
+                else:
+                    lq = gr.project_batches(ins.lost, gr.lost_loss(model, eval_tok, device), model, project,
+                                            on_item=bar.advance)
             with Counter(f"training records ({name})", len(records), "records", progress) as bar:
                 if owners is not None:
                     tr = project_records(records, model, owners, project, device, method.batch, on_item=bar.advance)
