@@ -77,7 +77,7 @@ def planted(shared, smollm2_path, tmp_path_factory) -> Path:
 def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> None:
     out = tmp_path / "attr"
     r = _cli("attribute", str(planted / "forget"), "--out", str(out), "--min-lost", "2", "--proj-dim", "64",
-             "--no-cache")
+             "--no-cache", "--per-example", "batched")  # CUDA's default path; the pipeline test runs CPU's loop
     assert r.returncode == 0, r.stderr[-2000:]
     assert "attributed" in r.stdout and "from the cache" not in r.stdout
     rows = [json.loads(x) for x in (out / "attribution.jsonl").read_text("utf-8").splitlines()]
@@ -99,8 +99,8 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     report = (out / "report.md").read_text("utf-8")
     assert "## Top records" in report and "## Which subjects each source hurt" in report
     summary = json.loads((out / "attribution.json").read_text("utf-8"))
-    # CPU's default; the batched path (CUDA's) gives the same gradients (test_attribute_batched.py)
-    assert summary["timing"]["per_example"] == "one backward a record"
+    # records and lost questions in batches; the same gradients as the loop (test_attribute_batched.py)
+    assert summary["timing"]["per_example"] == "batched"
     assert summary["timing"]["checkpoints"] == 2  # checkpoint-3 and the final adapter, weighted by their steps' lr
     ck = summary["checkpoints"]
     assert [c["name"] for c in ck] == ["checkpoint-3", "final"] and sum(c["weight"] for c in ck) == pytest.approx(1)
@@ -120,7 +120,8 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     assert m["splits"]["train"] == 4 and m["input"] == m["kept"] + m["rejected"] + m["deduplicated"]
 
     again = tmp_path / "again"
-    r2 = _cli("attribute", str(planted / "forget"), "--out", str(again), "--min-lost", "2", "--proj-dim", "64")
+    r2 = _cli("attribute", str(planted / "forget"), "--out", str(again), "--min-lost", "2", "--proj-dim", "64",
+              "--per-example", "batched")
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "from the cache" in r2.stdout
     assert json.loads((again / "attribution.json").read_text("utf-8"))["cache"]["hit"] is True
@@ -135,33 +136,10 @@ def test_cli_ranks_the_plant_first_and_reruns_from_cache(planted, tmp_path) -> N
     ins = inp.Inputs(fdir, res, res["model"], adapter, run_dir, lost, n)
     cfg = inp.train_config(run_dir)
     ins.data_hash, ins.checkpoints = inp.data_hash(run_dir, cfg), inp.checkpoints(run_dir, adapter)
-    assert summary["cache"]["key"] == _key(ins, cfg, Method(proj_dim=64))
-    assert _key(ins, cfg, Method(proj_dim=32)) != summary["cache"]["key"]
+    assert summary["cache"]["key"] == _key(ins, cfg, Method(proj_dim=64, per_example="batched"))
+    assert _key(ins, cfg, Method(proj_dim=32, per_example="batched")) != summary["cache"]["key"]
     ins.lost = lost[1:]
-    assert _key(ins, cfg, Method(proj_dim=64)) != summary["cache"]["key"]
-
-
-@pytest.mark.slow
-def test_batched_gradients_rank_as_the_loop_does(planted, tmp_path) -> None:
-    """CUDA's default path (records and lost questions in batches, per_example.py) run through `attribute()` on
-    the planted check, against the loop CPU runs by default (the same settings; served from the cache when the
-    CLI test above made it): the same scores to float32's noise, so the same ranking."""
-    from tuneforge.attribute.run import Method, attribute
-
-    kw = {"proj_dim": 64, "min_lost": 2}
-    loop = attribute(planted / "forget", tmp_path / "loop", device="cpu", method=Method(**kw, per_example="loop"))
-    batched = attribute(planted / "forget", tmp_path / "batched", device="cpu",
-                        method=Method(**kw, per_example="batched"))
-    assert batched["timing"]["per_example"] == "batched" and loop["timing"]["per_example"] == "one backward a record"
-    assert batched["timing"]["checkpoints"] == loop["timing"]["checkpoints"] == 2
-
-    def scores(name: str) -> dict[str, float]:
-        rows = (tmp_path / name / "attribution.jsonl").read_text("utf-8").splitlines()
-        return {r["id"]: r["score"] for r in map(json.loads, rows)}
-
-    a, b = scores("loop"), scores("batched")
-    assert a.keys() == b.keys() and len(a) == 8
-    assert max(abs(a[k] - b[k]) for k in a) < 1e-4, (a, b)
+    assert _key(ins, cfg, Method(proj_dim=64, per_example="batched")) != summary["cache"]["key"]
 
 
 @pytest.mark.slow
@@ -233,6 +211,8 @@ def test_pipeline_attribute_step_runs_after_the_check(shared, smollm2_path, tmp_
     res = run_pipeline(tmp_path / "pipe.yaml", tmp_path / "out")
     a = res["attribution"]
     assert a["status"] == "ranked" and a["records"] == 8
+    summary = json.loads((tmp_path / "out" / "attribute" / "attribution.json").read_text("utf-8"))
+    assert summary["timing"]["per_example"] == "one backward a record"  # auto on CPU
     rows = [json.loads(x) for x in (tmp_path / "out" / "attribute" / "attribution.jsonl").read_text("utf-8").splitlines()]
     assert [x["source"] for x in rows[:4]].count("plant") >= 3
     again = run_pipeline(tmp_path / "pipe.yaml", tmp_path / "out")
