@@ -134,34 +134,60 @@ def project_batches(items: Iterable[Any], loss_fn: Callable[[Any], Any], model: 
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def train_losses(logits: Any, labels: Any) -> Any:
+    """Each row's training loss [B]: mean cross-entropy over its trained (label) tokens, as SFT computes it.
+    `logits` [B, T, V] are the rows' own positions (padding after them is masked by IGNORE labels)."""
+    import torch
+
+    logits, tgt = logits[:, :-1].float(), labels[:, 1:]
+    tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                                            ignore_index=IGNORE, reduction="none").view(tgt.shape)
+    return tok.sum(1) / (tgt != IGNORE).sum(1).clamp(min=1)
+
+
+def lost_inputs(tok: Any, q: Any) -> tuple[list[int], list[int], int]:
+    """A lost question as the check scored it: the prompt's token ids, its option letters' token ids, and the
+    index of the base's (correct) answer among them."""
+    from tuneforge.eval.native import letter_token_ids
+
+    bos = getattr(tok, "bos_token", None)
+    ids = tok(q.prompt, add_special_tokens=not (bos and q.prompt.startswith(bos))).input_ids
+    return ids, letter_token_ids(tok, q.prompt[-32:], q.sep, q.letters), q.letters.index(q.answer)
+
+
+def lost_losses(logits: Any, last: list[int], letters: list[list[int]], answers: list[int]) -> Any:
+    """Each lost question's loss [B]: minus the log-likelihood of the base's answer among its option letters,
+    read where the check reads them (the next token after the prompt, row b's position `last[b]`)."""
+    import torch
+
+    return torch.stack([-torch.log_softmax(logits[b, t, lets].float(), dim=-1)[ans]
+                        for b, (t, lets, ans) in enumerate(zip(last, letters, answers, strict=True))])
+
+
+def _own_positions(logits: Any, n: int) -> Any:
+    """Prompt tuning prepends its virtual tokens' positions to the logits: a row's own are the last `n`."""
+    return logits[:, -n:]
+
+
 def train_loss(model: Any, device: str) -> Callable[[Any], Any]:
-    """A record's training loss: mean cross-entropy over its trained (label) tokens, as SFT computes it."""
+    """A record's training loss (`train_losses`), one record a forward pass."""
     import torch
 
     def f(rec: Any) -> Any:
         ids = torch.tensor([rec.input_ids], device=device)
         labels = torch.tensor([rec.labels], device=device)
-        # prompt tuning prepends its virtual tokens' positions to the logits: the record's own are the last ones
-        logits = model(input_ids=ids).logits[:, -ids.shape[1]:][:, :-1].float()
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                                                 ignore_index=IGNORE)
+        return train_losses(_own_positions(model(input_ids=ids).logits, ids.shape[1]), labels)[0]
 
     return f
 
 
 def lost_loss(model: Any, tok: Any, device: str) -> Callable[[Any], Any]:
-    """A lost question's loss under the tuned model: minus the log-likelihood of the base's (correct) answer
-    among the question's option letters, read where the check reads them (the next token after the prompt)."""
+    """A lost question's loss under the tuned model (`lost_losses`), one question a forward pass."""
     import torch
 
-    from tuneforge.eval.native import letter_token_ids
-
     def f(q: Any) -> Any:
-        bos = getattr(tok, "bos_token", None)
-        ids = tok(q.prompt, add_special_tokens=not (bos and q.prompt.startswith(bos))).input_ids
-        letters = letter_token_ids(tok, q.prompt[-32:], q.sep, q.letters)
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
-        lp = torch.log_softmax(logits[letters], dim=-1)
-        return -lp[q.letters.index(q.answer)]
+        ids, letters, answer = lost_inputs(tok, q)
+        logits = _own_positions(model(input_ids=torch.tensor([ids], device=device)).logits, len(ids))
+        return lost_losses(logits, [len(ids) - 1], [letters], [answer])[0]
 
     return f

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tuneforge.attribute.gradients import IGNORE, trainable
+from tuneforge.attribute.gradients import IGNORE, lost_inputs, lost_losses, train_losses, trainable
 
 # per-example gradients held at once: batch x adapter weights x 4 bytes stays under this
 GRAD_BYTES = {"cpu": 1 << 30, "cuda": 8 << 30}
@@ -118,34 +118,6 @@ def _batch_grads(model: Any, owners: list[tuple[Any, str]], ids: Any, mask: Any,
     return torch.cat(flat, dim=1)
 
 
-def _train_losses(labels: Any) -> Callable[[Any], Any]:
-    """Each row's mean cross-entropy over its trained (label) tokens, as SFT computes it (gradients.train_loss)."""
-    import torch
-
-    def f(logits: Any) -> Any:
-        logits, tgt = logits[:, :-1].float(), labels[:, 1:]
-        tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                                ignore_index=IGNORE, reduction="none").view(tgt.shape)
-        return tok.sum(1) / (tgt != IGNORE).sum(1).clamp(min=1)
-
-    return f
-
-
-def _lost_losses(last: list[int], letters: list[list[int]], answers: list[int]) -> Callable[[Any], Any]:
-    """Each lost question's minus log-likelihood of the base's answer among its option letters, read at its last
-    prompt token (gradients.lost_loss)."""
-    import torch
-
-    def f(logits: Any) -> Any:
-        rows = []
-        for b, (t, lets, ans) in enumerate(zip(last, letters, answers, strict=True)):
-            lp = torch.log_softmax(logits[b, t, lets].float(), dim=-1)
-            rows.append(-lp[ans])
-        return torch.stack(rows)
-
-    return f
-
-
 def _batches(order: list[int], lengths: list[int], size: int, tokens: int) -> list[list[int]]:
     """Consecutive runs of the length-sorted `order`: at most `size` records and `tokens` padded tokens each."""
     out: list[list[int]] = []
@@ -198,7 +170,8 @@ def project_records(records: Sequence[Any], model: Any, owners: list[tuple[Any, 
         labels = torch.full(ids.shape, IGNORE, dtype=torch.long)
         for j, i in enumerate(part):
             labels[j, : len(records[i].labels)] = torch.tensor(records[i].labels)
-        return _train_losses(labels.to(ids.device))
+        labels = labels.to(ids.device)
+        return lambda logits: train_losses(logits, labels)
 
     return _project([r.input_ids for r in records], losses_for, model, owners, project, device, batch, on_item)
 
@@ -207,14 +180,10 @@ def project_lost(questions: Sequence[Any], model: Any, owners: list[tuple[Any, s
                  project: Callable[[Any], Any], device: str, batch: int = 32,
                  on_item: Callable[[], None] | None = None) -> Any:
     """Projected gradients [N, proj_dim] of the lost questions' losses (gradients.lost_loss), batched."""
-    from tuneforge.eval.native import letter_token_ids
-
-    bos = getattr(tok, "bos_token", None)
-    rows = [tok(q.prompt, add_special_tokens=not (bos and q.prompt.startswith(bos))).input_ids for q in questions]
-    letters = [letter_token_ids(tok, q.prompt[-32:], q.sep, q.letters) for q in questions]
-    answers = [q.letters.index(q.answer) for q in questions]
+    rows, letters, answers = zip(*(lost_inputs(tok, q) for q in questions), strict=True) if questions else ((), (), ())
 
     def losses_for(part: list[int], ids: Any) -> Callable[[Any], Any]:
-        return _lost_losses([len(rows[i]) - 1 for i in part], [letters[i] for i in part], [answers[i] for i in part])
+        last, lets, ans = [len(rows[i]) - 1 for i in part], [letters[i] for i in part], [answers[i] for i in part]
+        return lambda logits: lost_losses(logits, last, lets, ans)
 
-    return _project(rows, losses_for, model, owners, project, device, batch, on_item)
+    return _project(list(rows), losses_for, model, owners, project, device, batch, on_item)

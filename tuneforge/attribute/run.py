@@ -73,6 +73,19 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
                                                                      else "loop")
     owners = linear_owners(model) if want == "batched" else None
     project = gr.make_projector(dim, method.proj_dim, method.seed, method.proj_type, device)
+    if owners is not None:  # one backward a batch (LoRA-style adapters)
+        def lost_grads(bar: Any) -> Any:
+            return project_lost(ins.lost, model, owners, eval_tok, project, device, method.batch, bar.advance)
+
+        def record_grads(bar: Any) -> Any:
+            return project_records(records, model, owners, project, device, method.batch, bar.advance)
+    else:  # one backward an item (every PEFT method)
+        def lost_grads(bar: Any) -> Any:
+            return gr.project_batches(ins.lost, gr.lost_loss(model, eval_tok, device), model, project,
+                                      on_item=bar.advance)
+
+        def record_grads(bar: Any) -> Any:
+            return gr.project_batches(records, gr.train_loss(model, device), model, project, on_item=bar.advance)
     t_load = time.perf_counter() - t0
     train_proj, lost_proj, weights = [], [], []
     for name, folder, w in ins.checkpoints:
@@ -82,18 +95,9 @@ def _compute(ins: inp.Inputs, cfg: Any, method: Method, device: str, progress: M
                           f"{len(records)} records, {dim:,} adapter weights -> {method.proj_dim}")
         with torch.enable_grad():
             with Counter(f"lost questions ({name})", len(ins.lost), "questions", progress) as bar:
-                if owners is not None:
-                    lq = project_lost(ins.lost, model, owners, eval_tok, project, device, method.batch,
-                                      on_item=bar.advance)
-                else:
-                    lq = gr.project_batches(ins.lost, gr.lost_loss(model, eval_tok, device), model, project,
-                                            on_item=bar.advance)
+                lq = lost_grads(bar)
             with Counter(f"training records ({name})", len(records), "records", progress) as bar:
-                if owners is not None:
-                    tr = project_records(records, model, owners, project, device, method.batch, on_item=bar.advance)
-                else:
-                    tr = gr.project_batches(records, gr.train_loss(model, device), model, project,
-                                            on_item=bar.advance)
+                tr = record_grads(bar)
         lost_proj.append(lq.numpy())
         train_proj.append(tr.numpy())
         weights.append(w)
