@@ -69,6 +69,20 @@ MIN_WEIGHED = 64
 
 
 @dataclass
+class Spent:
+    """What a run has cost so far, for `RescoreRule.weigh`: seconds in half precision and in float32 re-scoring
+    (of which `prefix_s` the subjects' float32 prefixes), over how many questions and subjects."""
+
+    questions: int = 0
+    rescored: int = 0
+    subjects: int = 0
+    subjects_rescored: int = 0
+    half_s: float = 0.0
+    fp32_s: float = 0.0
+    prefix_s: float = 0.0
+
+
+@dataclass
 class RescoreRule:
     """Which half-precision answers go to float32, learnt as the run goes.
 
@@ -89,8 +103,7 @@ class RescoreRule:
     calibrated: int = 0
     direct: bool = False  # float32 alone is cheaper: `weigh`
     switched_after: int | None = None
-    # questions, re-scored, s half, s fp32 (re-scoring), subjects, subjects re-scored, s of their fp32 prefixes
-    spent: list[float] = field(default_factory=lambda: [0, 0, 0.0, 0.0, 0, 0, 0.0])
+    spent: Spent = field(default_factory=Spent)
 
     @property
     def active(self) -> bool:
@@ -125,13 +138,20 @@ class RescoreRule:
         re-scoring a few questions still pays a whole prefix, and spreading it over them overstated float32's
         cost, so runs that half precision slowed (C-Eval and MMLU val on the H100) had never switched."""
         s = self.spent
-        s[0], s[1], s[2], s[3] = s[0] + n, s[1] + rescored, s[2] + t_half, s[3] + t_fp32
-        s[4], s[5], s[6] = s[4] + 1, s[5] + (1 if rescored else 0), s[6] + (t_prefix if rescored else 0.0)
-        if self.direct or s[1] < MIN_WEIGHED:
+        s.questions += n
+        s.subjects += 1
+        s.half_s += t_half
+        s.fp32_s += t_fp32
+        if rescored:
+            s.rescored += rescored
+            s.subjects_rescored += 1
+            s.prefix_s += t_prefix
+        if self.direct or s.rescored < MIN_WEIGHED:
             return
-        fp32_alone = s[4] * s[6] / s[5] + s[0] * max(s[3] - s[6], 0.0) / s[1]
-        if s[2] + s[3] > fp32_alone:
-            self.direct, self.switched_after = True, int(s[0])
+        fp32_alone = (s.subjects * s.prefix_s / s.subjects_rescored
+                      + s.questions * max(s.fp32_s - s.prefix_s, 0.0) / s.rescored)
+        if s.half_s + s.fp32_s > fp32_alone:
+            self.direct, self.switched_after = True, s.questions
 
     def describe(self) -> dict:
         text = rule_text(self.ulps, self.margin, self.dtype, self.rel_in_force())
