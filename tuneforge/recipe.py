@@ -119,20 +119,16 @@ def load_recipe(path: str | Path) -> tuple[Recipe, Path]:
 
 def fingerprint(path: str | Path) -> str:
     """A hash of everything a build depends on: the recipe text, every input file, prompt templates the
-    recipe names, the source of every tuneforge stage the build runs, and the files of the user modules its
-    `custom:` filters and normalisers name; equal fingerprints mean an identical build."""
-    from tuneforge.clean.custom import code_digest
-    from tuneforge.clean.filters import badwords_digest
+    recipe names, the source of every tuneforge stage the build runs, the files of the user modules its
+    `custom:` filters and normalisers name and its badwords list; equal fingerprints mean an identical build."""
+    from tuneforge.clean.custom import input_digests
     from tuneforge.common.io import sha256_file, sha256_text
     from tuneforge.common.source_hash import BUILD, source_hash
     from tuneforge.ingest import resolve_files
 
     recipe, base = load_recipe(path)
     parts = [source_hash(*BUILD), Path(path).read_text(encoding="utf-8")]
-    if (user := code_digest(recipe.clean)) is not None:  # the user's own filters and normalisers
-        parts.append(f"clean.custom:{user}")
-    if (bad := badwords_digest(recipe.clean.filters, base)) is not None:  # the list's words, not only its path
-        parts.append(f"clean.badwords:{bad}")
+    parts += [f"clean:{d}" for d in input_digests(recipe.clean, base)]  # user modules, the badwords list
     for src in recipe.sources:
         parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base, allow_outside=True) if f.is_file()]
     if recipe.exclude is not None:  # the ranking it excludes by is an input too

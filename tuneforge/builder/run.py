@@ -35,10 +35,9 @@ from tuneforge.builder.tasks import (
     plan_task,
     verify_task,
 )
-from tuneforge.clean.custom import code_digest
+from tuneforge.clean.custom import input_digests
 from tuneforge.clean.dedup import Keys, deduplicate
 from tuneforge.clean.exclude import Exclusion, by_shard, from_flags, load_exclusion, locate, unmatched
-from tuneforge.clean.filters import badwords_digest
 from tuneforge.common.errors import StrictError, TuneforgeError, disk_full
 from tuneforge.common.io import dumps, write_json, write_text
 from tuneforge.common.records import KINDS
@@ -164,13 +163,12 @@ class Build:
 
     def _clean(self, shards: list) -> list[dict[str, Any]]:
         r = self.recipe
-        user = code_digest(r.clean)  # the user's own filters' module files (their params are in r.clean)
-        bad = badwords_digest(r.clean.filters, self.base)  # the recipe names the list's path, not its words
+        read = input_digests(r.clean, self.base)  # user modules' files, the badwords list (their params: r.clean)
         jobs = []
         for sh in shards:
             key = _key(self.code, [p.__dict__ for p in sh.parts], sh.source.model_dump(mode="json"),
                        r.clean.model_dump(mode="json"), r.variables, [self._sha(p.path) for p in sh.parts],
-                       *([user] if user else []), *([f"badwords:{bad}"] if bad else []))
+                       *read)
             jobs.append(CleanJob(sh, r.clean, str(self.base), dict(r.variables), self._unit("clean", key), key))
         return self._map("clean", clean_task, jobs, lambda s: s["input"])
 

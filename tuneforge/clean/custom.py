@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.clean.config import CleanConfig, UserOp
-from tuneforge.clean.filters import BUILTIN_KEYS
+from tuneforge.clean.filters import BUILTIN_KEYS, badwords_digest
 from tuneforge.common.errors import RecipeError
 from tuneforge.common.records import Record
 
@@ -133,3 +133,15 @@ def code_digest(cfg: CleanConfig) -> str | None:
         if origin and Path(origin).is_file():
             h.update(hashlib.sha256(Path(origin).read_bytes()).digest())
     return h.hexdigest()
+
+
+def input_digests(cfg: CleanConfig, recipe_dir: Path) -> list[str]:
+    """What cleaning reads beyond the recipe's text, as cache-key parts: the user modules' files (`code_digest`)
+    and the badwords list's bytes (the recipe names only its path). The build's clean keys and the pipeline's
+    build fingerprint both take these, so an edited module or list cleans again."""
+    out = []
+    if (user := code_digest(cfg)) is not None:
+        out.append(user)
+    if (bad := badwords_digest(cfg.filters, recipe_dir)) is not None:
+        out.append(f"badwords:{bad}")
+    return out
