@@ -178,29 +178,27 @@ def test_rerun_is_served_from_the_cache_and_another_k_redoes_only_its_shard(firs
     assert reused()["clean"] == 2 and reused()["export"] == 1 and m["exclude"]["excluded"] == 5
 
 
-def _assert_same_bytes(a: Path, b: Path) -> None:
-    """Two builds published the same files with the same bytes."""
-    files = published(a)
-    assert files == published(b)
-    assert not [f for f in files if not filecmp.cmp(a / f, b / f, shallow=False)]
+def _serial_and(first: dict, runner: str, top: int, tag: str) -> Path:
+    """The excluding build on the serial runner and on `runner` (2 workers, small shards): the same files with
+    the same bytes; returns the latter's folder."""
+    tmp = first["tmp"]
+    one, other = tmp / f"{tag}-serial", tmp / f"{tag}-{runner}"
+    build(first["recipe"], one, runner="serial", exclude=first["rank"], exclude_top=top)
+    build(first["recipe"], other, runner=runner, workers=2, exclude=first["rank"], exclude_top=top,
+          shard_records=40, shard_mb=0.02)
+    files = published(one)
+    assert files == published(other)
+    assert not [f for f in files if not filecmp.cmp(one / f, other / f, shallow=False)]
+    return other
 
 
 def test_same_bytes_on_worker_processes_with_small_shards(first):
-    tmp = first["tmp"]
-    build(first["recipe"], tmp / "p-serial", runner="serial", exclude=first["rank"], exclude_top=20)
-    build(first["recipe"], tmp / "p-proc", runner="processes", workers=2, exclude=first["rank"], exclude_top=20,
-          shard_records=40, shard_mb=0.02)
-    _assert_same_bytes(tmp / "p-serial", tmp / "p-proc")
-    assert len(_exclusion_rejects(tmp / "p-proc")) == 18
+    assert len(_exclusion_rejects(_serial_and(first, "processes", 20, "p"))) == 18
 
 
 @pytest.mark.slow
 def test_same_bytes_on_dask(first):
-    tmp = first["tmp"]
-    build(first["recipe"], tmp / "d-serial", runner="serial", exclude=first["rank"], exclude_top=10)
-    build(first["recipe"], tmp / "d-dask", runner="dask", workers=2, exclude=first["rank"], exclude_top=10,
-          shard_records=40, shard_mb=0.02)
-    _assert_same_bytes(tmp / "d-serial", tmp / "d-dask")
+    _serial_and(first, "dask", 10, "d")
 
 
 def test_recipe_block_shape_and_tuneforge_check(tmp_path):
