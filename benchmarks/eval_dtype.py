@@ -296,13 +296,14 @@ def table(s: dict) -> str:
     fp32 = runs["native fp32, prefix cache"]["qps"]
     lm = runs.get("lm-eval bf16", {}).get("qps")
     lines = ["| run | q/s | vs float32 engine | vs lm-eval bf16 | agreement with float32 | flips | re-scored | "
-             "float32 alone after |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "float32 prefix shared | float32 alone after |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in runs.items():
         ag = f"{r['agreement']}% ({r['compared'] - r['flips']}/{r['compared']})" if "agreement" in r else "—"
         vs_lm = f"{r['qps'] / lm:.2f}x" if lm else "—"
         switched = r.get("float32_direct_after")
         lines.append(f"| {name} | {r['qps']} | {r['qps'] / fp32:.2f}x | {vs_lm} | {ag} | {r.get('flips', '—')} | "
-                     f"{r['stats'].get('rescored', 0)} | {'—' if switched is None else f'{switched} questions'} |")
+                     f"{r['stats'].get('rescored', 0)} | {r['stats'].get('shared_prefixes', '—')} | "
+                     f"{'—' if switched is None else f'{switched} questions'} |")
     return "\n".join(lines)
 
 

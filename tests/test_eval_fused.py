@@ -182,3 +182,80 @@ def test_the_engine_calibrates_on_its_first_questions(tiny, shared):
     assert all(r["pred"] == ref[r["uid"]] for r in rows if r.get("rescored"))
     d = eng.describe()
     assert d["calibrated"] == 3 and d["rescore_rel"] == pytest.approx(2.0 * eng.rule.worst, rel=1e-5)
+
+
+def test_subjects_prepared_ahead_give_the_same_rows(loaded):
+    """`iter_subjects` tokenizes the next subject on a thread while this one runs: the same rows as scoring
+    subject by subject, and a subject whose preparation fails raises at that subject, after the earlier ones."""
+    from tuneforge.common.errors import TuneforgeError
+    from tuneforge.eval.native import NativeEngine
+
+    lm, suite = loaded
+    eng = NativeEngine(lm.model, lm.tokenizer, "cpu", batch_size=3)
+    one_by_one = [eng.score_subject(suite, s, 2, 3) for s in suite.subjects]
+    ahead = NativeEngine(lm.model, lm.tokenizer, "cpu", batch_size=3)
+    got = list(ahead.iter_subjects(suite, 2, 3))
+    assert [s for s, _ in got] == suite.subjects and [rows for _, rows in got] == one_by_one
+    assert ahead.stats["questions"] == 9 and ahead.stats["seconds"] > 0
+    shots = suite.shots
+    suite.shots = lambda subject, k: [] if subject == suite.subjects[1] else shots(subject, k)
+    try:
+        it = NativeEngine(lm.model, lm.tokenizer, "cpu").iter_subjects(suite, 2, 3)
+        assert next(it)[0] == suite.subjects[0]
+        with pytest.raises(TuneforgeError, match="2-shot needs 2 dev examples"):
+            next(it)
+    finally:
+        suite.shots = shots
+
+
+def test_a_shared_float32_prefix_serves_both_passes(tiny, shared):
+    """When the rule says share, the subject's prefix runs once in float32: the half-precision pass reads its
+    K/V (no prefix of its own) and the re-scoring reuses it, so float32's answers are bit for bit those of the
+    float32 engine running its own prefix."""
+    from tuneforge.eval.models import load_for_eval
+    from tuneforge.eval.native import NativeEngine
+    from tuneforge.eval.suites import load_suite
+
+    suite = load_suite(f"ceval:{shared / 'ceval'}", subjects=["law", "logic"])
+    m32 = load_for_eval(str(tiny), None, "cpu", "float32")
+    m16 = load_for_eval(str(tiny), None, "cpu", "bfloat16")
+    ref = NativeEngine(m32.model, m32.tokenizer, "cpu").score_suite(suite, 2, 4)
+
+    def engine(share: bool) -> NativeEngine:
+        # a margin no answer clears: every question is re-scored, so every answer is float32's
+        eng = NativeEngine(m16.model, m16.tokenizer, "cpu", fused_prefix=True, rescore_model=m32.model,
+                           rescore_margin=1e9)
+        eng.rule.share_prefix = lambda: share
+        return eng
+
+    apart, together = engine(False), engine(True)
+    rows_apart, rows_together = apart.score_suite(suite, 2, 4), together.score_suite(suite, 2, 4)
+    assert all(r.get("rescored") for r in rows_apart + rows_together)
+    assert rows_together == rows_apart and [r["logits"] for r in rows_together] == [r["logits"] for r in ref]
+    assert (apart.stats["shared_prefixes"], together.stats["shared_prefixes"]) == (0, 2)
+    assert together.stats["prefix_seconds"] == 0 < apart.stats["prefix_seconds"]  # no half-precision prefix
+    prefix_tokens = apart.stats["forward_tokens"] - together.stats["forward_tokens"]
+    assert prefix_tokens > 0 and together.rescore.stats["forward_tokens"] == apart.rescore.stats["forward_tokens"]
+
+
+def test_the_rule_shares_the_float32_prefix_when_most_subjects_are_re_scored():
+    """(1 - p) x float32's prefix seconds against half precision's: a small model whose subjects are all
+    re-scored shares; a large one whose float32 prefix costs 10 half-precision ones and re-scores a fifth of its
+    subjects does not; nothing is shared before the calibration is done or anything was timed."""
+    from tuneforge.eval.precision import RescoreRule
+
+    rule = RescoreRule("bfloat16", calibrate=2, safety=2.0)
+    assert not rule.share_prefix()  # calibrating
+    rule.calibrated = 2
+    assert not rule.share_prefix()  # nothing timed yet
+    small = RescoreRule("bfloat16", calibrate=2, calibrated=2)
+    small.weigh(30, 10, 1.0, 0.5, 0.04, 0.03)  # every subject re-scored: p = 1
+    assert small.share_prefix()
+    large = RescoreRule("bfloat16", calibrate=2, calibrated=2)
+    for rescored in (0, 0, 3, 0, 0):  # p = 0.2; float32 prefix 0.5 s against 0.05 s
+        large.weigh(30, rescored, 1.0, 0.6 if rescored else 0.0, 0.5 if rescored else 0.0, 0.05)
+    assert not large.share_prefix()
+    assert large.spent.prefixes == 1 and large.spent.half_prefixes == 5
+    # a shared subject: its float32 prefix is counted once, as float32's, and half precision timed none
+    small.weigh(30, 0, 0.5, 0.04, 0.04, None)
+    assert (small.spent.prefixes, small.spent.half_prefixes, small.spent.subjects_rescored) == (2, 1, 1)

@@ -13,11 +13,13 @@ questions whose answer half precision could get wrong (`needs_rescore`) are scor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.common.errors import TuneforgeError
@@ -38,6 +40,18 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
             i += 1
         n = i
     return n
+
+
+@dataclass
+class _Prepared:
+    """One subject's questions, tokenized prompts and letter token ids; `seconds` it took to make them."""
+
+    suite: Suite
+    subject: str
+    items: list[MCQItem]
+    ids: list[list[int]]
+    letters: list[int]
+    seconds: float
 
 
 class NativeEngine:
@@ -79,31 +93,33 @@ class NativeEngine:
                                         chat=chat, prefix_cache=True, fused_prefix=False)
         self.record_sizes: dict[str, float] | None = None  # uid -> the rule's size, when a benchmark asks
         self.stats = {"forward_tokens": 0, "cached_tokens": 0, "questions": 0, "seconds": 0.0, "rescored": 0,
-                      "float32_direct": 0, "prefix_seconds": 0.0}
+                      "float32_direct": 0, "prefix_seconds": 0.0, "shared_prefixes": 0}
 
     def _settle(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
-                logits_by_item: dict[int, list[float]], shared: int) -> set[int]:
+                logits_by_item: dict[int, list[float]], shared: int, prefix: Any = None) -> set[int]:
         """Re-scores in float32 (in place) the calibration's first questions, then the questions `self.rule` flags
         once it has seen them, and shows the rule each such pair; returns them. The calibration goes first: judged
         in the same pass, the rest of the first subject met an uncalibrated rule (margin 0) and kept half-precision
         answers float32 would have changed (the H100 runs' flips all sat in each set's first subject)."""
         rule = self.rule
         todo = min(rule.calibration_left(), len(items))
-        done = self._rescore(items, ids, letters, logits_by_item, shared, list(range(todo)))
+        done = self._rescore(items, ids, letters, logits_by_item, shared, list(range(todo)), prefix)
         rule.calibrated += todo
         close = [i for i, lg in sorted(logits_by_item.items())
                  if i not in done and rule.flagged(lg, len(items[i].options))]
-        done |= self._rescore(items, ids, letters, logits_by_item, shared, close)
+        done |= self._rescore(items, ids, letters, logits_by_item, shared, close, prefix)
         self.stats["rescored"] += len(done)
         return done
 
     def _rescore(self, items: list[MCQItem], ids: list[list[int]], letters: list[int],
-                 logits_by_item: dict[int, list[float]], shared: int, which: list[int]) -> set[int]:
+                 logits_by_item: dict[int, list[float]], shared: int, which: list[int], prefix: Any = None) -> set[int]:
+        """`prefix`: the subject's float32 prefix cache when the half-precision pass already ran it (the same
+        computation `self.rescore` would run: `NativeEngine.prefix`)."""
         if not which:
             return set()
         # the subject's prefix split, not the subset's: a few questions often share a longer prefix, and a
         # longer cached prefix is another float32 computation whose near-ties fall otherwise (seen on CMMLU)
-        again = self.rescore.letter_logits([ids[i] for i in which], letters, shared)
+        again = self.rescore.letter_logits([ids[i] for i in which], letters, shared, prefix=prefix)
         for j, i in enumerate(which):
             self.rule.observe(logits_by_item[i], again[j], len(items[i].options))
             logits_by_item[i] = again[j]
@@ -123,23 +139,51 @@ class NativeEngine:
             return self.chat(chat_messages(name, shots, item, suite.style))
         return completion_prompt(name, shots, item, suite.style)
 
-    def score_subject(self, suite: Suite, subject: str, k: int, limit: int | None = None) -> list[dict]:
-
+    def _prepare(self, suite: Suite, subject: str, k: int, limit: int | None) -> _Prepared | None:
+        """A subject's prompts, rendered and tokenized: CPU work `iter_subjects` runs ahead on a thread."""
+        t0 = time.perf_counter()
         items = suite.items(subject, limit)
         if not items:
-            return []
+            return None
         shots = suite.shots(subject, k)
         if k > 0 and len(shots) < k and suite.shots_split:
             raise TuneforgeError(f"{suite.name}/{subject}: {k}-shot needs {k} dev examples, found {len(shots)}")
-        t0 = time.perf_counter()
         texts = [self.prompt(suite, subject, shots, it) for it in items]
         ids = self._encode(texts)
-        # Scored as they are (the letter logit is read at the end), but counted: past the trained positions
-        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        over = {i for i, x in enumerate(ids) if isinstance(context, int) and len(x) > context}
         sep = "" if self.chat is not None else suite.style.answer_sep
         # the letters of the subject's widest question; each question is scored over its own options
         letters = letter_token_ids(self.tok, texts[0][-32:], sep, OPTION_LETTERS[:max(len(it.options) for it in items)])
+        return _Prepared(suite, subject, items, ids, letters, time.perf_counter() - t0)
+
+    def score_subject(self, suite: Suite, subject: str, k: int, limit: int | None = None) -> list[dict]:
+        prep = self._prepare(suite, subject, k, limit)
+        return [] if prep is None else self._score(prep, prep.seconds)
+
+    def iter_subjects(self, suite: Suite, k: int, limit: int | None = None,
+                      subjects: list[str] | None = None) -> Iterator[tuple[str, list[dict]]]:
+        """(subject, rows) for each subject in turn, the next subject's prompts rendered and tokenized on a
+        thread while this one runs on the model: on the GPU that CPU work was 15-30 % of a run (one H100,
+        C-Eval and MMLU val), and the Rust tokenizer releases the GIL. The same rows as `score_subject`."""
+        subjects = list(suite.subjects if subjects is None else subjects)
+        if not subjects:
+            return
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self._prepare, suite, subjects[0], k, limit)
+            for j, subject in enumerate(subjects):
+                t0 = time.perf_counter()
+                prep = ahead.result()  # its error (a missing shot) surfaces at its own subject
+                waited = time.perf_counter() - t0
+                if j + 1 < len(subjects):
+                    ahead = pool.submit(self._prepare, suite, subjects[j + 1], k, limit)
+                yield subject, ([] if prep is None else self._score(prep, waited))
+
+    def _score(self, prep: _Prepared, seconds: float) -> list[dict]:
+        """`seconds`: the preparation's share of the wall time (all of it run inline, the wait when ahead)."""
+        items, ids, letters = prep.items, prep.ids, prep.letters
+        t0 = time.perf_counter()
+        # Scored as they are (the letter logit is read at the end), but counted: past the trained positions
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        over = {i for i, x in enumerate(ids) if isinstance(context, int) and len(x) > context}
         rescored: set[int] = set()
         shared = self._shared(ids)  # one prefix split for both passes: re-scoring repeats the reference exactly
         if self.rescore is not None and self.rule.direct:
@@ -147,20 +191,30 @@ class NativeEngine:
             logits_by_item = self.rescore.letter_logits(ids, letters, shared)
             self.stats["float32_direct"] += len(items)
         else:
-            t_half = time.perf_counter()
-            logits_by_item = self.letter_logits(ids, letters, shared)
-            t_half = time.perf_counter() - t_half
+            t_half, fp32_prefix, t_shared = time.perf_counter(), None, 0.0
+            if self.rescore is not None and self.fused_prefix and shared > 0 and self.rule.share_prefix():
+                # most subjects get re-scored: their float32 prefix runs first and serves both passes
+                p0 = self.rescore.stats["prefix_seconds"]
+                fp32_prefix = self.rescore.prefix(ids, shared)
+                t_shared = self.rescore.stats["prefix_seconds"] - p0
+            h0 = self.stats["prefix_seconds"]
+            logits_by_item = self.letter_logits(ids, letters, shared, prefix=fp32_prefix)
+            t_half = time.perf_counter() - t_half - t_shared
+            t_half_prefix = self.stats["prefix_seconds"] - h0 if shared > 0 and fp32_prefix is None else None
             if self.record_sizes is not None:
                 self.record_sizes.update({items[i].uid: lg[-1] for i, lg in logits_by_item.items()})
             if self.rescore is not None:
                 t_fp32, p0 = time.perf_counter(), self.rescore.stats["prefix_seconds"]
                 calibrating = self.rule.calibration_left() > 0
-                rescored = self._settle(items, ids, letters, logits_by_item, shared)
+                rescored = self._settle(items, ids, letters, logits_by_item, shared, fp32_prefix)
                 if not calibrating:  # the calibration's float32 pass is a one-off, not what the rule costs
-                    self.rule.weigh(len(items), len(rescored), t_half, time.perf_counter() - t_fp32,
-                                    self.rescore.stats["prefix_seconds"] - p0)
-        self.stats["seconds"] += time.perf_counter() - t0
+                    self.rule.weigh(len(items), len(rescored), t_half, time.perf_counter() - t_fp32 + t_shared,
+                                    self.rescore.stats["prefix_seconds"] - p0 + t_shared, t_half_prefix)
+                if fp32_prefix is not None:
+                    self.stats["shared_prefixes"] += 1
+        self.stats["seconds"] += seconds + time.perf_counter() - t0
         self.stats["questions"] += len(items)
+        suite, subject = prep.suite, prep.subject
         rows = []
         for i, it in enumerate(items):
             lg = logits_by_item[i][: len(it.options)]
@@ -177,9 +231,25 @@ class NativeEngine:
         """The prefix every prompt of the subject shares (at least one own token left to each)."""
         return min(_common_prefix_len(ids), min(len(x) for x in ids) - 1)
 
-    def letter_logits(self, ids: list[list[int]], letters: list[int], shared: int | None = None) -> dict[int, list[float]]:
+    def prefix(self, ids: list[list[int]], shared: int) -> Any:
+        """The first `shared` tokens every prompt shares, run once at batch 1 in this engine's precision: their
+        KV cache. Timed apart (`prefix_seconds`): what scoring a subject costs however few its questions."""
+        import torch
+
+        t = time.perf_counter()
+        with torch.inference_mode():
+            _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=self.device), use_cache=True)
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+        self.stats["prefix_seconds"] += time.perf_counter() - t
+        self.stats["forward_tokens"] += shared
+        return cache
+
+    def letter_logits(self, ids: list[list[int]], letters: list[int], shared: int | None = None,
+                      prefix: Any = None) -> dict[int, list[float]]:
         """Each tokenized prompt's letter logits followed by one more value, the size their rounding errors
-        scale with (|h| x max |w_a - w_b|, `needs_rescore`): index -> [logits..., size]."""
+        scale with (|h| x max |w_a - w_b|, `needs_rescore`): index -> [logits..., size]. `prefix`: the first
+        `shared` tokens' cache (`prefix`) when it was run already (by the float32 engine, for the fused path)."""
         import torch
 
         if not self.prefix_cache and self._decoder() is not None:
@@ -187,18 +257,10 @@ class NativeEngine:
         if shared is None:
             shared = self._shared(ids)
         if self.fused_prefix:
-            return self._fused(ids, letters, shared)
-        dev = self.device
-        cache = None
+            return self._fused(ids, letters, shared, prefix)
         logits_by_item: dict[int, list[float]] = {}
+        cache = prefix if prefix is not None or shared == 0 else self.prefix(ids, shared)
         with torch.inference_mode():
-            if shared > 0:
-                t = time.perf_counter()
-                _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True)
-                if str(dev).startswith("cuda"):  # timed apart: what re-scoring a few questions costs regardless
-                    torch.cuda.synchronize(dev)
-                self.stats["prefix_seconds"] += time.perf_counter() - t
-                self.stats["forward_tokens"] += shared
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
             start = 0
             while start < len(order):
@@ -227,9 +289,10 @@ class NativeEngine:
             start = end
         return out
 
-    def _fused(self, ids: list[list[int]], letters: list[int], shared: int) -> dict[int, list[float]]:
-        """The prefix runs once (batch 1, causal kernel); its per-layer K/V stay batch 1 and every batch of
-        questions runs on `prefix_attention` with positions continuing after the prefix."""
+    def _fused(self, ids: list[list[int]], letters: list[int], shared: int, prefix: Any = None) -> dict[int, list[float]]:
+        """The prefix runs once (batch 1, causal kernel), unless `prefix` brings its cache (a float32 one, more
+        exact than this precision's); its per-layer K/V stay batch 1 and every batch of questions runs on
+        `prefix_attention` with positions continuing after the prefix."""
         import torch
 
         dev = self.device
@@ -239,10 +302,9 @@ class NativeEngine:
         with torch.inference_mode():
             kv = None
             if shared > 0:
-                _, cache = self._run(input_ids=torch.tensor([ids[0][:shared]], device=dev), use_cache=True)
+                cache = prefix if prefix is not None else self.prefix(ids, shared)
                 dt = getattr(torch, self.dtype)  # once here, not per batch: float32 keys when the residual is float32
                 kv = [(layer.keys.to(dt), layer.values.to(dt)) for layer in cache.layers]
-                self.stats["forward_tokens"] += shared
             token = _PREFIX_KV.set(kv)
             before = cfg._attn_implementation
             cfg._attn_implementation = PREFIX_ATTENTION
@@ -329,18 +391,26 @@ class NativeEngine:
     def _run(self, **kw: Any) -> tuple[Any, Any]:
         """(last hidden states, cache) through the decoder alone when the model exposes it, so no full-vocab
         logits are computed; otherwise the whole model with `logits_to_keep=1`."""
-        if not self.residual_fp32:
-            return self._run_as_is(**kw)
         import torch
 
-        # float32 embeddings start a float32 residual stream (half + float32 adds promote to float32); autocast
-        # runs every matrix product and attention in the weights' half precision with float32 accumulation
-        hook = self.model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.float())
-        try:
-            with torch.autocast(device_type=str(self.device).split(":")[0], dtype=getattr(torch, self.dtype)):
-                return self._run_as_is(**kw)
-        finally:
-            hook.remove()
+        with contextlib.ExitStack() as stack:
+            if self.dtype in ("bfloat16", "float16") and str(self.device).startswith("cuda"):
+                # Not cuDNN's attention: it builds a plan for every new shape, and every subject's prefix is a
+                # new length (on an H100 the first bf16 pass over C-Eval val took 6.6 s in the model, a second
+                # 3.4 s); FlashAttention, which the questions already run on, needs none.
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                 SDPBackend.MATH]))
+            if self.residual_fp32:
+                # float32 embeddings start a float32 residual stream (half + float32 adds promote to float32);
+                # autocast runs every matrix product and attention in the weights' half precision with float32
+                # accumulation
+                hook = self.model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.float())
+                stack.callback(hook.remove)
+                stack.enter_context(torch.autocast(device_type=str(self.device).split(":")[0],
+                                                   dtype=getattr(torch, self.dtype)))
+            return self._run_as_is(**kw)
 
     def _run_as_is(self, **kw: Any) -> tuple[Any, Any]:
         dec = self._decoder()
@@ -400,8 +470,8 @@ class NativeEngine:
     def score_suite(self, suite: Suite, k: int, limit: int | None = None,
                     progress: Callable[[str], None] | None = None) -> list[dict]:
         rows: list[dict] = []
-        for subject in suite.subjects:
-            rows.extend(self.score_subject(suite, subject, k, limit))
+        for subject, done in self.iter_subjects(suite, k, limit):
+            rows.extend(done)
             if progress:
                 progress(f"{suite.name}/{subject}: {len(rows)} questions")
         return rows

@@ -71,7 +71,8 @@ MIN_WEIGHED = 64
 @dataclass
 class Spent:
     """What a run has cost so far, for `RescoreRule.weigh`: seconds in half precision and in float32 re-scoring
-    (of which `prefix_s` the subjects' float32 prefixes), over how many questions and subjects."""
+    over how many questions and subjects; of those seconds, the subjects' prefixes (`prefix_s` in float32 over
+    `prefixes`, `half_prefix_s` in half precision over `half_prefixes`)."""
 
     questions: int = 0
     rescored: int = 0
@@ -79,7 +80,10 @@ class Spent:
     subjects_rescored: int = 0
     half_s: float = 0.0
     fp32_s: float = 0.0
+    prefixes: int = 0
     prefix_s: float = 0.0
+    half_prefixes: int = 0
+    half_prefix_s: float = 0.0
 
 
 @dataclass
@@ -129,29 +133,51 @@ class RescoreRule:
             err = max(abs((half[top] - half[b]) - (full[top] - full[b])) for b in range(n))
             self.worst = max(self.worst, err / (unit_roundoff(self.dtype) * half[-1]))
 
-    def weigh(self, n: int, rescored: int, t_half: float, t_fp32: float, t_prefix: float = 0.0) -> None:
+    def weigh(self, n: int, rescored: int, t_half: float, t_fp32: float, t_prefix: float = 0.0,
+              t_half_prefix: float | None = None) -> None:
         """Half precision pays only while its pass plus the re-scoring cost less than float32 alone would. Where
         most answers are too close to call (a small model whose letter logits are nearly tied) it costs more: once
         the time spent exceeds its float32 estimate (after MIN_WEIGHED re-scored questions), the rest of the run
         is scored in float32 directly (the same answers). Float32 alone would pay each subject's prefix once and
-        each question at the re-scoring's seconds a question net of prefixes (`t_prefix`, inside `t_fp32`):
-        re-scoring a few questions still pays a whole prefix, and spreading it over them overstated float32's
-        cost, so runs that half precision slowed (C-Eval and MMLU val on the H100) had never switched."""
+        each question at the re-scoring's seconds a question net of prefixes (`t_prefix`, the subject's float32
+        prefix, inside `t_fp32`): re-scoring a few questions still pays a whole prefix, and spreading it over
+        them overstated float32's cost, so runs that half precision slowed (C-Eval and MMLU val on the H100) had
+        never switched. `t_half_prefix`: the half-precision prefix inside `t_half` (None: it shared float32's)."""
         s = self.spent
         s.questions += n
         s.subjects += 1
         s.half_s += t_half
         s.fp32_s += t_fp32
+        if t_prefix > 0:
+            s.prefixes += 1
+            s.prefix_s += t_prefix
+        if t_half_prefix is not None:
+            s.half_prefixes += 1
+            s.half_prefix_s += t_half_prefix
         if rescored:
             s.rescored += rescored
             s.subjects_rescored += 1
-            s.prefix_s += t_prefix
         if self.direct or s.rescored < MIN_WEIGHED:
             return
-        fp32_alone = (s.subjects * s.prefix_s / s.subjects_rescored
+        fp32_alone = (s.subjects * s.prefix_s / max(s.prefixes, 1)
                       + s.questions * max(s.fp32_s - s.prefix_s, 0.0) / s.rescored)
         if s.half_s + s.fp32_s > fp32_alone:
             self.direct, self.switched_after = True, s.questions
+
+    def share_prefix(self) -> bool:
+        """Whether the next subject's float32 prefix should run first and serve both passes (the half-precision
+        pass then reads its K/V, rounded to half precision). Apart, a subject costs its half-precision prefix
+        plus, with the share p of subjects re-scored so far, a float32 one; shared, the float32 one alone: so
+        share when (1 - p) x float32's prefix seconds < half precision's. On a small model whose answers are
+        mostly too close to call, p is near 1 and both prefixes cost about a kernel launch each; on a large one
+        with few re-scores, float32's prefix costs several half-precision ones and each keeps its own. Never
+        during the calibration, so the errors the rule learns are those of the half-precision prefix, the
+        larger ones."""
+        s = self.spent
+        if self.calibration_left() > 0 or not (s.subjects and s.prefixes and s.half_prefixes):
+            return False
+        p = s.subjects_rescored / s.subjects
+        return (1 - p) * s.prefix_s / s.prefixes < s.half_prefix_s / s.half_prefixes
 
     def describe(self) -> dict:
         text = rule_text(self.ulps, self.margin, self.dtype, self.rel_in_force())

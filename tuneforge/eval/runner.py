@@ -149,11 +149,12 @@ def _score_mcq(cfg: EvalConfig, lm: LoadedModel | None, out: Path, progress: Pro
             for sc, suite in logit_suites:
                 with Counter(f"{suite.name} (logits)", _n_questions(suite, sc.limit), "questions",
                              progress) as bar:
-                    for subject in suite.subjects:  # one subject at a time: the bar moves as they finish
-                        done = eng.score_subject(suite, subject, sc.shots, sc.limit)
+                    # one subject at a time (the next one's prompts tokenized meanwhile): the bar moves as they finish
+                    for _subject, done in eng.iter_subjects(suite, sc.shots, sc.limit):
                         rows += done
                         bar.advance(len(done))
-            timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored", "float32_direct")})
+            timing.update({k: eng.stats[k] for k in ("forward_tokens", "cached_tokens", "rescored", "float32_direct",
+                                                     "shared_prefixes")})
             timing.update(eng.describe())  # dtype, prefix cache, attention path, the re-scoring rule in force
             timing["questions"] += eng.stats["questions"]
             timing["seconds"] += eng.stats["seconds"]
