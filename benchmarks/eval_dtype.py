@@ -239,7 +239,11 @@ def run(args: argparse.Namespace) -> dict:
         tok.pad_token = tok.eos_token
     models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(DEV).eval()
               for dt in ("float32", "bfloat16", "float16")}
-    res: dict = {"device": torch.cuda.get_device_name(0) if DEV.startswith("cuda") else "cpu",
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    res: dict = {"commit": head.stdout.strip() or None,
+                 "device": torch.cuda.get_device_name(0) if DEV.startswith("cuda") else "cpu",
                  "torch": torch.__version__, "model": "SmolLM2-135M-Instruct (embedded GGUF, de-quantized)",
                  "shots": args.shots, "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
                  "calibrate": RESCORE_CALIBRATE, "safety": RESCORE_SAFETY, "sets": {}}
@@ -334,7 +338,17 @@ def notes(res: dict) -> str:
                        + f", {d['stats']['rescored']} of {d['compared']} re-scored"
                        + (f", float32 alone after {d['float32_direct_after']} questions" if d.get("float32_direct_after")
                           else "") + ".")
+    for dt in ("bfloat16", "float16"):
+        met = [label for label, s in sets.items() if _meets(s, dt)]
+        out.append(f"{dt} default against the targets (>= 1.5x the float32 engine, >= 3x lm-eval bf16 where it ran): "
+                   f"met on {len(met)} of {len(sets)}" + (f" ({', '.join(met)})" if met else "") + ".")
     return "\n".join(f"- {x}" for x in out)
+
+
+def _meets(s: dict, dt: str) -> bool:
+    runs = s["runs"]
+    d, f32, lm = runs[f"native {dt} default"], runs["native fp32, prefix cache"]["qps"], runs.get("lm-eval bf16")
+    return d["qps"] >= 1.5 * f32 and (lm is None or d["qps"] >= 3 * lm["qps"])
 
 
 def flips_text(sets: dict, noise_file: str | None) -> str:
@@ -376,9 +390,12 @@ def update_md(files: list[str]) -> None:
             "prefix through one fused SDPA call (lower-right causal, FlashAttention); the first "
             f"{res['calibrate']} questions are scored both ways and every question whose top-two margin is under "
             f"{res['safety']:g} x the largest error seen so far (in units of u |h| max|w_a - w_b|) is re-scored in "
-            "float32; once half precision plus re-scoring costs more than float32 alone would, the rest of the run "
-            "is scored in float32. The calibration size and safety were chosen on C-Eval val (the offline table "
-            "there); CMMLU test, MMLU val and the random-weight shape are out of sample.\n"]
+            "float32; once most subjects get re-scored, a subject's float32 prefix runs first and serves both "
+            "passes (the column `float32 prefix shared` counts those subjects); once half precision plus "
+            "re-scoring costs more than float32 alone would, the rest of the run is scored in float32. Every engine "
+            "tokenizes the next subject while the model runs this one. The calibration size and safety were chosen "
+            "on C-Eval val (the offline table there); CMMLU test, MMLU val and the random-weight shape are out of "
+            f"sample. Code: commit {res.get('commit', 'unrecorded')}.\n"]
     sets = dict(res["sets"])
     if "large" in res:
         sets[f"Larger shape: {res['large']['config']}, {res['large']['params'] / 1e9:.2f} B parameters, C-Eval val"] = \
