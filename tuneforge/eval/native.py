@@ -162,8 +162,8 @@ class NativeEngine:
     def iter_subjects(self, suite: Suite, k: int, limit: int | None = None,
                       subjects: list[str] | None = None) -> Iterator[tuple[str, list[dict]]]:
         """(subject, rows) for each subject in turn, the next subject's prompts rendered and tokenized on a
-        thread while this one runs on the model: on the GPU that CPU work was 15-30 % of a run (one H100,
-        C-Eval and MMLU val), and the Rust tokenizer releases the GIL. The same rows as `score_subject`."""
+        thread while this one runs on the model: on the GPU that CPU work was 8-28 % of a float32 run (one
+        H100, CMMLU test to MMLU val), and the Rust tokenizer releases the GIL. The same rows as `score_subject`."""
         subjects = list(suite.subjects if subjects is None else subjects)
         if not subjects:
             return
