@@ -317,7 +317,8 @@ def test_search_with_the_knob_end_to_end(first):
     tmp = first["tmp"] / "search-e2e"
     tmp.mkdir()
     (tmp / "forgetting.yaml").write_text(yaml.safe_dump({
-        "suites": [{"benchmark": "ceval", "subjects": ["law"], "shots": 1, "limit": 2}]}), encoding="utf-8")
+        "suites": [{"benchmark": "ceval", "subjects": ["law"], "shots": 1, "limit": 2}],
+        "perplexity": {"limit": 2, "max_length": 64}}), encoding="utf-8")  # not the default 36 documents
     (tmp / "recipe").mkdir()  # its own folder: the recipe's fingerprint covers every *.jinja under it, and the
     recipe = _recipe(tmp / "recipe")  # trials save tokenizers (chat_template.jinja) under OUT; same ids as N's
     pipe = _pipeline(tmp, recipe, search={"grid": [{"exclude_top_percent": 25}],
