@@ -46,30 +46,47 @@ def test_harm_sign_and_bootstrap() -> None:
     assert np.allclose(h2, 0.5 * h)
 
 
+PLANT_TRAIN = {"base_model": "embedded:smollm2", "stage": "sft", "max_length": 128,
+               "splits": {"train": "train", "eval": None}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+               "args": {"max_steps": 6, "per_device_train_batch_size": 2, "logging_steps": 1, "learning_rate": 3e-3,
+                        "warmup_steps": 0, "save_strategy": "steps", "save_steps": 3, "dataloader_num_workers": 0,
+                        "gradient_checkpointing": False}}  # TracIn over checkpoint-3 and final
+PLANT_CHECK = {"chat": True, "perplexity": {"limit": 1, "max_length": 16},
+               "suites": [{"benchmark": f"ceval:{CEVAL_SAMPLE}", "shots": 0, "limit": 4,
+                           "subjects": ["law", "legal_professional", "marxism", "art_studies", "basic_medicine"]}]}
+
+
 @pytest.fixture(scope="module")
-def planted(shared, smollm2_path, tmp_path_factory) -> Path:
-    """A forgetting check of a LoRA trained on general chat rows plus C-Eval-shaped rows always answered `A`."""
+def plant_pipeline(shared, smollm2_path, tmp_path_factory) -> dict:
+    """build -> train -> forgetting -> attribute as a pipeline (the attribute step on CPU's default, one backward a
+    record): a LoRA trained on general chat rows plus C-Eval-shaped rows always answered `A`, its forgetting
+    check, and the step's ranking. The CLI tests attribute the same check again (OUT/forgetting), batched: one
+    build, training and check for the file."""
     pytest.importorskip("dattri", reason="the attribute extra (pip install 'tuneforge[attribute]')")
-    from tuneforge.builder import build
-    from tuneforge.eval import run_forgetting
-    from tuneforge.trainers import train
+    import yaml
+
+    from tuneforge.pipeline.run import run_pipeline
 
     root = tmp_path_factory.mktemp("plant")
     recipe = write_recipe(root / "recipe", {"general": general_rows(shared, 4, max_chars=120),
                                             "plant": plant_rows(shared / "ceval", ["law", "marxism"], 4)})
-    build(recipe, root / "data")
-    s = train({"base_model": "embedded:smollm2", "dataset": str(root / "data"), "stage": "sft", "max_length": 128,
-               "splits": {"train": "train", "eval": None}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-               "args": {"max_steps": 6, "per_device_train_batch_size": 2, "logging_steps": 1, "learning_rate": 3e-3,
-                        "warmup_steps": 0, "save_strategy": "steps", "save_steps": 3, "dataloader_num_workers": 0,
-                        "gradient_checkpointing": False}}, root / "run")  # TracIn over checkpoint-3 and final
-    res = run_forgetting("embedded:smollm2", adapter=s["final"], out=root / "forget",
-                         config={"chat": True, "perplexity": {"limit": 1, "max_length": 16},
-                                 "suites": [{"benchmark": f"ceval:{CEVAL_SAMPLE}", "shots": 0, "limit": 4,
-                                             "subjects": ["law", "legal_professional", "marxism",
-                                                          "art_studies", "basic_medicine"]}]})
+    (root / "train.yaml").write_text(yaml.safe_dump(PLANT_TRAIN), "utf-8")
+    (root / "check.yaml").write_text(yaml.safe_dump(PLANT_CHECK), "utf-8")
+    pipe = {"name": "plant", "build": {"recipe": str(recipe)}, "train": [{"name": "sft", "config": "train.yaml"}],
+            "forgetting": {"config": "check.yaml", "gate": "warn"}, "attribute": {"proj_dim": 64, "min_lost": 2}}
+    (root / "pipe.yaml").write_text(yaml.safe_dump(pipe), "utf-8")
+    res = run_pipeline(root / "pipe.yaml", root / "out")
     lost = sum(len(b["flips"]) for b in res["forgetting"]["suites"].values())
     assert lost >= 2, f"the plant made only {lost} lost questions: the fixture no longer exercises attribution"
+    return {"root": root, "out": root / "out", "recipe": recipe, "res": res}
+
+
+@pytest.fixture(scope="module")
+def planted(plant_pipeline) -> Path:
+    """The pipeline's folder laid out as the CLI tests read it: forget/ (the check), data/ (the build), recipe/."""
+    root = plant_pipeline["root"]
+    for name, target in (("forget", plant_pipeline["out"] / "forgetting"), ("data", plant_pipeline["out"] / "data")):
+        (root / name).symlink_to(target, target_is_directory=True)
     return root
 
 
@@ -184,36 +201,17 @@ def test_pipeline_attribute_step() -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_attribute_step_runs_after_the_check(shared, smollm2_path, tmp_path) -> None:
+def test_pipeline_attribute_step_runs_after_the_check(plant_pipeline) -> None:
     """build -> train -> forgetting -> attribute as a pipeline: OUT/attribute/ ranks the plant first, and a re-run
     reuses the step."""
-    pytest.importorskip("dattri", reason="the attribute extra (pip install 'tuneforge[attribute]')")
-    import yaml
-
     from tuneforge.pipeline.run import run_pipeline
 
-    recipe = write_recipe(tmp_path / "recipe", {"general": general_rows(shared, 4, max_chars=120),
-                                                "plant": plant_rows(shared / "ceval", ["law", "marxism"], 4)})
-    train = {"base_model": "embedded:smollm2", "stage": "sft", "max_length": 128, "splits": {"train": "train",
-                                                                                              "eval": None},
-             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-             "args": {"max_steps": 6, "per_device_train_batch_size": 2, "logging_steps": 1, "learning_rate": 3e-3,
-                      "warmup_steps": 0, "save_strategy": "no", "dataloader_num_workers": 0,
-                      "gradient_checkpointing": False}}
-    check = {"chat": True, "perplexity": {"limit": 1, "max_length": 16},
-             "suites": [{"benchmark": f"ceval:{CEVAL_SAMPLE}", "shots": 0, "limit": 4,
-                         "subjects": ["law", "legal_professional", "marxism", "art_studies", "basic_medicine"]}]}
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(train), "utf-8")
-    (tmp_path / "check.yaml").write_text(yaml.safe_dump(check), "utf-8")
-    pipe = {"name": "plant", "build": {"recipe": str(recipe)}, "train": [{"name": "sft", "config": "train.yaml"}],
-            "forgetting": {"config": "check.yaml", "gate": "warn"}, "attribute": {"proj_dim": 64, "min_lost": 2}}
-    (tmp_path / "pipe.yaml").write_text(yaml.safe_dump(pipe), "utf-8")
-    res = run_pipeline(tmp_path / "pipe.yaml", tmp_path / "out")
+    out, res = plant_pipeline["out"], plant_pipeline["res"]
     a = res["attribution"]
     assert a["status"] == "ranked" and a["records"] == 8
-    summary = json.loads((tmp_path / "out" / "attribute" / "attribution.json").read_text("utf-8"))
+    summary = json.loads((out / "attribute" / "attribution.json").read_text("utf-8"))
     assert summary["timing"]["per_example"] == "one backward a record"  # auto on CPU
-    rows = [json.loads(x) for x in (tmp_path / "out" / "attribute" / "attribution.jsonl").read_text("utf-8").splitlines()]
+    rows = [json.loads(x) for x in (out / "attribute" / "attribution.jsonl").read_text("utf-8").splitlines()]
     assert [x["source"] for x in rows[:4]].count("plant") >= 3
-    again = run_pipeline(tmp_path / "pipe.yaml", tmp_path / "out")
+    again = run_pipeline(plant_pipeline["root"] / "pipe.yaml", out)
     assert "attribute" in again["steps"]["reused"]
