@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 from pathlib import Path
@@ -44,26 +45,82 @@ def _mtime(p: Path) -> float:
     return p.stat().st_mtime_ns
 
 
-@pytest.mark.slow
-def test_demo_pipeline_quick_cache_and_gate(prefect_api, tmp_path):
-    """The shipped demo pipeline in its CI size (`tuneforge demo --quick`): augmentation through
-    `transformers serve`, LoRA SFT, held-out and forgetting evaluations, the report; then re-runs."""
+def _sh(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: int = 900,
+        log: bool = False) -> str:
+    p = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{cmd}: {p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    return p.stdout + p.stderr if log else p.stdout
+
+
+def _installed_wheel(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """tuneforge's wheel installed into a fresh venv outside the clone; the venv and an environment without the
+    clone on its path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PREFECT_API_URL", "VIRTUAL_ENV")}
+    dist = tmp_path / "dist"
+    _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", REPO, "-w", dist,
+        cwd=tmp_path)
+    wheel = next(dist.glob("tuneforge-*.whl"))
+    venv = tmp_path / "venv"
+    _sh(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    py = venv / "bin" / "python"
+    # The dependencies are the test environment's (no network for a second torch); the path line adds its
+    # site-packages without running its .pth files, so the clone's editable install is not on the path.
+    site = Path(_sh(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path).strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    # (without PYTHONPATH: a clone on it, with the egg-info the wheel build leaves, reads as installed)
+    _sh(py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel, cwd=tmp_path, env=env)
+    return venv, env
+
+
+# The installed package's own pipeline and quick overrides, as `tuneforge demo --quick` runs them.
+_DEMO = """import json, sys
+from tuneforge.common.resources import asset
+from tuneforge.orchestration import DEMO_QUICK
+pipe, out, what = str(asset("pipelines", "demo.yaml")), sys.argv[1], sys.argv[2]
+changed = {**DEMO_QUICK, "evaluate": {"heldout": {"limit": 1, "max_new_tokens": 8}}}
+if what == "flow":
+    from tuneforge.flows.pipeline import pipeline_flow
+    print("steps:", json.dumps(pipeline_flow(pipeline=pipe, out=out, overrides=changed)["steps"]))
+else:
     from tuneforge import run_pipeline
     from tuneforge.common.errors import TuneforgeError
-    from tuneforge.flows.pipeline import pipeline_flow
-    from tuneforge.orchestration import DEMO_QUICK
+    strict = {**changed, "forgetting": {**DEMO_QUICK["forgetting"], "tolerance": -100.0, "alpha": 1.01,
+                                        "gate": "fail"}}
+    try:
+        run_pipeline(pipe, out, overrides=strict)
+    except TuneforgeError as e:
+        print("raised:", e)
+"""
 
-    pipe, out = str(REPO / "pipelines" / "demo.yaml"), tmp_path / "demo"
-    res = run_pipeline(pipe, out, overrides=DEMO_QUICK)  # the plain API: no Prefect server
+
+@pytest.mark.slow
+def test_demo_pipeline_quick_cache_and_gate(prefect_api, tmp_path):
+    """The shipped demo pipeline in its CI size (`tuneforge demo --quick`) as a user runs it: from a wheel
+    installed into a fresh venv outside the clone, in another folder (shipped data is package data, not files
+    beside the clone): augmentation through `transformers serve`, LoRA SFT, held-out and forgetting evaluations,
+    the report; then re-runs through the same installed package (one demo run for both: it was two tests)."""
+    venv, env = _installed_wheel(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = _sh(venv / "bin" / "python", "-c", "import tuneforge; print(tuneforge.__file__)", cwd=elsewhere,
+                env=env).strip()
+    assert Path(where).is_relative_to(venv), where
+    tuneforge = venv / "bin" / "tuneforge"
+    log = _sh(tuneforge, "demo", "--quick", "--out", "demo", cwd=elsewhere, env=env, log=True)
+    assert "forgetting verdict: inconclusive" in log and "steps: 5 ran, 0 reused" in log
+    # A clean log: no bytecode or pickling dumps, no repeated CPU pin_memory warnings.
+    assert "LOAD_FAST" not in log and "RESUME" not in log and "pin_memory" not in log, log[-3000:]
+    assert "FutureWarning" not in log and "DeprecationWarning" not in log, log[-3000:]  # issue 35
+    out = elsewhere / "demo"
     saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert (out / "report.html").is_file() and saved["gate"]["policy"] == "warn"
     # The verdict is the gate's reading of the forgetting block, and 9 questions cannot show a drop.
     assert saved["gate"] == gate_decision(saved["forgetting"], "warn")
-    assert saved["forgetting"]["verdict"] == "inconclusive" and res.verdict == "inconclusive"
-    assert res.steps["reused"] == [] and "build" in res.steps["ran"]
+    assert saved["forgetting"]["verdict"] == "inconclusive"
+    assert saved["steps"]["reused"] == [] and "build" in saved["steps"]["ran"]
     assert saved["forgetting"]["suites"]["ceval"]["n"] == 6 and saved["forgetting"]["suites"]["cmmlu"]["n"] == 3
-    assert res["train"][0]["steps"] == 2 and (out / "train/sft/final/adapter_config.json").is_file()
-    assert set(saved["evaluations"]) == {"base", "tuned"}
+    assert saved["train"][0]["steps"] == 2 and (out / "train/sft/final/adapter_config.json").is_file()
+    assert saved["build"]["counts"]["kept"] > 0 and set(saved["evaluations"]) == {"base", "tuned"}
     usage = json.loads((out / "data/manifest.json").read_text(encoding="utf-8"))["augment_usage"]
     # Requests, or cache hits from an earlier session ($TUNEFORGE_HOME persists per checkout).
     assert usage["requests"] + usage["cached"] > 0 and usage["endpoint"].startswith("embedded")
@@ -72,32 +129,33 @@ def test_demo_pipeline_quick_cache_and_gate(prefect_api, tmp_path):
 
     # Nothing changed: `tuneforge demo --quick` on the same folder is all cache hits, nothing rewritten.
     t = time.perf_counter()
-    cli = subprocess.run([sys.executable, "-m", "tuneforge.cli", "demo", "--quick", "--out", str(out)],
-                         env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
-                         capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr[-3000:]
-    assert "forgetting verdict:" in cli.stdout and str(out / "report.html") in cli.stdout
-    assert "steps: 0 ran, 5 reused" in cli.stdout
+    cli = _sh(tuneforge, "demo", "--quick", "--out", "demo", cwd=elsewhere, env=env, timeout=600)
+    assert "forgetting verdict:" in cli and f"report: {Path('demo') / 'report.html'}" in cli
+    assert "steps: 0 ran, 5 reused" in cli
     assert {p: _mtime(out / p) for p in marks} == marks
     print(f"cached re-run through the CLI: {time.perf_counter() - t:.1f} s")
 
     # Only the evaluation settings change: only the evaluation runs again, here as a Prefect flow, which
     # shares the plain API's cache.
-    changed = {**DEMO_QUICK, "evaluate": {"heldout": {"limit": 1, "max_new_tokens": 8}}}
-    flowed = pipeline_flow(pipeline=pipe, out=str(out), overrides=changed)
-    assert sorted(flowed["steps"]["ran"]) == ["evaluate/base", "evaluate/tuned"]
+    flow = _sh(venv / "bin" / "python", "-c", _DEMO, "demo", "flow", cwd=elsewhere,
+               env={**env, "PREFECT_API_URL": prefect_api})
+    flowed = json.loads(next(x for x in flow.splitlines() if x.startswith("steps: "))[7:])
+    assert sorted(flowed["ran"]) == ["evaluate/base", "evaluate/tuned"]
     for p in ("data/manifest.json", "train/sft/final/adapter_model.safetensors", "forgetting/results.json"):
         assert _mtime(out / p) == marks[p], p
     assert _mtime(out / "eval/tuned/results.json") != marks["eval/tuned/results.json"]
 
     # The gate: a tolerance no fine-tune can meet makes the verdict `forgetting`; `fail` fails the run.
-    strict = {**changed, "forgetting": {**DEMO_QUICK["forgetting"], "tolerance": -100.0, "alpha": 1.01,
-                                        "gate": "fail"}}
-    with pytest.raises(TuneforgeError, match="forgetting gate failed"):
-        run_pipeline(pipe, out, overrides=strict)
+    raised = _sh(venv / "bin" / "python", "-c", _DEMO, "demo", "strict", cwd=elsewhere, env=env)
+    assert "raised: forgetting gate failed" in raised, raised[-2000:]
     failed = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert failed["gate"]["passed"] is False and failed["gate"]["verdict"] == "forgetting"
     assert failed["gate"]["reasons"]
+
+    # `new-domain` from the installed package: the pipeline names configs the new domain holds itself.
+    _sh(tuneforge, "new-domain", "legal", cwd=elsewhere, env=env)
+    pipe = (elsewhere / "pipelines" / "legal.yaml").read_text(encoding="utf-8")
+    assert "../datasets/legal/train-sft.yaml" in pipe and (elsewhere / "datasets/legal/train-sft.yaml").is_file()
 
 
 def test_gate_decision():
