@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-# One worker a core, a test file each (module fixtures are built once); tests/conftest.py gives each worker's
+# One worker a core, a test file each (module fixtures are built once), the longest files first
+# (tests/conftest.py LONG_FIRST, kept in that order by --no-loadscope-reorder); tests/conftest.py gives each worker's
 # torch its share of the cores. The slowest durations are printed so that a slow test is seen.
 workers=${TUNEFORGE_TEST_WORKERS:-$(nproc | awk '{print ($1 > 4) ? 4 : $1}')}
 sets=${TUNEFORGE_SETS:-$([ $# -eq 0 ] && echo locked,newest || echo locked)}
@@ -30,7 +31,7 @@ status=0
 if [[ $sets == *locked* ]]; then
   t=$SECONDS
   bash scripts/setup.sh
-  .venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=25 "$@" || status=$?
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder --durations=25 "$@" || status=$?
   echo "locked set: $((SECONDS - t)) s (exit $status)"
 fi
 if [[ $sets == *lowest* ]]; then
@@ -79,7 +80,7 @@ $VENV/bin/python -c "from importlib.metadata import version as v; print('newest 
 echo "newest set setup: $((SECONDS - t)) s"
 t=$SECONDS
 newest_status=0
-$VENV/bin/python -m pytest -n "$workers" --dist loadfile --durations=15 -m "not slow or newest" "${NEWEST_TESTS[@]}" \
+$VENV/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder --durations=15 -m "not slow or newest" "${NEWEST_TESTS[@]}" \
   || newest_status=$?
 echo "newest set: $((SECONDS - t)) s (exit $newest_status)"
 [ "$status" = 0 ] && exit "$newest_status"

@@ -47,3 +47,17 @@ def tiny(smollm2_path, tmp_path_factory) -> Path:
     from eval_tiny import tiny_model_dir  # tests/ is on sys.path under pytest
 
     return tiny_model_dir(smollm2_path, tmp_path_factory.mktemp("tiny") / "llama")
+
+
+# The files that take minutes, longest first (a fresh clone's `pytest --durations`, summed per file). scripts/test.sh
+# runs `--dist loadfile --no-loadscope-reorder`, so the workers take files in collection order: the long ones
+# start first and the workers finish together. xdist's own order (most tests first) left the 106 s embedded
+# augment file and the 32 s new-domain file for last on one worker, which then ran 134 s after the other.
+LONG_FIRST = ("test_train_e2e.py", "test_pipeline.py", "test_attribute.py", "test_pipeline_lineage.py",
+              "test_augment_embedded.py", "test_train_methods.py", "test_build.py", "test_search.py",
+              "test_eval_e2e.py", "test_exclude.py", "test_new_domain.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(rank)))  # stable: each file keeps its own order
