@@ -383,3 +383,49 @@ def test_a_record_an_augment_step_made_is_excluded_where_it_is_made(tmp_path):
     left = {r["id"] for f in ("openai", "trl_preference") for s in ("train", "validation", "test")
             for r in _jsonl(tmp_path / "x" / "exports" / f / f"{s}.jsonl")}
     assert not left & set(dropped) and len(left) == len(rows) - 2
+
+
+def _rank_file(path: Path, rid: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": 1, "id": rid, "score": 1.0}) + "\n", encoding="utf-8")
+    return path
+
+
+def test_symlinked_recipe_folder_or_ranking_reads_the_file_named(tmp_path):
+    """The recipe folder reached through a symlink at another depth than its target, the ranking a symlink, or
+    both: the build reads (and the manifest names) the file the user named, never the file a lexical join of a
+    resolved relative path lands on; a recipe's `exclude: {file: ../x}` stays relative to the folder as seen,
+    and the fingerprint hashes that same file."""
+    from tuneforge.recipe import fingerprint
+
+    real = tmp_path / "a" / "real" / "deep" / "proj"
+    real.mkdir(parents=True)
+    recipe = _recipe(real)
+    (tmp_path / "a" / "top").mkdir()
+    (tmp_path / "a" / "top" / "proj").symlink_to(real, target_is_directory=True)
+    seen = tmp_path / "a" / "top" / "proj" / recipe.name  # the recipe as the user reaches it
+    rank = _rank_file(tmp_path / "a" / "top" / "rank.jsonl", "aaaaaaaaaaaaaaaa")
+    _rank_file(tmp_path / "top" / "rank.jsonl", "dddddddddddddddd")  # where the old lexical join landed
+    _rank_file(tmp_path / "a" / "real" / "rank.jsonl", "eeeeeeeeeeeeeeee")  # `proj/../../rank.jsonl`, physically
+    target = _rank_file(tmp_path / "a" / "runs" / "r1" / "attribution.jsonl", "bbbbbbbbbbbbbbbb")
+    link = tmp_path / "a" / "top" / "latest.jsonl"
+    link.symlink_to(target)
+    cases = [(seen, rank), (recipe, link), (seen, link),
+             (seen, tmp_path / "a" / "top" / "proj" / ".." / ".." / "rank.jsonl")]  # `..` after a symlink
+    for i, (r, named) in enumerate(cases):
+        m = build(r, tmp_path / f"out{i}", runner="serial", exclude=named, exclude_top=1)
+        want = json.loads(Path(named).read_text(encoding="utf-8"))["id"]
+        assert m["exclude"]["unknown_ids"] == [want], (r, named, m["exclude"])
+        assert m["exclude"]["sha256"] == __import__("hashlib").sha256(Path(named).read_bytes()).hexdigest()
+    assert m["exclude"]["file"] == str((tmp_path / "a" / "real" / "rank.jsonl").resolve())  # no relative path leads there
+    assert build(recipe, tmp_path / "out1", runner="serial", exclude=link, exclude_top=1)["exclude"]["file"] == \
+        "../../../top/latest.jsonl"  # the link as named, not its target
+    # The recipe's own block: `../rank.jsonl` is beside the folder the user sees (a/top), and the fingerprint
+    # (the pipeline's cache) hashes the file the build reads: editing it changes the fingerprint.
+    block = _recipe(real, exclude={"file": "../rank.jsonl", "top": 1})
+    seen_block = tmp_path / "a" / "top" / "proj" / block.name
+    m = build(seen_block, tmp_path / "block", runner="serial")
+    assert m["exclude"]["unknown_ids"] == ["aaaaaaaaaaaaaaaa"]
+    before = fingerprint(seen_block)
+    _rank_file(rank, "ffffffffffffffff")
+    assert fingerprint(seen_block) != before

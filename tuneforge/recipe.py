@@ -21,7 +21,7 @@ from pydantic import (
 
 from tuneforge.augment.config import AugmentConfig
 from tuneforge.clean import CleanConfig
-from tuneforge.clean.exclude import ExcludeConfig
+from tuneforge.clean.exclude import ExcludeConfig, exclusion_path
 from tuneforge.common.config import error_lines, read_yaml_mapping
 from tuneforge.common.errors import RecipeError
 from tuneforge.ingest.config import SourceConfig
@@ -132,7 +132,7 @@ def fingerprint(path: str | Path) -> str:
     for src in recipe.sources:
         parts += [f"{f}:{sha256_file(f)}" for f in resolve_files(src, base, allow_outside=True) if f.is_file()]
     if recipe.exclude is not None:  # the ranking it excludes by is an input too
-        ex = base / recipe.exclude.file
+        ex = exclusion_path(recipe.exclude, base)  # the file the build reads
         parts.append(f"exclude:{sha256_file(ex) if ex.is_file() else 'missing'}")
     from tuneforge.templates.loader import PROMPTS_DIR
 

@@ -59,7 +59,7 @@ def from_flags(file: str | os.PathLike | None, top: int | None, top_percent: flo
         raise RecipeError("--exclude-top/--exclude-top-percent need --exclude FILE (or `exclude:` in the recipe)")
     if top is not None and top_percent is not None:
         raise RecipeError("give one of --exclude-top and --exclude-top-percent")
-    path = os.path.relpath(Path(file).resolve(), Path(recipe_dir).resolve()) if file is not None else recipe.file  # type: ignore[union-attr]
+    path = _relative_to(file, recipe_dir) if file is not None else recipe.file  # type: ignore[union-attr]
     if top is None and top_percent is None:
         if recipe is None:
             raise RecipeError("--exclude needs --exclude-top K or --exclude-top-percent P (how many of its "
@@ -69,6 +69,30 @@ def from_flags(file: str | os.PathLike | None, top: int | None, top_percent: flo
         return ExcludeConfig(file=Path(path).as_posix(), top=top, top_percent=top_percent)
     except ValueError as e:
         raise RecipeError(f"--exclude: {e}") from None
+
+
+def exclusion_path(cfg: ExcludeConfig, recipe_dir: Path) -> Path:
+    """The file an exclusion reads: `file` joined to the recipe's folder as the user named it, `..` taken
+    lexically, so a folder reached through a symlink keeps the neighbours the user sees. The build, `tuneforge
+    check` and the recipe's fingerprint all go through here, so they read and hash the same file."""
+    return Path(os.path.normpath(Path(recipe_dir) / cfg.file))
+
+
+def _relative_to(file: str | os.PathLike, recipe_dir: Path) -> str:
+    """FILE (relative to the working directory) as a path that `exclusion_path` turns back into the very file
+    the user named: relative to the recipe's folder as the user sees it (neither side resolved, so a symlinked
+    folder or a symlinked file stays as named), or, where no such path leads there (a `..` after a symlink
+    in FILE), its absolute real path."""
+    try:
+        rel = os.path.relpath(os.path.abspath(file), os.path.abspath(recipe_dir))
+    except ValueError:  # another drive (Windows)
+        return os.path.realpath(file)
+    back = os.path.normpath(Path(recipe_dir) / rel)
+    try:
+        same = os.path.samefile(back, file)
+    except OSError:  # a missing file: keep what was named, the build says it cannot read it
+        same = not os.path.exists(file)
+    return rel if same else os.path.realpath(file)
 
 
 @dataclass(frozen=True)
@@ -105,7 +129,7 @@ def count_of(cfg: ExcludeConfig, rows: int) -> int:
 def load_exclusion(cfg: ExcludeConfig, recipe_dir: Path) -> Exclusion:
     """Read and check the whole file (before the build does any work); a bad one is a RecipeError naming the
     line and what is wrong with it."""
-    path = Path(os.path.normpath(Path(recipe_dir) / cfg.file))
+    path = exclusion_path(cfg, recipe_dir)
     try:
         data = path.read_bytes()
     except OSError as e:
