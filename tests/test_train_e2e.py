@@ -245,17 +245,30 @@ def test_pt_resume_after_kill(built, smollm2_path, tmp_path):
     assert steps == [1, 2, 3, 4, 5]  # rows the killed run logged past its checkpoint were dropped
 
 
+# `python -m tuneforge.cli ARGS` that also says, on exit, whether torch was imported.
+_CLI_SAYS_TORCH = ("import atexit, runpy, sys\n"
+                   "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
+                   "sys.argv[0] = 'tuneforge'\n"
+                   "runpy.run_module('tuneforge.cli', run_name='__main__')\n")
+
+
 def test_cli_reports_bad_config_without_traceback(tmp_path):
+    """A bad config, or one naming a missing dataset, fails with one line, and before torch, transformers and
+    TRL are imported (the seconds a CLI call took), the TRL field names `args` is checked against cached."""
+    from tuneforge.trainers.config import trl_config_fields
+
+    trl_config_fields("sft")  # the cache of TRL's field names a first call ever fills, by importing TRL
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\nstage: sft\nargs: {max_stepz: 1}\n", encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(bad), "--out", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-c", _CLI_SAYS_TORCH, "train", str(bad), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "max_stepz" in r.stderr and "Traceback" not in r.stderr
+    assert "torch imported: False" in r.stderr, r.stderr
     missing = tmp_path / "nodata.yaml"
     missing.write_text(f"dataset: {tmp_path / 'nope'}\nstage: sft\n", encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(missing), "--out", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-c", _CLI_SAYS_TORCH, "train", str(missing), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "manifest.json" in r.stderr
+    assert r.returncode == 2 and "manifest.json" in r.stderr and "torch imported: False" in r.stderr, r.stderr
 
 
 @pytest.mark.slow

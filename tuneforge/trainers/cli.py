@@ -21,6 +21,13 @@ def train_command(
     PEFT adapter (lora, dora, adalora, ia3, prefix, prompt, p_tuning), QLoRA, or in full."""
     from rich.console import Console
 
+    from tuneforge.common.extras import require
+    from tuneforge.trainers.config import check_paths, load_config
+
+    # train() checks the same, first thing, but only after importing torch, transformers and TRL (seconds):
+    # a bad config or a missing path fails here, as fast as the CLI starts, with the same message.
+    require("training", "train")
+    check_paths(load_config(config))
     from tuneforge.trainers import train
     from tuneforge.trainers.truncation import DroppedRowsError
 

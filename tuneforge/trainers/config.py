@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -152,6 +154,37 @@ def trl_config_class(stage: str) -> type:
     return _trl.stage_classes(stage)[1]
 
 
+@functools.cache
+def trl_config_fields(stage: str) -> tuple[str, frozenset[str]]:
+    """(class name, field names) of the stage's TRL config, for checking `args` keys. Importing TRL imports
+    torch and transformers (seconds), far longer than telling a user an `args` key is misspelt, so the answer is
+    kept in $TUNEFORGE_HOME, keyed by the stage and TRL's and transformers' versions (as `lsh_params` is)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from tuneforge.common.home import tuneforge_home
+    from tuneforge.common.io import write_json
+
+    try:
+        key = f"{stage}:trl-{version('trl')}:transformers-{version('transformers')}"
+    except PackageNotFoundError:  # no TRL: importing it raises what the user should see
+        key = None
+    path = tuneforge_home() / "cache" / "trl_config_fields.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        name, fields = known[key]
+        return name, frozenset(fields)
+    cls = trl_config_class(stage)
+    out = cls.__name__, frozenset(f.name for f in dataclasses.fields(cls))
+    if key is not None:
+        known[key] = [out[0], sorted(out[1])]
+        with contextlib.suppress(OSError):
+            write_json(path, known)
+    return out
+
+
 # Filled in by the trainer itself; a config that sets them would be silently overridden.
 RESERVED_ARGS = {"output_dir", "logging_dir", "resume_from_checkpoint"}
 
@@ -206,11 +239,10 @@ def check_arg_values(config: TrainConfig) -> None:
 
 def check_args(config: TrainConfig) -> None:
     """Every key in `args` must be a field of the stage's TRL config, and not one the stage block sets."""
-    cls = trl_config_class(config.stage)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    name, fields = trl_config_fields(config.stage)  # (a stage TRL no longer has fails here, as it always did)
     unknown = sorted(set(config.args) - fields)
     if unknown:
-        raise RecipeError(f"args: {', '.join(unknown)} not a field of TRL's {cls.__name__} (stage {config.stage!r})")
+        raise RecipeError(f"args: {', '.join(unknown)} not a field of TRL's {name} (stage {config.stage!r})")
     reserved = sorted(set(config.args) & RESERVED_ARGS)
     if reserved:
         raise RecipeError(f"args: {', '.join(reserved)} is set by `tuneforge train` (use --out / --resume)")
