@@ -53,8 +53,10 @@ def eval_command(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
 ) -> None:
     """Run benchmarks (C-Eval/CMMLU/MMLU/own exam), held-out and perplexity evals; write results and reports."""
-    from tuneforge.eval import run_eval
+    from tuneforge.common.extras import require
     from tuneforge.eval.config import load_config
+
+    require("evaluation", "eval")  # the check importing it did first; the import itself waits for a good config
 
     cfg = load_config(config, engine=engine, device=device, dtype=dtype, batch_size=batch_size, chat=chat or None,
                       mode=mode)
@@ -75,6 +77,8 @@ def eval_command(
     if mode:  # the command line decides for every suite
         for s in cfg.suites:
             s.mode = None
+    from tuneforge.eval import run_eval  # torch, transformers: seconds
+
     res = run_eval(cfg, out=out, model=model, adapter=adapter, progress=_progress)
     for name, s in res.get("suites", {}).items():
         hard = f"  hard {s['hard']['accuracy']}" if s.get("hard") else ""
@@ -107,8 +111,10 @@ def forgetting_command(
     fail_on_forgetting: bool = typer.Option(False, help="exit 1 when the verdict is forgetting (a gate)"),
 ) -> None:
     """Base vs tuned on the same general questions: per suite and category delta, 95% CI, McNemar, verdict."""
-    from tuneforge.eval import run_forgetting
+    from tuneforge.common.extras import require
     from tuneforge.eval.config import load_config
+
+    require("evaluation", "eval")  # the check importing it did first; the import itself waits for a good config
 
     cfg = load_config(config, device=device)
     if tolerance is not None:
@@ -121,6 +127,8 @@ def forgetting_command(
                                                                           None)})
     elif not cfg.suites:
         raise TuneforgeError("name the general suites: --suites ceval,cmmlu (or suites: in --config)")
+    from tuneforge.eval import run_forgetting  # torch, transformers: seconds
+
     res = run_forgetting(base, tuned, out=out, adapter=adapter, config=cfg, progress=_progress, base_eval=base_eval)
     fg = res["forgetting"]
     for name, s in fg["suites"].items():
