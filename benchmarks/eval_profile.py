@@ -9,6 +9,7 @@ subject under torch.profiler (self CPU against self CUDA time: is the GPU waitin
 
     python3 benchmarks/eval_profile.py --gguf DIR --sets ceval:DIR,mmlu:DIR,cmmlu:DIR --json OUT.json
     .venv/bin/python benchmarks/eval_profile.py --update-md OUT.json    # the RESULTS.md section
+    .venv/bin/python benchmarks/eval_profile.py --device cpu --model-dir DIR --sets ceval:DIR --subjects-max 2 --limit 1
 """
 
 from __future__ import annotations
@@ -79,8 +80,14 @@ def profile(args: argparse.Namespace) -> dict:
         print(label, json.dumps(res["runs"][label]), flush=True)
 
     kw = {"batch_size": 64, "max_batch_tokens": 65536}
+    def load(spec: str):
+        suite = load_suite(spec)
+        if args.subjects_max:
+            suite = load_suite(spec, subjects=suite.subjects[: args.subjects_max])
+        return suite
+
     for spec in args.sets.split(","):
-        suite, name = load_suite(spec), spec.split(":")[0]
+        suite, name = load(spec), spec.split(":")[0]
         run(f"{name} fp32", NativeEngine(models["float32"], tok, dev, **kw), suite)
         run(f"{name} bf16 raw", NativeEngine(models["bfloat16"], tok, dev, fused_prefix=True, **kw), suite)
         run(f"{name} bf16 raw b256", NativeEngine(models["bfloat16"], tok, dev, fused_prefix=True, batch_size=256,
@@ -90,7 +97,7 @@ def profile(args: argparse.Namespace) -> dict:
         for dt in ("float16", "bfloat16"):
             run(f"{name} {dt} default", NativeEngine(models[dt], tok, dev, rescore_model=models["float32"],
                                                      calibrate=32, safety=2.0, **kw), suite)
-    suite = load_suite(args.sets.split(",")[0])
+    suite = load(args.sets.split(",")[0])
     for dt in ("bfloat16", "float32"):  # one subject, run twice: the second under the profiler
         eng = NativeEngine(models[dt], tok, dev, fused_prefix=dt != "float32", **kw)
         eng.score_subject(suite, suite.subjects[1], 5, args.limit)
@@ -149,6 +156,7 @@ def main() -> None:
     ap.add_argument("--model-dir", help="a transformers folder instead of --gguf (a dry run on CPU)")
     ap.add_argument("--sets", help="suite specs, comma-separated: ceval:DIR,mmlu:DIR,cmmlu:DIR")
     ap.add_argument("--limit", type=int, help="first N questions per subject (a dry run)")
+    ap.add_argument("--subjects-max", type=int, help="first N subjects of each set (a dry run)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json")
     ap.add_argument("--update-md")
