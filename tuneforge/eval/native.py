@@ -397,7 +397,7 @@ class NativeEngine:
             if self.dtype in ("bfloat16", "float16") and str(self.device).startswith("cuda"):
                 # Not cuDNN's attention: it builds a plan for every new shape, and every subject's prefix is a
                 # new length (on an H100 the first bf16 pass over C-Eval val took 6.6 s in the model, a second
-                # over the same shapes 3.4 s; float32 on other kernels 7.6 s and 7.4 s); FlashAttention, which
+                # over the same prefixes 3.4 s; float32 on other kernels 7.6 s and 7.4 s); FlashAttention, which
                 # the questions already run on, needs none.
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
