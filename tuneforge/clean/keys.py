@@ -4,9 +4,7 @@ alone, never on the records."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 from functools import lru_cache
 
 import numpy as np
@@ -36,24 +34,16 @@ def lsh_params(threshold: float, margin: float, num_perm: int) -> tuple[int, int
     the answer is kept in $TUNEFORGE_HOME, keyed by the arguments and datasketch's version."""
     from importlib.metadata import version
 
-    from tuneforge.common.home import tuneforge_home
-    from tuneforge.common.io import write_json
+    from tuneforge.common.home import remembered
+
+    def compute() -> list[int]:
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(threshold=max(0.05, threshold - margin), num_perm=num_perm)
+        return [lsh.b, lsh.r]
 
     key = f"{threshold}:{margin}:{num_perm}:datasketch-{version('datasketch')}"
-    path = tuneforge_home() / "cache" / "lsh_params.json"
-    try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return tuple(known[key])  # type: ignore[return-value]
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=max(0.05, threshold - margin), num_perm=num_perm)
-    known[key] = [lsh.b, lsh.r]
-    with contextlib.suppress(OSError):
-        write_json(path, known)
-    return lsh.b, lsh.r
+    return tuple(remembered("lsh_params", key, compute))  # type: ignore[return-value]
 
 
 def band_hashes(keys: list[str], cfg: DedupConfig) -> np.ndarray:

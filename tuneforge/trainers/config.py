@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import re
 from pathlib import Path
@@ -161,28 +160,18 @@ def trl_config_fields(stage: str) -> tuple[str, frozenset[str]]:
     kept in $TUNEFORGE_HOME, keyed by the stage and TRL's and transformers' versions (as `lsh_params` is)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from tuneforge.common.home import tuneforge_home
-    from tuneforge.common.io import write_json
+    from tuneforge.common.home import remembered
+
+    def compute() -> list:
+        cls = trl_config_class(stage)
+        return [cls.__name__, sorted(f.name for f in dataclasses.fields(cls))]
 
     try:
         key = f"{stage}:trl-{version('trl')}:transformers-{version('transformers')}"
     except PackageNotFoundError:  # no TRL: importing it raises what the user should see
         key = None
-    path = tuneforge_home() / "cache" / "trl_config_fields.json"
-    try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        name, fields = known[key]
-        return name, frozenset(fields)
-    cls = trl_config_class(stage)
-    out = cls.__name__, frozenset(f.name for f in dataclasses.fields(cls))
-    if key is not None:
-        known[key] = [out[0], sorted(out[1])]
-        with contextlib.suppress(OSError):
-            write_json(path, known)
-    return out
+    name, fields = remembered("trl_config_fields", key, compute)
+    return name, frozenset(fields)
 
 
 # Filled in by the trainer itself; a config that sets them would be silently overridden.
