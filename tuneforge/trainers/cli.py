@@ -24,15 +24,16 @@ def train_command(
     from tuneforge.common.extras import require
     from tuneforge.trainers.config import check_paths, load_config
 
-    # train() checks the same, first thing, but only after importing torch, transformers and TRL (seconds):
-    # a bad config or a missing path fails here, as fast as the CLI starts, with the same message.
+    # Read and checked before importing torch, transformers and TRL (seconds): a bad config or a missing path
+    # fails as fast as the CLI starts; train() takes the config as read.
     require("training", "train")
-    check_paths(load_config(config))
+    cfg = load_config(config)
+    check_paths(cfg)
     from tuneforge.trainers import train
     from tuneforge.trainers.truncation import DroppedRowsError
 
     try:
-        s = train(config, out, resume=resume, merge=merge, strict=strict or None)
+        s = train(cfg, out, resume=resume, merge=merge, strict=strict or None)
     except DroppedRowsError as e:
         Console(stderr=True, highlight=False).print(f"[red]{e}[/red]\nevery dropped row: {out / 'run.json'}")
         raise typer.Exit(1) from None
