@@ -261,23 +261,14 @@ class NativeEngine:
         logits_by_item: dict[int, list[float]] = {}
         cache = prefix if prefix is not None or shared == 0 else self.prefix(ids, shared)
         with torch.inference_mode():
-            order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-            start = 0
-            while start < len(order):
-                end = start
-                while end < len(order) and end - start < self.batch_size:
-                    width = len(ids[order[end]]) - shared
-                    if (end - start + 1) * (width + shared) > self.max_batch_tokens and end > start:
-                        break
-                    end += 1
-                batch = order[start:end]
+            for batch in self._batches(ids):
                 logits_by_item.update(zip(batch, self._forward(batch, ids, shared, cache, letters), strict=True))
-                start = end
         self.stats["cached_tokens"] += shared * (len(ids) - 1)
         return logits_by_item
 
-    def _batches(self, ids: list[list[int]], shared: int) -> list[list[int]]:
-        """Length-sorted batches of at most `batch_size` rows and `max_batch_tokens` (prefix included)."""
+    def _batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """Length-sorted batches of at most `batch_size` rows and `max_batch_tokens` (whole prompts, the prefix
+        included), for every path: the same batches whatever the attention."""
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out, start = [], 0
         while start < len(order):
@@ -309,7 +300,7 @@ class NativeEngine:
             before = cfg._attn_implementation
             cfg._attn_implementation = PREFIX_ATTENTION
             try:
-                for batch in self._batches(ids, shared):
+                for batch in self._batches(ids):
                     suffixes = [ids[i][shared:] for i in batch]
                     width = max(len(x) for x in suffixes)
                     inp = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -333,17 +324,10 @@ class NativeEngine:
         real token."""
         import torch
 
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         out: dict[int, list[float]] = {}
-        start = 0
         with torch.inference_mode():
-            while start < len(order):
-                end = start + 1
-                while end < len(order) and end - start < self.batch_size and \
-                        (end - start + 1) * len(ids[order[end]]) <= self.max_batch_tokens:
-                    end += 1
-                batch = order[start:end]
+            for batch in self._batches(ids):
                 width = max(len(ids[i]) for i in batch)
                 inp = torch.full((len(batch), width), pad, dtype=torch.long)
                 for r, i in enumerate(batch):
@@ -353,7 +337,6 @@ class NativeEngine:
                 last = torch.tensor([len(ids[i]) - 1 for i in batch], device=hidden.device)
                 rows = hidden[torch.arange(len(batch), device=hidden.device), last]
                 out.update(zip(batch, self._letter_logits(rows[:, None], letters).cpu().tolist(), strict=True))
-                start = end
         return out
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
