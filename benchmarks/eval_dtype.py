@@ -239,10 +239,9 @@ def run(args: argparse.Namespace) -> dict:
         tok.pad_token = tok.eos_token
     models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(DEV).eval()
               for dt in ("float32", "bfloat16", "float16")}
-    import subprocess
+    from results_md import commit  # type: ignore[import-not-found]
 
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    res: dict = {"commit": head.stdout.strip() or None,
+    res: dict = {"commit": commit(REPO),
                  "device": torch.cuda.get_device_name(0) if DEV.startswith("cuda") else "cpu",
                  "torch": torch.__version__, "model": "SmolLM2-135M-Instruct (embedded GGUF, de-quantized)",
                  "shots": args.shots, "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,

@@ -98,12 +98,13 @@ def profile(args: argparse.Namespace) -> dict:
             run(f"{name} {dt} default", NativeEngine(models[dt], tok, dev, rescore_model=models["float32"],
                                                      calibrate=32, safety=2.0, **kw), suite)
     suite = load(args.sets.split(",")[0])
+    subject = suite.subjects[min(1, len(suite.subjects) - 1)]  # the second: the first was the warm-up's
     for dt in ("bfloat16", "float32"):  # one subject, run twice: the second under the profiler
         eng = NativeEngine(models[dt], tok, dev, fused_prefix=dt != "float32", **kw)
-        eng.score_subject(suite, suite.subjects[1], 5, args.limit)
+        eng.score_subject(suite, subject, 5, args.limit)
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
         with torch.profiler.profile(activities=acts) as prof:
-            eng.score_subject(suite, suite.subjects[1], 5, args.limit)
+            eng.score_subject(suite, subject, 5, args.limit)
             sync()
         ka = prof.key_averages()
         res[f"profiler {dt}"] = {"self_cpu_ms": round(sum(e.self_cpu_time_total for e in ka) / 1e3, 1),
@@ -164,11 +165,9 @@ def main() -> None:
     if args.update_md:
         update_md(args.update_md)
         return
-    import subprocess
+    from results_md import commit  # type: ignore[import-not-found]
 
-    res = profile(args)
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    res = {"commit": head.stdout.strip() or None, **res}
+    res = {"commit": commit(REPO), **profile(args)}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     print(table(res))

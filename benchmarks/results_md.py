@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 
@@ -12,3 +13,9 @@ def write_section(path: Path, name: str, text: str) -> None:
     head, sections = parts[0], {p.split("\n", 1)[0].strip(): "## " + p for p in parts[1:]}
     sections[name] = text.rstrip() + "\n"
     path.write_text(head.rstrip() + "\n\n" + "\n".join(sections[k] for k in sorted(sections)), encoding="utf-8")
+
+
+def commit(repo: Path) -> str | None:
+    """The checkout's short commit, recorded beside a run's figures (None outside a git checkout)."""
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return head.stdout.strip() or None
