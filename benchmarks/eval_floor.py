@@ -1,0 +1,239 @@
+"""Benchmark: what the GPU evaluation default costs the GPU itself, apart from the host's overhead (#38).
+
+On the embedded SmolLM2-135M-Instruct the GPU mostly waits on Python (`eval_profile.py`: one bf16 subject, 91 ms
+of CPU for 20 ms of GPU), so a wall-clock ratio mixes two things: how much work the default gives the GPU, and
+how many kernel launches the host issues for it. This script separates them. Each run goes twice in one process:
+once timed (wall seconds, as `eval_dtype.py` times it), once under torch.profiler with CUDA activity only, whose
+kernel durations summed are the run's device seconds. Per set it reports:
+
+- wall ratio: the float32 engine's wall seconds over the run's (the figure `eval_dtype.py` reports);
+- device ratio: the float32 engine's device seconds over the run's: the ratio if neither run paid any host
+  overhead, which is the most any launch-side change (CUDA graphs, compilation, fused kernels for the same
+  arithmetic) could give while the run does the same GPU work;
+- today's float32 engine over the run's device seconds: the most the run could reach against the float32 engine
+  as it is, if only the run lost its host overhead.
+
+Runs: the float32 engine (prefix cache), the raw bf16 pass (fused prefix, float32 residual, no re-scoring), and
+the bf16 and fp16 defaults (`tuneforge eval` on CUDA: self-calibrating re-score rule, float32 twin). Sets:
+C-Eval val, MMLU val, CMMLU test, and a Qwen2-1.5B-shaped model with random weights on C-Eval val.
+
+    python3 benchmarks/eval_floor.py --gguf DIR --sets ceval:DIR,mmlu:DIR --large ceval:DIR --json A.json
+    python3 benchmarks/eval_floor.py --gguf DIR --sets cmmlu:DIR --json B.json
+    .venv/bin/python benchmarks/eval_floor.py --update-md A.json B.json        # the RESULTS.md section
+    .venv/bin/python benchmarks/eval_floor.py --device cpu --model-dir DIR --sets ceval:DIR --subjects-max 2 --limit 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+SECTION = "Evaluation: the GPU work of the default, apart from host overhead"
+FP32, RAW = "native fp32, prefix cache", "bf16 raw pass (fused prefix, fp32 residual, no re-scoring)"
+DEFAULTS = {"bfloat16": "bf16 default", "float16": "fp16 default"}
+TARGET = 1.5  # #38: the default at >= 1.5x the float32 prefix-cache engine
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.eval.native import NativeEngine
+    from tuneforge.eval.runner import RESCORE_CALIBRATE, RESCORE_SAFETY
+    from tuneforge.eval.suites import load_suite
+
+    dev = args.device
+    cuda = dev.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    if args.model_dir:
+        path = args.model_dir
+    else:
+        from eval import _model_from_gguf  # type: ignore[import-not-found]
+
+        path = _model_from_gguf(Path(args.gguf))
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    kw = {"batch_size": 64, "max_batch_tokens": 65536}
+
+    def engines(models: dict) -> dict:
+        out = {FP32: lambda: NativeEngine(models["float32"], tok, dev, **kw),
+               RAW: lambda: NativeEngine(models["bfloat16"], tok, dev, fused_prefix=True, **kw)}
+        for dt, label in DEFAULTS.items():
+            out[label] = (lambda dt=dt: NativeEngine(models[dt], tok, dev, rescore_model=models["float32"],
+                                                     calibrate=RESCORE_CALIBRATE, safety=RESCORE_SAFETY, **kw))
+        return out
+
+    def one(make, suite) -> dict:
+        warm = make()  # kernels and allocator, on an engine of its own: the timed one calibrates fresh
+        warm.score_subject(suite, suite.subjects[0], 5, 4)
+        if warm.rescore is not None:
+            warm.rescore.score_subject(suite, suite.subjects[0], 5, 4)
+        sync()
+        eng = make()
+        t = time.perf_counter()
+        rows = eng.score_suite(suite, 5, args.limit)
+        sync()
+        wall = time.perf_counter() - t
+        eng2 = make()
+        acts = [torch.profiler.ProfilerActivity.CUDA] if cuda else [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=acts) as prof:
+            again = eng2.score_suite(suite, 5, args.limit)
+            sync()
+        ka = prof.key_averages()
+        # on a CPU dry run there is no device: its self CPU time stands in, so the arithmetic below still runs
+        attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+        device_s = sum(getattr(e, attr, 0) for e in ka) / 1e6
+        kernels = sum(e.count for e in ka if getattr(e, attr, 0) > 0)
+        return {"questions": len(rows), "wall_s": round(wall, 3), "device_s": round(device_s, 3),
+                "kernels": kernels, "rescored": eng.stats["rescored"], "float32_direct": eng.stats["float32_direct"],
+                "same_answers_profiled": sum(a["pred"] == b["pred"] for a, b in zip(rows, again, strict=True)),
+                "preds": [r["pred"] for r in rows]}
+
+    def set_runs(models: dict, suite, name: str) -> dict:
+        out: dict = {"questions": sum(len(suite.items(s, args.limit)) for s in suite.subjects),
+                     "subjects": len(suite.subjects), "runs": {}}
+        for label, make in engines(models).items():
+            out["runs"][label] = one(make, suite)
+            print(name, label, {k: v for k, v in out["runs"][label].items() if k != "preds"}, flush=True)
+        ref = out["runs"][FP32]["preds"]
+        for r in out["runs"].values():
+            r["agreement"] = sum(a == b for a, b in zip(ref, r.pop("preds"), strict=True))
+        return out
+
+    def load(spec: str, n: int | None):
+        suite = load_suite(spec)
+        return load_suite(spec, subjects=suite.subjects[:n]) if n else suite
+
+    res: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__, "sets": {}}
+    models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(dev).eval()
+              for dt in ("float32", "bfloat16", "float16")}
+    for spec in filter(None, (args.sets or "").split(",")):
+        name = {"ceval": "C-Eval val", "mmlu": "MMLU val", "cmmlu": "CMMLU test"}.get(spec.split(":")[0], spec)
+        res["sets"][name] = set_runs(models, load(spec, args.subjects_max), name)
+        _dump(res, args.json)
+    if args.large:
+        del models
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(0)
+        hidden, mlp, layers, heads, kv = (int(x) for x in args.large_dims.split(","))
+        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=32768,
+                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, attn_implementation="sdpa")
+        with torch.device(dev):
+            m32 = Qwen2ForCausalLM(cfg).eval()
+        big = {"float32": m32, "bfloat16": copy.deepcopy(m32).to(torch.bfloat16).eval(),
+               "float16": copy.deepcopy(m32).to(torch.float16).eval()}
+        name = (f"Qwen2-1.5B-like shape (hidden {hidden}, {layers} layers, MLP {mlp}), random weights, C-Eval val "
+                f"first {args.large_subjects} subjects")
+        res["sets"][name] = set_runs(big, load(args.large, args.large_subjects), name)
+        _dump(res, args.json)
+    return res
+
+
+def _dump(res: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(res, indent=1))
+
+
+def ratios(s: dict) -> dict[str, dict]:
+    """Per run: wall ratio, device ratio and today's float32 engine over its device seconds (each against the
+    float32 engine of the same set and process)."""
+    base = s["runs"][FP32]
+    return {label: {"wall": base["wall_s"] / r["wall_s"], "device": base["device_s"] / r["device_s"],
+                    "fp32_wall_over_device": base["wall_s"] / r["device_s"], "host_share": 1 - r["device_s"] / r["wall_s"]}
+            for label, r in s["runs"].items()}
+
+
+def table(s: dict) -> str:
+    rs = ratios(s)
+    lines = ["| run | wall s | device s | GPU busy | wall ratio | device ratio | float32 wall / device | re-scored | "
+             "agreement with float32 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in s["runs"].items():
+        x = rs[label]
+        lines.append(f"| {label} | {r['wall_s']} | {r['device_s']} | {100 * (1 - x['host_share']):.0f} % | "
+                     f"{x['wall']:.2f}x | {x['device']:.2f}x | {x['fp32_wall_over_device']:.2f}x | {r['rescored']} | "
+                     f"{r['agreement']}/{r['questions']} |")
+    return "\n".join(lines)
+
+
+def notes(sets: dict) -> list[str]:
+    out = []
+    for name, s in sets.items():
+        rs = ratios(s)
+        for label in DEFAULTS.values():
+            x, r = rs[label], s["runs"][label]
+            reach = "reaches" if x["device"] >= TARGET else "does not reach"
+            out.append(f"- {name}, {label}: re-scores {100 * r['rescored'] / r['questions']:.0f} % of the questions; "
+                       f"without host overhead on either side it would run at {x['device']:.2f}x the float32 engine "
+                       f"({reach} {TARGET}x); against today's float32 engine, at most {x['fp32_wall_over_device']:.2f}x.")
+    return out
+
+
+def update_md(files: list[str]) -> None:
+    from results_md import write_section  # type: ignore[import-not-found]
+
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    sets = {k: v for p in parts for k, v in p["sets"].items()}
+    head = parts[0]
+    text = "\n".join([
+        f"## {SECTION}\n",
+        f"`benchmarks/eval_floor.py` on one {head['device']} (torch {head['torch']}), 5-shot, batches of 64 rows / "
+        f"65,536 tokens, code {head.get('commit', 'unrecorded')}. Every run goes twice in one process: timed (wall "
+        "seconds), then under torch.profiler with CUDA activity only, whose kernel durations summed are its device "
+        "seconds (the GPU's own work). GPU busy = device / wall. Device ratio = the float32 engine's device seconds "
+        "over the run's: the ratio if neither paid host overhead, the most any launch-side change (CUDA graphs, "
+        "compilation, fewer launches for the same arithmetic) could give. Float32 wall / device: the most the run "
+        "could reach against today's float32 engine if only the run lost its host overhead. Agreement: the same "
+        "letter as the float32 engine's timed pass.\n",
+        *[f"### {name} ({s['questions']:,} questions, {s['subjects']} subjects)\n\n{table(s)}\n" for name, s in sets.items()],
+        *notes(sets), "",
+        "Command: `python3 benchmarks/eval_floor.py --gguf DIR --sets ceval:DIR,mmlu:DIR --large ceval:DIR --json A`, "
+        "then `--sets cmmlu:DIR --json B` (Python 3.12, the built wheel's dependencies); raw figures: "
+        "`benchmarks/results/eval-floor-*.json`.\n"])
+    write_section(REPO / "benchmarks" / "RESULTS.md", SECTION, text)
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf")
+    ap.add_argument("--model-dir", help="a transformers folder instead of --gguf (a dry run on CPU)")
+    ap.add_argument("--sets", help="suite specs, comma-separated: ceval:DIR,mmlu:DIR,cmmlu:DIR")
+    ap.add_argument("--large", help="the suite spec the random-weight 1.5B shape runs on (ceval:DIR)")
+    ap.add_argument("--large-dims", default="1536,8960,28,12,2", help="hidden,mlp,layers,heads,kv_heads")
+    ap.add_argument("--large-subjects", type=int, default=20)
+    ap.add_argument("--limit", type=int, help="first N questions per subject (a dry run)")
+    ap.add_argument("--subjects-max", type=int, help="first N subjects of each set (a dry run)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--json")
+    ap.add_argument("--update-md", nargs="+")
+    args = ap.parse_args()
+    if args.update_md:
+        update_md(args.update_md)
+        return
+    from results_md import commit  # type: ignore[import-not-found]
+
+    res = {"commit": commit(REPO), **measure(args)}
+    _dump(res, args.json)
+    for name, s in res["sets"].items():
+        print(f"\n{name}\n{table(s)}")
+    print("\n".join(notes(res["sets"])))
+
+
+if __name__ == "__main__":
+    main()
