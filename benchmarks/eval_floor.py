@@ -17,8 +17,9 @@ Runs: the float32 engine (prefix cache), the raw bf16 pass (fused prefix, float3
 the bf16 and fp16 defaults (`tuneforge eval` on CUDA: self-calibrating re-score rule, float32 twin). Sets:
 C-Eval val, MMLU val, CMMLU test, and a Qwen2-1.5B-shaped model with random weights on C-Eval val.
 
-    python3 benchmarks/eval_floor.py --gguf DIR --sets ceval:DIR,mmlu:DIR --large ceval:DIR --json A.json
-    python3 benchmarks/eval_floor.py --gguf DIR --sets cmmlu:DIR --json B.json
+    python3 benchmarks/eval_floor.py --gguf DIR --sets ceval:DIR,mmlu:DIR --json A.json
+    python3 benchmarks/eval_floor.py --gguf DIR --sets cmmlu:DIR --subjects-max 10 --large ceval:DIR \
+        --large-subjects 10 --json B.json          # each within one 10-minute device call (profiling is slow)
     .venv/bin/python benchmarks/eval_floor.py --update-md A.json B.json        # the RESULTS.md section
     .venv/bin/python benchmarks/eval_floor.py --device cpu --model-dir DIR --sets ceval:DIR --subjects-max 2 --limit 2
 """
@@ -218,26 +219,30 @@ def update_md(files: list[str], target: Path | None = None) -> str:
         for name, s in p["sets"].items():
             blocks.append(f"### {name} ({s['questions']:,} questions, {s['subjects']} subjects)\n\n{table(s, walls)}\n")
             all_notes += notes({name: s}, walls)
-    unclean = [f for f, p in zip(files, parts, strict=True) if not p.get("walls_before_profiling")]
+    unclean = [name for p in parts if not p.get("walls_before_profiling") for name in p["sets"]]
+    code = ", ".join(dict.fromkeys(str(p.get("commit", "unrecorded")) for p in parts))
     text = "\n".join([
         f"## {SECTION}\n",
         f"`benchmarks/eval_floor.py` on one {head['device']} (torch {head['torch']}), 5-shot, batches of 64 rows / "
-        f"65,536 tokens, code {head.get('commit', 'unrecorded')}. Each run's device seconds are its kernel "
-        "durations summed, under torch.profiler with CUDA activity only: the GPU's own work, whatever the host "
-        "does. Device ratio = the float32 engine's device seconds over the run's (same set, same process): the "
-        "ratio if neither paid any host overhead, so the most that any launch-side change (CUDA graphs, "
-        "compilation, fewer launches for the same arithmetic) could give a run doing the same GPU work. Scored in "
-        "float32: re-scored questions, plus those scored by float32 alone once half precision stopped paying. "
-        "Agreement: the same letter as the float32 engine's pass."
-        + (" Wall seconds are left out here: that run's script timed each pass right after the previous pass's "
-           "profiling, and its passes ran slower than in processes on the same machine that never profiled (the "
-           "bf16 raw pass on C-Eval val: 6.9 s, against 5.3 s in `eval_ab.py`'s process two calls later); the "
-           "script now times every pass before it profiles any. Wall ratios: the eval dtype section." if unclean
-           else "") + "\n",
+        f"65,536 tokens, code {code}. Each run's device seconds are its kernel durations summed, under "
+        "torch.profiler with CUDA activity only: the GPU's own work, whatever the host does. Device ratio = the "
+        "float32 engine's device seconds over the run's (same set, same process): the ratio if neither paid any "
+        "host overhead, so the most that any launch-side change (CUDA graphs, compilation, fewer launches for the "
+        "same arithmetic) could give a run doing the same GPU work. GPU busy = device / wall seconds. Float32 wall "
+        "/ device: the most a run could reach against today's float32 engine if only the run lost its host "
+        "overhead. Scored in float32: re-scored questions, plus those scored by float32 alone once half precision "
+        "stopped paying. Agreement: the same letter as the float32 engine's pass. Each process timed every pass "
+        "before it profiled any"
+        + (f", except for {len(unclean)} of these sets ({', '.join(unclean)}): there the script's first version "
+           "timed each pass right after the previous pass's profiling, and those passes ran slower than in processes on the same machine "
+           "that never profiled (the bf16 raw pass on C-Eval val: 6.9 s, against 5.3 s in `eval_ab.py`'s process "
+           "two calls later), so their wall seconds are left out (wall ratios: the eval dtype section)"
+           if unclean else "") + ".\n",
         *blocks, *all_notes, "",
-        "Command: `python3 benchmarks/eval_floor.py --gguf DIR --sets ceval:DIR,mmlu:DIR --json A`, then "
-        "`--sets cmmlu:DIR --subjects-max 10 --large ceval:DIR --large-subjects 10 --json B` (Python 3.12, the "
-        "built wheel's dependencies); raw figures: `benchmarks/results/eval-floor-h100-*.json`.\n"])
+        "Commands: `python3 benchmarks/eval_floor.py --gguf DIR --sets ceval:DIR --subjects-max 26 --json C`; "
+        "`... --sets ceval:DIR,mmlu:DIR --json A`; `... --sets cmmlu:DIR --subjects-max 10 --large ceval:DIR "
+        "--large-subjects 10 --json B` (Python 3.12, the built wheel's dependencies; one process each, a device "
+        "call's 10 minutes allowing no more); raw figures: `benchmarks/results/eval-floor-h100-{c,a,b}.json`.\n"])
     write_section(target or REPO / "benchmarks" / "RESULTS.md", SECTION, text)
     return text
 
