@@ -267,21 +267,29 @@ def run(args: argparse.Namespace) -> dict:
     return res
 
 
-def large_shape(args, tok) -> dict:
-    """A Qwen2-1.5B-shaped model with random weights (the same weights in float32, bf16 and fp16) on C-Eval val."""
+def large_models(dims: str, tok, dev: str) -> dict:
+    """A Qwen2-shaped model (`dims`: hidden,mlp,layers,heads,kv_heads) with random weights from seed 0, the same
+    weights in float32, bf16 and fp16, on `dev`; SmolLM2's tokenizer."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    hidden, mlp, layers, heads, kv = (int(x) for x in args.large_dims.split(","))
+    hidden, mlp, layers, heads, kv = (int(x) for x in dims.split(","))
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=32768,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, attn_implementation="sdpa")
-    with torch.device(DEV):
+    with torch.device(dev):
         m32 = Qwen2ForCausalLM(cfg).eval()
-    models = {"float32": m32, "bfloat16": copy.deepcopy(m32).to(torch.bfloat16).eval(),
-              "float16": copy.deepcopy(m32).to(torch.float16).eval()}
+    return {"float32": m32, "bfloat16": copy.deepcopy(m32).to(torch.bfloat16).eval(),
+            "float16": copy.deepcopy(m32).to(torch.float16).eval()}
+
+
+def large_shape(args, tok) -> dict:
+    """A Qwen2-1.5B-shaped model with random weights (the same weights in float32, bf16 and fp16) on C-Eval val."""
+    models = large_models(args.large_dims, tok, DEV)
+    m32 = models["float32"]
+    hidden, mlp, layers, heads, kv = (int(x) for x in args.large_dims.split(","))
     suite, warm, n = _suite(f"ceval:{args.ceval}", args)
     if args.large_subjects:
         suite.subjects = suite.subjects[: args.large_subjects]

@@ -27,7 +27,6 @@ C-Eval val, MMLU val, CMMLU test, and a Qwen2-1.5B-shaped model with random weig
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -120,18 +119,10 @@ def measure(args: argparse.Namespace) -> dict:
         todo.append((name + (f", first {args.subjects_max} subjects" if args.subjects_max else ""), models,
                      load(spec, args.subjects_max)))
     if args.large:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
+        from eval_dtype import large_models  # type: ignore[import-not-found]
 
-        torch.manual_seed(0)
-        hidden, mlp, layers, heads, kv = (int(x) for x in args.large_dims.split(","))
-        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                          num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=32768,
-                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, attn_implementation="sdpa")
-        with torch.device(dev):
-            m32 = Qwen2ForCausalLM(cfg).eval()
-        big = {"float32": m32, "bfloat16": copy.deepcopy(m32).to(torch.bfloat16).eval(),
-               "float16": copy.deepcopy(m32).to(torch.float16).eval()}
+        big = large_models(args.large_dims, tok, dev)
+        hidden, mlp, layers = (int(x) for x in args.large_dims.split(",")[:3])
         todo.append((f"Qwen2-1.5B-like shape (hidden {hidden}, {layers} layers, MLP {mlp}), random weights, C-Eval "
                      f"val, first {args.large_subjects} subjects", big, load(args.large, args.large_subjects)))
     # Every timed pass before any profiled one: after a CUDA profiling session the process's kernel launches
