@@ -53,6 +53,20 @@ def _model_from_gguf(parts: Path) -> str:
     return str(target)
 
 
+def embedded_models(gguf: str | None, model_dir: str | None, dtypes: tuple[str, ...], dev: str) -> tuple:
+    """(tokenizer, {dtype: model}): the embedded SmolLM2 from a transformers folder (`model_dir`, a CPU dry run)
+    or its GGUF parts (`gguf`), the same weights in each of `dtypes`, on `dev`; pads fall back to EOS."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_dir or _model_from_gguf(Path(gguf))
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok, {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(dev).eval()
+                 for dt in dtypes}
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 

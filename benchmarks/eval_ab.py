@@ -35,21 +35,14 @@ RUNS = (("bf16 no cuDNN, fresh shapes", "bf16", False), ("bf16 cuDNN allowed, fr
 def measure(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.attention as tna
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.eval.native import NativeEngine
     from tuneforge.eval.suites import load_suite
 
     dev = args.device
-    if args.model_dir:
-        path = args.model_dir
-    else:
-        from eval import _model_from_gguf  # type: ignore[import-not-found]
+    from eval import embedded_models  # type: ignore[import-not-found]
 
-        path = _model_from_gguf(Path(args.gguf))
-    tok = AutoTokenizer.from_pretrained(path)
-    models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(dev).eval()
-              for dt in ("float32", "bfloat16")}
+    tok, models = embedded_models(args.gguf, args.model_dir, ("float32", "bfloat16"), dev)
     suite = load_suite(args.suite)
     if args.subjects_max:
         suite = load_suite(args.suite, subjects=suite.subjects[: args.subjects_max])

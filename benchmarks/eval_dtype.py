@@ -228,17 +228,11 @@ def _set_runs(models: dict, tok, suite, warm, n: int, args, *, label: str, lm_ev
 
 def run(args: argparse.Namespace) -> dict:
     import torch
-    from eval import _model_from_gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from eval import embedded_models
 
     from tuneforge.eval.runner import RESCORE_CALIBRATE, RESCORE_SAFETY
 
-    path = args.model_dir or _model_from_gguf(Path(args.gguf))
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(DEV).eval()
-              for dt in ("float32", "bfloat16", "float16")}
+    tok, models = embedded_models(args.gguf, args.model_dir, ("float32", "bfloat16", "float16"), DEV)
     from results_md import commit  # type: ignore[import-not-found]
 
     res: dict = {"commit": commit(REPO),

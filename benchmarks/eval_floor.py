@@ -44,7 +44,6 @@ TARGET = 1.5  # #38: the default at >= 1.5x the float32 prefix-cache engine
 
 def measure(args: argparse.Namespace) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.eval.native import NativeEngine
     from tuneforge.eval.runner import RESCORE_CALIBRATE, RESCORE_SAFETY
@@ -57,15 +56,9 @@ def measure(args: argparse.Namespace) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    if args.model_dir:
-        path = args.model_dir
-    else:
-        from eval import _model_from_gguf  # type: ignore[import-not-found]
+    from eval import embedded_models  # type: ignore[import-not-found]
 
-        path = _model_from_gguf(Path(args.gguf))
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    tok, models = embedded_models(args.gguf, args.model_dir, ("float32", "bfloat16", "float16"), dev)
     kw = {"batch_size": 64, "max_batch_tokens": 65536}
 
     def engines(models: dict) -> dict:
@@ -112,8 +105,6 @@ def measure(args: argparse.Namespace) -> dict:
     res: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
                  "walls_before_profiling": True, "sets": {}}
     todo = []  # (name, models, suite)
-    models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(dev).eval()
-              for dt in ("float32", "bfloat16", "float16")}
     for spec in filter(None, (args.sets or "").split(",")):
         name = {"ceval": "C-Eval val", "mmlu": "MMLU val", "cmmlu": "CMMLU test"}.get(spec.split(":")[0], spec)
         todo.append((name + (f", first {args.subjects_max} subjects" if args.subjects_max else ""), models,

@@ -31,8 +31,7 @@ PHASES = {"prompt": "rendering", "_encode": "tokenizing", "_run": "model forward
 
 def profile(args: argparse.Namespace) -> dict:
     import torch
-    from eval import _model_from_gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from eval import embedded_models
 
     from tuneforge.eval.native import NativeEngine
     from tuneforge.eval.suites import load_suite
@@ -59,10 +58,7 @@ def profile(args: argparse.Namespace) -> dict:
 
     for meth in PHASES:
         setattr(NativeEngine, meth, wrap(meth, getattr(NativeEngine, meth)))
-    path = args.model_dir or _model_from_gguf(Path(args.gguf))
-    tok = AutoTokenizer.from_pretrained(path)
-    models = {dt: AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dt)).to(dev).eval()
-              for dt in ("float32", "bfloat16", "float16")}
+    tok, models = embedded_models(args.gguf, args.model_dir, ("float32", "bfloat16", "float16"), dev)
     res: dict = {"device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu",
                  "torch": torch.__version__, "runs": {}}
 
